@@ -1,0 +1,56 @@
+"""Tokenisation, the pruning sample (drawn by token budget, with replacement) and padded batches."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .glue_data import DataError, Examples
+
+
+def tokenize(tokenizer, examples: Examples, max_length: int) -> list[dict]:
+    """Examples -> one dict of token id lists per example (truncated to max_length, unpadded)."""
+    enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+
+
+def mean_length(features: list[dict]) -> float:
+    """Average tokenised length: L_seq of the FLOPs formula when measured on the dev set."""
+    if not features:
+        raise DataError("cannot measure the average sequence length of an empty set")
+    return sum(len(f["input_ids"]) for f in features) / len(features)
+
+
+def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -> torch.Tensor:
+    """num_tokens / L_seq example indices drawn with replacement from a pool, seeded."""
+    n = max(1, round(num_tokens / seq_len))
+    if pool_size == 0:
+        raise DataError("empty pruning sample: the training split has no examples")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(pool_size, (n,), generator=gen)
+
+
+def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Pad a list of features to the longest one: input_ids, attention_mask (, token_type_ids) of shape (B, T)."""
+    T = max(len(f["input_ids"]) for f in features)
+    out = {"input_ids": torch.full((len(features), T), pad_id, dtype=torch.long),
+           "attention_mask": torch.zeros(len(features), T, dtype=torch.long)}
+    if "token_type_ids" in features[0]:
+        out["token_type_ids"] = torch.zeros(len(features), T, dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        out["input_ids"][i, :n] = torch.tensor(f["input_ids"])
+        out["attention_mask"][i, :n] = 1
+        if "token_type_ids" in out:
+            out["token_type_ids"][i, :n] = torch.tensor(f["token_type_ids"])
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def make_batches(features: list[dict], batch_size: int, pad_id: int, device=None) -> list[dict[str, torch.Tensor]]:
+    """Consecutive batches in the given order, each padded to its own longest sequence."""
+    return [pad_batch(features[i:i + batch_size], pad_id, device) for i in range(0, len(features), batch_size)]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

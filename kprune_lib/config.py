@@ -1,0 +1,50 @@
+"""Every default of the project, defined once.
+
+The CLI, the Python API and the notebooks' parameter cells all read these values.
+Values follow the spec's "Defaults" section (the reference's published run script).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Hyper-parameters of one K-prune run."""
+
+    constraint: float = 0.5  # fraction of the dense model's FLOPs to REMOVE, in (0, 1)
+    num_tokens: int = 100_000  # sample size in tokens; #examples = num_tokens / L_seq
+    seed: int = 0  # seeds the with-replacement draw of the sample
+    lam_pred: float = 1.0  # weight of predictive knowledge
+    lam_rep: float = 2.5e-4  # weight of representational knowledge (reference run script)
+    mu: float = 64.0  # head-score multiplier (balances heads against neurons)
+    temperature: float = 2.0  # softmax temperature T of the predictive KL
+    tuning: bool = True  # knowledge-preserving weight tuning (KPWT) on/off
+    schedule: str = "cached"  # "cached" (ours) or "naive" (reference: full pass per sublayer)
+    batch_size: int | None = None  # None -> task default (32 GLUE, 12 SQuAD)
+    max_length: int | None = None  # None -> task default (128; SST-2 64; SQuAD 384)
+    ridge: float = 1e-6  # relative ridge added to AᵀA only when its Cholesky factorisation fails
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.constraint < 1.0):
+            raise ValueError(f"constraint must be in (0, 1) (fraction of FLOPs removed), got {self.constraint}")
+        if self.num_tokens <= 0:
+            raise ValueError(f"num_tokens must be positive, got {self.num_tokens}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.lam_pred < 0 or self.lam_rep < 0 or self.mu <= 0:
+            raise ValueError("lam_pred and lam_rep must be >= 0 and mu > 0")
+        if self.lam_pred == 0 and self.lam_rep == 0:
+            raise ValueError("lam_pred and lam_rep cannot both be 0: the scores would all be zero")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCHEDULES = ("cached", "naive")
+GLUE_BATCH_SIZE = 32
+SQUAD_BATCH_SIZE = 12
+DEFAULT_MAX_LENGTH = 128
+EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric

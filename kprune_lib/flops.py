@@ -1,0 +1,25 @@
+"""FLOPs of encoder sublayers (paper formula; biases, LayerNorm, activations, embeddings, classifier ignored)."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def head_flops(seq_len: float, hidden: int, head_size: int) -> float:
+    """F_head = 8·L·d·d_h (Q, K, V, output projection) + 4·L²·d_h (scores and mixing)."""
+    return 8.0 * seq_len * hidden * head_size + 4.0 * seq_len**2 * head_size
+
+
+def neuron_flops(seq_len: float, hidden: int) -> float:
+    """F_neuron = 4·L·d (one row of the input and one column of the output projection)."""
+    return 4.0 * seq_len * hidden
+
+
+def model_flops(heads_per_layer, neurons_per_layer, seq_len: float, hidden: int, head_size: int) -> float:
+    """F_model = Σ_layers (heads·F_head + neurons·F_neuron)."""
+    fh, fn = head_flops(seq_len, hidden, head_size), neuron_flops(seq_len, hidden)
+    return float(sum(h * fh + n * fn for h, n in zip(heads_per_layer, neurons_per_layer)))
+
+
+def encoder_params(model: nn.Module) -> int:
+    """Number of parameters of the whole model (embeddings and heads included)."""
+    return sum(p.numel() for p in model.parameters())

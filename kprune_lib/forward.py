@@ -1,0 +1,58 @@
+"""Sublayer-level forward of an encoder, used by the pruning loop.
+
+It calls the model's own Linear/LayerNorm modules (so mask hooks apply) and returns, for a
+sublayer s, its output LayerNorm(Y), the pre-LayerNorm sum Y = X + W·a + b and the projection
+input a. `tests/test_forward.py` checks it against the Hugging Face forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .arch import Arch
+
+
+def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 0/1 padding mask -> (B, 1, 1, T) additive bias for attention scores."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def mha_context(arch: Arch, i: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Concatenated per-head context vectors of layer i: (B, T, d) -> (B, T, h·d_h)."""
+    B, T, _ = x.shape
+    h, dh = arch.heads_in_layer(i), arch.head_size
+    if h == 0:  # fully pruned attention: no Q/K/V work
+        return x.new_zeros(B, T, 0)
+    q = arch.module(i, "q")(x).view(B, T, h, dh).transpose(1, 2)  # (B, h, T, d_h)
+    k = arch.module(i, "k")(x).view(B, T, h, dh).transpose(1, 2)
+    v = arch.module(i, "v")(x).view(B, T, h, dh).transpose(1, 2)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (B, h, T, d_h)
+    return ctx.transpose(1, 2).reshape(B, T, h * dh)
+
+
+def ffn_activations(arch: Arch, i: int, x: torch.Tensor) -> torch.Tensor:
+    """FFN activations after the nonlinearity: (B, T, d) -> (B, T, N)."""
+    return arch.module(i, "act")(arch.module(i, "ffn_in")(x))
+
+
+def projection_input(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """a_s, the input of sublayer s's output projection."""
+    return mha_context(arch, s // 2, x, bias) if s % 2 == 0 else ffn_activations(arch, s // 2, x)
+
+
+def sublayer(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor):
+    """One sublayer: returns (LayerNorm(Y), Y, a) with Y = X + W_s·a + b_s. Mask hooks act on a."""
+    a = projection_input(arch, s, x, bias)
+    y = x + arch.out_proj(s)(a)
+    ln = arch.module(s // 2, "attn_ln" if s % 2 == 0 else "ffn_ln")
+    return ln(y), y, a
+
+
+def encode(arch: Arch, batch: dict, start: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Final hidden states, from the embeddings (start=0) or from the input x of sublayer `start`."""
+    bias = attention_bias(batch["attention_mask"], arch.model.dtype)
+    if x is None:
+        x = arch.embed(batch["input_ids"], batch.get("token_type_ids"))
+    for s in range(start, 2 * arch.num_layers):
+        x = sublayer(arch, s, x, bias)[0]
+    return x

@@ -1,0 +1,105 @@
+"""Loading checkpoints, and saving / reloading pruned models (safetensors + config + kprune.json; no pickles)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_model, save_model
+
+from .arch import Arch
+from .physical import prune_physically, shape_masks
+
+KPRUNE_FILE = "kprune.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelLoadError(OSError):
+    pass
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = "cpu"):
+    """A task model and its tokenizer, in float32: a pruned folder of ours, a local HF folder or a hub id."""
+    path = Path(name_or_dir)
+    if (path / KPRUNE_FILE).is_file():
+        model = load_pruned(path)
+    else:
+        auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
+        try:
+            model = auto.from_pretrained(name_or_dir, dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"could not load model {name_or_dir!r}: {_first_line(e)} — pass a checkpoint folder "
+                                 "or a hub id (offline, only local folders and cached ids work)") from None
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the tokenizer of {name_or_dir!r}: {_first_line(e)}") from None
+    Arch(model)  # fail early on unsupported architectures
+    return model.to(device).eval(), tokenizer
+
+
+def pruned_shape(model) -> dict:
+    arch = Arch(model)
+    return {"heads_per_layer": [arch.heads_in_layer(i) for i in range(arch.num_layers)],
+            "neurons_per_layer": [arch.neurons_in_layer(i) for i in range(arch.num_layers)]}
+
+
+def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+    """Write a (physically pruned) model: model.safetensors, config.json, tokenizer files and kprune.json.
+
+    info: extra provenance for kprune.json (kept unit indices, constraint, FLOPs, hyper-parameters …).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    model.config.save_pretrained(out_dir)
+    save_model(model, str(out_dir / WEIGHTS_FILE))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    meta = {"architecture": type(model).__name__, **pruned_shape(model), **(info or {})}
+    (out_dir / KPRUNE_FILE).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def load_pruned(model_dir: str | Path):
+    """Rebuild a model written by `save_pruned` (dense skeleton from the config, shrunk, then weights loaded)."""
+    model_dir = Path(model_dir)
+    try:
+        meta = json.loads((model_dir / KPRUNE_FILE).read_text())
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        cls = getattr(transformers, meta["architecture"])
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise ModelLoadError(f"{model_dir} is not a pruned model folder written by kprune: {_first_line(e)}") from None
+    model = cls(config).to(torch.float32)
+    arch = Arch(model)
+    prune_physically(model, *shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size))
+    load_model(model, str(model_dir / WEIGHTS_FILE), strict=True)
+    return model.eval()
+
+
+@contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False):
+    """Yield a temporary folder beside `target`; move it into place only if the block succeeds."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {target} exists and is not empty; choose another --output or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)

@@ -1,0 +1,50 @@
+"""Masks as forward pre-hooks on the output projections (transformers 5.x has no `head_mask`).
+
+A mask for sublayer s is a vector over the input dims of its output projection: one entry per
+FFN neuron, or one entry per context dimension for MHA (a head owns d_h consecutive dims).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import torch
+
+from .arch import Arch
+
+
+def head_dims(head_mask_row: torch.Tensor, head_size: int) -> torch.Tensor:
+    """(H,) per-head mask -> (H·d_h,) per-context-dim mask."""
+    return head_mask_row.repeat_interleave(head_size)
+
+
+def sublayer_masks(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> dict[int, torch.Tensor]:
+    """(L, H) head mask and (L, N) neuron mask -> {sublayer s: per-dim mask vector}."""
+    masks = {}
+    for i in range(arch.num_layers):
+        masks[2 * i] = head_dims(head_mask[i], arch.head_size)
+        masks[2 * i + 1] = neuron_mask[i]
+    return masks
+
+
+@contextmanager
+def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Multiply the input of each sublayer's output projection by its mask; hooks always removed."""
+    handles = []
+    try:
+        for s, m in masks.items():
+            proj = arch.out_proj(s)
+            if m.shape != (proj.in_features,):
+                raise ValueError(f"mask for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},)")
+            handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (inp[0] * m,) + tuple(inp[1:])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def masked_model(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> Iterator[None]:
+    """The whole model with (L, H) / (L, N) 0-1 unit masks applied."""
+    with apply_masks(arch, sublayer_masks(arch, head_mask, neuron_mask)):
+        yield

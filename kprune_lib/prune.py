@@ -1,0 +1,233 @@
+"""The K-prune loop: bottom-up over the 2L sublayers, measure → search → tune (paper Algorithm 1).
+
+Two schedules give identical masks:
+- "naive" (the reference's): every iteration runs the whole model from the embeddings, with the units
+  pruned so far masked, and back-propagates to the bottom; teacher sums Y_s of all 2L sublayers are held.
+- "cached" (ours): the frozen lower part is never re-run. The student's input to the target sublayer is
+  cached over the sample and advanced one sublayer per iteration; the teacher's residual stream is
+  cached beside it, so teacher targets are streamed (memory O(N·d) instead of O(2L·N·d)).
+While pruning, the model keeps its dense shapes (pruned projection columns are zeroed and masked);
+`physical.prune_physically` shrinks it afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import Arch
+from .config import SCHEDULES
+from .flops import head_flops, model_flops, neuron_flops
+from .forward import attention_bias, encode, sublayer
+from .masks import apply_masks, head_dims
+from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
+                          representational_knowledge_increment, teacher_signal)
+from .search import kpms_step
+from .tuning import NormalEquations
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteScores(FloatingPointError):
+    pass
+
+
+@dataclass
+class PruneResult:
+    head_mask: torch.Tensor  # (L, H) bool, True = kept
+    neuron_mask: torch.Tensor  # (L, N) bool
+    sublayers: list[dict]  # one record per sublayer: kept, tau, budget_left, errors, ridge, seconds
+    timings: dict[str, float]  # seconds per stage
+    seconds: float
+    flops_dense: float
+    flops_pruned: float
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # target sublayer's unit scores per iteration
+
+    @property
+    def heads_kept(self) -> list[int]:
+        return self.head_mask.sum(1).tolist()
+
+    @property
+    def neurons_kept(self) -> list[int]:
+        return self.neuron_mask.sum(1).tolist()
+
+    @property
+    def ridge_fallbacks(self) -> list[dict]:
+        return [{"sublayer": r["sublayer"], "ridge": r["ridge"]} for r in self.sublayers if r["ridge"]]
+
+
+class _Clock:
+    """Accumulates wall time per stage (synchronising CUDA so the split is honest)."""
+
+    def __init__(self, device: torch.device):
+        self.totals: dict[str, float] = defaultdict(float)
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, stage: str):
+        clock = self
+
+        class _Span:
+            def __enter__(self):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                clock.totals[stage] += time.perf_counter() - self.t
+
+        return _Span()
+
+
+def _unit_width(arch: Arch, s: int) -> int:
+    return arch.head_size if s % 2 == 0 else 1
+
+
+def _dims(arch: Arch, s: int, keep_units: torch.Tensor) -> torch.Tensor:
+    """Unit keep-mask of sublayer s -> indices of the kept projection-input dims."""
+    dim_mask = head_dims(keep_units, arch.head_size) if s % 2 == 0 else keep_units
+    return dim_mask.nonzero().flatten()
+
+
+@torch.no_grad()
+def _teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_sums: bool):
+    """Soft targets of the unpruned model; with keep_sums also every sublayer's Y_s (naive schedule)."""
+    targets, sums = [], []
+    for b in batches:
+        bias = attention_bias(b["attention_mask"], arch.model.dtype)
+        x, ys = arch.embed(b["input_ids"], b.get("token_type_ids")), []
+        for s in range(2 * arch.num_layers):
+            x, y, _ = sublayer(arch, s, x, bias)
+            if keep_sums:
+                ys.append(y)
+        targets.append(teacher_signal(arch.head(x), problem, temperature))
+        sums.append(ys)
+    return targets, sums
+
+
+def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
+           lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
+           schedule: str = "cached", ridge: float = 1e-6, progress: bool = True) -> PruneResult:
+    """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
+
+    batches: the pruning sample, padded (B, T) tensors on the model's device.
+    problem: "classification", "regression" or "qa". seq_len: L_seq of the FLOPs formula.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not batches:
+        raise ValueError("empty pruning sample: increase num_tokens")
+    t_start = time.perf_counter()
+    arch = Arch(model)
+    model.eval()
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    L, d = arch.num_layers, arch.hidden
+    n_sub = 2 * L
+    fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
+    unit_flops = {s: fh if s % 2 == 0 else fn for s in range(n_sub)}
+    flops_dense = model_flops([arch.num_heads] * L, [arch.ffn_size] * L, seq_len, d, arch.head_size)
+    budget = (1.0 - constraint) * flops_dense
+    n_examples = sum(b["input_ids"].shape[0] for b in batches)
+    n_tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    naive = schedule == "naive"
+    widths = {s: arch.out_proj(s).in_features for s in range(n_sub)}
+    fixed = {s: torch.ones(widths[s], device=device, dtype=model.dtype) for s in range(n_sub)}  # decided masks
+    keep_units: dict[int, torch.Tensor] = {}
+    records, target_scores = [], {}
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        with clock("teacher"):
+            targets, teacher_sums = _teacher_pass(arch, batches, problem, temperature, keep_sums=naive)
+            if not naive:  # residual streams of teacher and student at the current sublayer
+                with torch.no_grad():
+                    teacher_x = [arch.embed(b["input_ids"], b.get("token_type_ids")) for b in batches]
+                student_x = [x.clone() for x in teacher_x]
+        biases = [attention_bias(b["attention_mask"], model.dtype) for b in batches]
+        for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
+            t_sub = time.perf_counter()
+            k_pred = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
+            k_rep = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
+            eqs = NormalEquations.zeros(widths[s], d, device)
+            for j, b in enumerate(tqdm(batches, desc=f"sublayer {s}", leave=False, disable=not progress)):
+                tok = b["attention_mask"]
+                with clock("measure_forward_backward"):
+                    first = 0 if naive else s
+                    leaves = {t: fixed[t].clone().requires_grad_(True) for t in range(first, n_sub)}
+                    h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive else student_x[j]
+                    feats = {}
+                    with apply_masks(arch, leaves):
+                        for t in range(first, n_sub):
+                            if t == s:
+                                x_s = h
+                            h, _, a = sublayer(arch, t, h, biases[j])
+                            if t >= s:
+                                feats[t] = a
+                        out = arch.head(h)
+                    loss = predictive_loss(out, targets[j], problem, temperature)
+                    grads = torch.autograd.grad(loss, list(leaves.values()))  # naive: down to the bottom
+                with clock("knowledge_accumulate"):
+                    for t, g in zip(leaves, grads):
+                        if t >= s:
+                            k_pred[t] += predictive_knowledge_increment(g)
+                            k_rep[t] += representational_knowledge_increment(feats[t], arch.out_proj(t).weight, tok)
+                with clock("tuning_accumulate"), torch.no_grad():
+                    if naive:
+                        y_teacher = teacher_sums[j][s]
+                    else:
+                        teacher_x[j], y_teacher, _ = sublayer(arch, s, teacher_x[j], biases[j])
+                    residual = y_teacher - x_s.detach() - arch.out_proj(s).bias
+                    eqs.add(feats[s], residual, tok)
+                del feats, leaves, grads, out, loss, h
+            with clock("score_search"):
+                scores = {}
+                for t in range(s, n_sub):
+                    w = _unit_width(arch, t)
+                    scores[t] = importance_scores(per_unit(k_rep[t] / n_tokens, w), per_unit(k_pred[t] / n_examples, w),
+                                                  lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
+                    if not bool(torch.isfinite(scores[t]).all()):
+                        raise NonFiniteScores(f"non-finite importance scores at sublayer {t} while pruning sublayer {s}: "
+                                              "the model or the sample produces NaN/Inf; check the checkpoint and inputs")
+                keep, tau, budget = kpms_step(scores, unit_flops, s, budget)
+                keep_units[s] = keep
+                target_scores[s] = scores[s].cpu()
+            with clock("tuning_solve"), torch.no_grad():
+                proj = arch.out_proj(s)
+                idx = _dims(arch, s, keep)
+                w_old = proj.weight[:, idx]
+                err_before = eqs.error(w_old, idx)
+                w_new, used_ridge = eqs.solve(idx, ridge) if tuning else (w_old.double(), 0.0)
+                err_after = eqs.error(w_new, idx)
+                weight = torch.zeros_like(proj.weight)
+                weight[:, idx] = w_new.to(weight.dtype)
+                proj.weight.copy_(weight)
+                fixed[s] = torch.zeros_like(fixed[s])
+                fixed[s][idx] = 1.0
+            if not naive:
+                with clock("cache_advance"), torch.no_grad(), apply_masks(arch, {s: fixed[s]}):
+                    for j in range(len(batches)):
+                        student_x[j] = sublayer(arch, s, student_x[j], biases[j])[0]
+            rr = float(eqs.rr) or 1.0
+            records.append({
+                "sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn",
+                "units": int(keep.numel()), "kept": int(keep.sum()), "tau": tau, "budget_left": budget,
+                "rel_error_before_tuning": err_before / rr, "rel_error_after_tuning": err_after / rr,
+                "tuned": tuning, "ridge": used_ridge, "seconds": time.perf_counter() - t_sub,
+            })
+            if used_ridge:
+                log.warning("sublayer %d: ridge fallback %.1e recorded", s, used_ridge)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires_grad[n])
+    head_mask = torch.stack([keep_units[2 * i] for i in range(L)]).cpu()
+    neuron_mask = torch.stack([keep_units[2 * i + 1] for i in range(L)]).cpu()
+    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
+    return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
+                       flops_dense, flops_pruned, target_scores)

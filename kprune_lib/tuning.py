@@ -1,0 +1,76 @@
+"""Knowledge-preserving weight tuning, KPWT (paper §4.3): least squares on the normal equations.
+
+For sublayer s, over all non-padding sample tokens: min_W' ‖A W'ᵀ − (Y_s − X − b_s)‖², with A the
+kept units' projection inputs of the current model, X its sublayer input and Y_s the teacher's
+pre-LayerNorm sum. Statistics are accumulated batch by batch (AᵀA, Aᵀ R, ‖R‖²) and solved once in float64.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NormalEquations:
+    """Running sums for one sublayer: G = AᵀA (n×n), C = AᵀR (n×d), rr = ‖R‖² (float64)."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    rr: torch.Tensor
+    tokens: int = 0
+
+    @classmethod
+    def zeros(cls, width: int, hidden: int, device) -> "NormalEquations":
+        f64 = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(width, width, **f64), torch.zeros(width, hidden, **f64), torch.zeros((), **f64))
+
+    def add(self, a: torch.Tensor, residual: torch.Tensor, token_mask: torch.Tensor) -> None:
+        """a: (B, T, n) projection inputs; residual: (B, T, d) target R = Y − X − b; token_mask (B, T)."""
+        keep = token_mask.bool()
+        A = a.detach()[keep].double()  # (tokens, n)
+        R = residual.detach()[keep].double()  # (tokens, d)
+        self.gram += A.T @ A
+        self.cross += A.T @ R
+        self.rr += (R * R).sum()
+        self.tokens += A.shape[0]
+
+    def error(self, weight: torch.Tensor, idx: torch.Tensor) -> float:
+        """‖A_idx Wᵀ − R‖² for weight (d, k) acting on the dims idx, from the accumulated sums."""
+        W = weight.double()
+        G, C = self.gram[idx][:, idx], self.cross[idx]
+        return float(torch.einsum("dk,kl,dl->", W, G, W) - 2.0 * torch.einsum("dk,kd->", W, C) + self.rr)
+
+    def solve(self, idx: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:
+        """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R; returns (W', ridge used or 0.0)."""
+        return solve_normal_equations(self.gram[idx][:, idx], self.cross[idx], ridge)
+
+
+def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:
+    """Solve G Xᵀ = C for X (d, k) by Cholesky in float64.
+
+    If G is singular, add ridge·mean(diag G)·I (×10 until it factorises), log it and return the ridge
+    actually used so the caller can record it. Never falls back silently.
+    """
+    G, C = gram.double(), cross.double()
+    k = G.shape[0]
+    if k == 0:
+        return C.new_zeros(C.shape[1], 0), 0.0
+    L, info = torch.linalg.cholesky_ex(G)
+    used = 0.0
+    if int(info) != 0:
+        scale = float(G.diagonal().mean()) or 1.0
+        used = ridge
+        eye = torch.eye(k, dtype=G.dtype, device=G.device)
+        for _ in range(12):
+            L, info = torch.linalg.cholesky_ex(G + used * scale * eye)
+            if int(info) == 0:
+                break
+            used *= 10.0
+        else:
+            raise RuntimeError(f"normal equations ({k}×{k}) not positive definite even with ridge {used:g}")
+        log.warning("KPWT: AᵀA (%d×%d) is singular; solved with ridge %.1e·mean(diag)", k, k, used)
+    return torch.cholesky_solve(C, L).T.contiguous(), used

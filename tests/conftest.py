@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random models of every supported architecture, and paths to the shared data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KPRUNE_SHARED", ROOT.parent / "shared"))
+GLUE_DIR = SHARED / "data" / "glue"
+MODELS_DIR = SHARED / "models"
+
+TINY = dict(hidden=32, heads=4, layers=2, ffn=24, vocab=99)
+
+
+def tiny_config(arch: str, num_labels: int = 2, **kw):
+    h, n, L, f, v = (kw.get(k, TINY[k]) for k in ("hidden", "heads", "layers", "ffn", "vocab"))
+    if arch == "bert":
+        return transformers.BertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
+                                       intermediate_size=f, max_position_embeddings=64, num_labels=num_labels)
+    if arch == "roberta":
+        return transformers.RobertaConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
+                                          intermediate_size=f, max_position_embeddings=70, num_labels=num_labels,
+                                          pad_token_id=1)
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f,
+                                             max_position_embeddings=64, num_labels=num_labels)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "bert", num_labels: int = 2, qa: bool = False, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, num_labels=num_labels if not qa else 2, **kw)
+    if num_labels == 1:
+        cfg.problem_type = "regression"
+    auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
+    model = auto.from_config(cfg).eval()
+    with torch.no_grad():  # larger-than-init weights so that scores spread and pruning matters
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model
+
+
+def random_batches(n_batches: int = 3, batch: int = 4, max_len: int = 12, vocab: int = 99, seed: int = 0,
+                   token_types: bool = True):
+    """Padded batches with varied lengths (every example has >= 3 real tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        lengths = torch.randint(3, max_len + 1, (batch,), generator=g)
+        T = int(lengths.max())
+        ids = torch.randint(5, vocab, (batch, T), generator=g)
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+        ids = ids * mask + (1 - mask) * 1  # pad id 1 (valid for every tiny config)
+        b = {"input_ids": ids, "attention_mask": mask}
+        if token_types:
+            b["token_type_ids"] = torch.zeros_like(ids)
+        out.append(b)
+    return out
+
+
+ARCHS = ["bert", "roberta", "distilbert"]
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"shared fixture {path} not available")

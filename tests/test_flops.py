@@ -1,0 +1,42 @@
+"""The paper's FLOPs formula equals the matmul FLOPs counted by torch on one layer."""
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import tiny_model
+from kprune_lib.arch import Arch
+from kprune_lib.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.forward import attention_bias, sublayer
+from kprune_lib.physical import prune_physically
+
+
+def counted(fn):
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def math_attention(q, k, v, attn_mask=None):
+    """Explicit attention (FlopCounterMode does not count the fused CPU kernel)."""
+    w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + attn_mask, dim=-1)
+    return w @ v
+
+
+def test_formula_equals_counted_matmuls(monkeypatch):
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", math_attention)
+    model = tiny_model("bert", hidden=48, heads=4, ffn=40, layers=2)
+    hm = torch.tensor([[True, False, True, True], [False, False, False, False]])
+    nm = torch.zeros(2, 40, dtype=torch.bool)
+    nm[0, :17] = True
+    prune_physically(model, hm, nm)
+    a = Arch(model)
+    T = 11
+    x = torch.randn(1, T, a.hidden)
+    bias = attention_bias(torch.ones(1, T), x.dtype)
+    with torch.no_grad():
+        total = sum(counted(lambda s=s: sublayer(a, s, x, bias)) for s in range(4))
+    expected = model_flops([3, 0], [17, 0], T, a.hidden, a.head_size)
+    assert total == expected
+    dense = Arch(tiny_model("bert", hidden=48, heads=4, ffn=40))
+    with torch.no_grad():
+        assert counted(lambda: sublayer(dense, 0, x, bias)) == 4 * head_flops(T, 48, 12)
+        assert counted(lambda: sublayer(dense, 1, x, bias)) == 40 * neuron_flops(T, 48)

@@ -1,0 +1,78 @@
+"""The sublayer-level forward equals the Hugging Face forward; masked model == physically pruned model."""
+import pytest
+import torch
+
+from conftest import ARCHS, random_batches, tiny_model
+from kprune_lib.arch import Arch, UnsupportedArchitecture
+from kprune_lib.forward import encode
+from kprune_lib.masks import masked_model
+from kprune_lib.physical import prune_physically
+
+
+def hf_logits(model, batch):
+    keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if Arch(model).table.token_types else [])
+    with torch.no_grad():
+        return model(**{k: batch[k] for k in keys}).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sublayer_forward_matches_hf(arch):
+    model = tiny_model(arch)
+    a = Arch(model)
+    for b in random_batches(token_types=a.table.token_types):
+        with torch.no_grad():
+            ours = a.head(encode(a, b))
+        torch.testing.assert_close(ours, hf_logits(model, b), rtol=1e-4, atol=1e-5)
+
+
+def _masks(arch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.rand(arch.num_layers, arch.num_heads, generator=g) > 0.4
+    nm = torch.rand(arch.num_layers, arch.ffn_size, generator=g) > 0.5
+    hm[0] = False  # a layer with no head left: attention must be skipped entirely
+    nm[-1] = False  # a layer with no neuron left: only the FFN output bias remains
+    return hm, nm
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("qa", [False, True])
+def test_masked_equals_physically_pruned(arch, qa):
+    model = tiny_model(arch, qa=qa)
+    a = Arch(model)
+    hm, nm = _masks(a)
+    batches = random_batches(token_types=a.table.token_types)
+    keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if a.table.token_types else [])
+    with torch.no_grad(), masked_model(a, hm.float(), nm.float()):
+        masked = [model(**{k: b[k] for k in keys}) for b in batches]
+    assert not any(h.hooks for h in [a.out_proj(s)._forward_pre_hooks for s in range(4)] if hasattr(h, "hooks"))
+    assert all(len(a.out_proj(s)._forward_pre_hooks) == 0 for s in range(2 * a.num_layers))  # hooks removed
+    params_before = sum(p.numel() for p in model.parameters())
+    prune_physically(model, hm, nm)
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    assert [a.heads_in_layer(i) for i in range(a.num_layers)] == hm.sum(1).tolist()
+    assert [a.neurons_in_layer(i) for i in range(a.num_layers)] == nm.sum(1).tolist()
+    with torch.no_grad():
+        pruned = [model(**{k: b[k] for k in keys}) for b in batches]
+    for m, p in zip(masked, pruned):
+        for key in (["start_logits", "end_logits"] if qa else ["logits"]):
+            torch.testing.assert_close(p[key], m[key], rtol=1e-4, atol=1e-5)
+
+
+def test_masks_change_the_output():
+    """Guards the test above: a mask that removes units must change the logits."""
+    model = tiny_model("bert")
+    a = Arch(model)
+    hm, nm = _masks(a)
+    b = random_batches(1)[0]
+    dense = hf_logits(model, b)
+    with masked_model(a, hm.float(), nm.float()):
+        masked = hf_logits(model, b)
+    assert (dense - masked).abs().max() > 1e-3
+
+
+def test_unknown_architecture_is_named():
+    import transformers
+
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
+    with pytest.raises(UnsupportedArchitecture, match="supported: bert, distilbert, roberta"):
+        Arch(transformers.GPT2ForSequenceClassification(cfg))

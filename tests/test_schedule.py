@@ -1,0 +1,82 @@
+"""The cached schedule gives the same masks (and tuned weights) as the reference's naive schedule."""
+import pytest
+import torch
+
+from conftest import ARCHS, random_batches, tiny_model
+from kprune_lib.arch import Arch
+from kprune_lib.prune import kprune
+
+HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
+
+
+def run(arch, schedule, problem="classification", qa=False, constraint=0.5, **kw):
+    model = tiny_model(arch, num_labels=1 if problem == "regression" else 2, qa=qa, layers=3)
+    batches = random_batches(4, token_types=Arch(model).table.token_types)
+    res = kprune(model, batches, problem, constraint=constraint, seq_len=10.0, schedule=schedule, progress=False,
+                 **{**HP, **kw})
+    return model, res
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_naive(arch):
+    m1, cached = run(arch, "cached")
+    m2, naive = run(arch, "naive")
+    assert torch.equal(cached.head_mask, naive.head_mask)
+    assert torch.equal(cached.neuron_mask, naive.neuron_mask)
+    assert 0 < int(cached.neuron_mask.sum()) < cached.neuron_mask.numel()  # the case is not trivial
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    for r1, r2 in zip(cached.sublayers, naive.sublayers):
+        assert r1["rel_error_after_tuning"] == pytest.approx(r2["rel_error_after_tuning"], rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("problem,qa", [("regression", False), ("qa", True)])
+def test_cached_equals_naive_other_problems(problem, qa):
+    _, cached = run("bert", "cached", problem=problem, qa=qa)
+    _, naive = run("bert", "naive", problem=problem, qa=qa)
+    assert torch.equal(cached.head_mask, naive.head_mask)
+    assert torch.equal(cached.neuron_mask, naive.neuron_mask)
+
+
+@pytest.mark.parametrize("constraint", [0.3, 0.6, 0.9])
+def test_budget_is_met(constraint):
+    _, res = run("bert", "cached", constraint=constraint)
+    assert res.flops_pruned <= (1 - constraint) * res.flops_dense
+    assert len(res.sublayers) == 6 and all(r["kept"] <= r["units"] for r in res.sublayers)
+
+
+def test_tuning_reduces_reconstruction_error_and_records_it():
+    _, res = run("bert", "cached")
+    for r in res.sublayers:
+        assert r["rel_error_after_tuning"] <= r["rel_error_before_tuning"] + 1e-9
+        assert r["tuned"] and r["seconds"] > 0
+    _, untuned = run("bert", "cached", tuning=False)
+    assert all(r["rel_error_after_tuning"] == pytest.approx(r["rel_error_before_tuning"]) for r in untuned.sublayers)
+
+
+def test_ablations_change_the_ranking():
+    _, both = run("bert", "cached")
+    _, rep_only = run("bert", "cached", lam_pred=0.0)
+    _, pred_only = run("bert", "cached", lam_rep=0.0)
+    masks = [torch.cat([r.head_mask.flatten(), r.neuron_mask.flatten()]) for r in (both, rep_only, pred_only)]
+    assert not torch.equal(masks[1], masks[2])
+
+
+def test_pruned_tuned_model_is_closer_to_teacher_than_untuned():
+    """KPWT must help: KL to the teacher on the sample is lower with tuning than without."""
+    from kprune_lib.forward import encode
+    from kprune_lib.measurement import predictive_loss, teacher_signal
+
+    teacher = tiny_model("bert", layers=3)
+    ta = Arch(teacher)
+    batches = random_batches(4)
+    with torch.no_grad():
+        targets = [teacher_signal(ta.head(encode(ta, b)), "classification", 2.0) for b in batches]
+    losses = {}
+    for tuning in (True, False):
+        model, _ = run("bert", "cached", tuning=tuning)
+        a = Arch(model)
+        with torch.no_grad():
+            losses[tuning] = sum(float(predictive_loss(a.head(encode(a, b)), t, "classification", 2.0))
+                                 for b, t in zip(batches, targets))
+    assert losses[True] < losses[False]

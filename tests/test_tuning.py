@@ -1,0 +1,64 @@
+"""KPWT: the normal-equation solver equals torch.linalg.lstsq; errors from accumulated sums are exact."""
+import logging
+
+import pytest
+import torch
+
+from kprune_lib.tuning import NormalEquations, solve_normal_equations
+
+
+def _problem(seed=0, tokens=200, n=10, d=6):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, tokens // 4, n, generator=g)
+    r = torch.randn(4, tokens // 4, d, generator=g)
+    mask = (torch.rand(4, tokens // 4, generator=g) > 0.2).long()
+    return a, r, mask
+
+
+def test_accumulated_solution_equals_lstsq():
+    a, r, mask = _problem()
+    eqs = NormalEquations.zeros(a.shape[-1], r.shape[-1], "cpu")
+    for i in range(4):  # batch by batch
+        eqs.add(a[i:i + 1], r[i:i + 1], mask[i:i + 1])
+    idx = torch.tensor([0, 2, 3, 7, 9])
+    w, ridge = eqs.solve(idx)
+    A = a[mask.bool()][:, idx].double()
+    R = r[mask.bool()].double()
+    expected = torch.linalg.lstsq(A, R).solution.T  # (d, k)
+    torch.testing.assert_close(w, expected, rtol=1e-8, atol=1e-10)
+    assert ridge == 0.0
+    assert eqs.tokens == int(mask.sum())
+
+
+def test_error_from_sums_equals_direct_residual():
+    a, r, mask = _problem(1)
+    eqs = NormalEquations.zeros(a.shape[-1], r.shape[-1], "cpu")
+    eqs.add(a, r, mask)
+    idx = torch.tensor([1, 4, 5])
+    w = torch.randn(r.shape[-1], 3, dtype=torch.float64)
+    A, R = a[mask.bool()][:, idx].double(), r[mask.bool()].double()
+    direct = float(((A @ w.T - R) ** 2).sum())
+    assert eqs.error(w, idx) == pytest.approx(direct, rel=1e-9)
+    w_opt, _ = eqs.solve(idx)
+    assert eqs.error(w_opt, idx) <= eqs.error(w, idx)
+
+
+def test_singular_system_uses_logged_ridge(caplog):
+    a, r, mask = _problem(2)
+    a[..., 3] = a[..., 2]  # duplicated unit: AᵀA singular
+    eqs = NormalEquations.zeros(a.shape[-1], r.shape[-1], "cpu")
+    eqs.add(a, r, mask)
+    with caplog.at_level(logging.WARNING):
+        w, ridge = eqs.solve(torch.arange(a.shape[-1]))
+    assert ridge > 0
+    assert "ridge" in caplog.text
+    assert torch.isfinite(w).all()
+    A, R = a[mask.bool()].double(), r[mask.bool()].double()
+    best = torch.linalg.lstsq(A, R, driver="gelsd").solution.T
+    # the ridge solution is (nearly) as good as the minimum-norm least-squares solution
+    assert float(((A @ w.T - R) ** 2).sum()) == pytest.approx(float(((A @ best.T - R) ** 2).sum()), rel=1e-4)
+
+
+def test_empty_selection_returns_empty_weight():
+    w, ridge = solve_normal_equations(torch.zeros(0, 0), torch.zeros(0, 5))
+    assert w.shape == (5, 0) and ridge == 0.0
