@@ -47,6 +47,9 @@ class PruneResult:
     flops_dense: float
     flops_pruned: float
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # target sublayer's unit scores per iteration
+    # with record_knowledge: knowledge[s][t] = {"k_pred", "k_rep", "score"} per-unit tensors of every
+    # sublayer t >= s, as measured at iteration s (for the workbook's plots)
+    knowledge: dict[int, dict[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def heads_kept(self) -> list[int]:
@@ -113,7 +116,8 @@ def _teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_su
 
 def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
            lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
-           schedule: str = "cached", ridge: float = 1e-6, progress: bool = True) -> PruneResult:
+           schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
+           record_knowledge: bool = False) -> PruneResult:
     """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
 
     batches: the pruning sample, padded (B, T) tensors on the model's device.
@@ -140,7 +144,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     widths = {s: arch.out_proj(s).in_features for s in range(n_sub)}
     fixed = {s: torch.ones(widths[s], device=device, dtype=model.dtype) for s in range(n_sub)}  # decided masks
     keep_units: dict[int, torch.Tensor] = {}
-    records, target_scores = [], {}
+    records, target_scores, knowledge = [], {}, {}
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     try:
@@ -190,8 +194,10 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 scores = {}
                 for t in range(s, n_sub):
                     w = _unit_width(arch, t)
-                    scores[t] = importance_scores(per_unit(k_rep[t] / n_tokens, w), per_unit(k_pred[t] / n_examples, w),
-                                                  lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
+                    kr, kp = per_unit(k_rep[t] / n_tokens, w), per_unit(k_pred[t] / n_examples, w)
+                    scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
+                    if record_knowledge:
+                        knowledge.setdefault(s, {})[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
                     if not bool(torch.isfinite(scores[t]).all()):
                         raise NonFiniteScores(f"non-finite importance scores at sublayer {t} while pruning sublayer {s}: "
                                               "the model or the sample produces NaN/Inf; check the checkpoint and inputs")
@@ -230,4 +236,4 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     neuron_mask = torch.stack([keep_units[2 * i + 1] for i in range(L)]).cpu()
     flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
-                       flops_dense, flops_pruned, target_scores)
+                       flops_dense, flops_pruned, target_scores, knowledge)

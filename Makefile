@@ -1,0 +1,35 @@
+# kprune workbook — `make demo` and `make test` install into .venv first (idempotent `make setup`).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first, on its own: a CPU wheel here; on a CUDA machine use e.g. TORCH_SPEC="torch"
+TORCH_SPEC ?= torch==2.13.0
+SHARED ?= ../shared
+DATA_DIR ?= $(SHARED)/data/glue
+MODEL ?= $(SHARED)/models/minilm-l6-mrpc
+TASK ?= mrpc
+CONSTRAINT ?= 0.5
+NUM_TOKENS ?= 20000
+DEMO_OUT ?= runs/demo-$(TASK)-c$(CONSTRAINT)
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[workbook,dev]'
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune prune --model $(MODEL) --task $(TASK) --data-dir $(DATA_DIR) \
+		--constraint $(CONSTRAINT) --num-tokens $(NUM_TOKENS) --output $(DEMO_OUT) --overwrite
+	@echo "results: $(DEMO_OUT)/summary.json  pruned model: $(DEMO_OUT)/model/"
+
+clean:
+	rm -rf runs .pytest_cache
