@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
 
 from .arch import Arch
 from .physical import prune_physically, shape_masks
@@ -63,7 +63,7 @@ def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     model.config.save_pretrained(out_dir)
-    save_model(model, str(out_dir / WEIGHTS_FILE))
+    save_safetensors(model, str(out_dir / WEIGHTS_FILE))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     meta = {"architecture": type(model).__name__, **pruned_shape(model), **(info or {})}
@@ -83,7 +83,7 @@ def load_pruned(model_dir: str | Path):
     model = cls(config).to(torch.float32)
     arch = Arch(model)
     prune_physically(model, *shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size))
-    load_model(model, str(model_dir / WEIGHTS_FILE), strict=True)
+    load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
     return model.eval()
 
 
