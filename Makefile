@@ -33,3 +33,10 @@ demo: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+.PHONY: bench bench-quick
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py
+
+bench-quick: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --quick

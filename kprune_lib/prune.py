@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
-from .forward import attention_bias, encode, sublayer
+from .forward import attention_bias, projection_input, sublayer
 from .masks import apply_masks, head_dims
 from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
                           representational_knowledge_increment, teacher_signal)
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 class NonFiniteScores(FloatingPointError):
     pass
+
+
+AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -117,16 +120,20 @@ def _teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_su
 def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
            lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
-           record_knowledge: bool = False) -> PruneResult:
+           record_knowledge: bool = False, autocast: str | None = None) -> PruneResult:
     """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
 
     batches: the pruning sample, padded (B, T) tensors on the model's device.
     problem: "classification", "regression" or "qa". seq_len: L_seq of the FLOPs formula.
+    autocast: None, "bf16" or "fp16": lower precision for the measurement forward/backward only;
+    teacher signals, the tuning statistics and the solve stay in float32/float64.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if not batches:
         raise ValueError("empty pruning sample: increase num_tokens")
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r}")
     t_start = time.perf_counter()
     arch = Arch(model)
     model.eval()
@@ -167,7 +174,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                     leaves = {t: fixed[t].clone().requires_grad_(True) for t in range(first, n_sub)}
                     h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive else student_x[j]
                     feats = {}
-                    with apply_masks(arch, leaves):
+                    with apply_masks(arch, leaves), torch.autocast(device.type, AUTOCAST[autocast] or torch.float32,
+                                                                   enabled=autocast is not None):
                         for t in range(first, n_sub):
                             if t == s:
                                 x_s = h
@@ -187,8 +195,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                         y_teacher = teacher_sums[j][s]
                     else:
                         teacher_x[j], y_teacher, _ = sublayer(arch, s, teacher_x[j], biases[j])
-                    residual = y_teacher - x_s.detach() - arch.out_proj(s).bias
-                    eqs.add(feats[s], residual, tok)
+                    x_s = x_s.detach().float()
+                    a_s = feats[s] if autocast is None else projection_input(arch, s, x_s, biases[j])  # fp32 for KPWT
+                    eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
                 del feats, leaves, grads, out, loss, h
             with clock("score_search"):
                 scores = {}
