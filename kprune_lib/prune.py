@@ -155,8 +155,14 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     try:
+        # Teacher = the unpruned model. Without autocast its signals come from iteration 0's own forward
+        # (at s = 0 the student is still the teacher, as in the reference); with autocast from a separate
+        # float32 pass, so that teacher signals never carry reduced precision.
         with clock("teacher"):
-            targets, teacher_sums = _teacher_pass(arch, batches, problem, temperature, keep_sums=naive)
+            if autocast is not None:
+                targets, teacher_sums = _teacher_pass(arch, batches, problem, temperature, keep_sums=naive)
+            else:
+                targets, teacher_sums = [None] * len(batches), [[] for _ in batches]
             if not naive:  # residual streams of teacher and student at the current sublayer
                 with torch.no_grad():
                     teacher_x = [arch.embed(b["input_ids"], b.get("token_type_ids")) for b in batches]
@@ -179,10 +185,15 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                         for t in range(first, n_sub):
                             if t == s:
                                 x_s = h
-                            h, _, a = sublayer(arch, t, h, biases[j])
+                            h, y, a = sublayer(arch, t, h, biases[j])
                             if t >= s:
                                 feats[t] = a
+                            if naive and len(teacher_sums[j]) < n_sub:  # iteration 0: the teacher's Y_t
+                                teacher_sums[j].append(y.detach())
                         out = arch.head(h)
+                    if targets[j] is None:  # iteration 0: the teacher's soft targets
+                        targets[j] = teacher_signal(tuple(o.detach() for o in out) if problem == "qa" else out.detach(),
+                                                    problem, temperature)
                     loss = predictive_loss(out, targets[j], problem, temperature)
                     grads = torch.autograd.grad(loss, list(leaves.values()))  # naive: down to the bottom
                 with clock("knowledge_accumulate"):
