@@ -8,11 +8,17 @@ import torch
 from .glue_data import DataError, Examples
 
 
-def tokenize(tokenizer, examples: Examples, max_length: int) -> list[dict]:
-    """Examples -> one dict of token id lists per example (truncated to max_length, unpadded)."""
+def tokenize(tokenizer, examples: Examples, max_length: int, labels: bool = False) -> list[dict]:
+    """Examples -> one dict of token id lists per example (truncated to max_length, unpadded).
+
+    labels=True also keeps each example's gold label under "label" (for label-based baselines)."""
     enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+    feats = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+    if labels:
+        for f, y in zip(feats, examples.labels):
+            f["label"] = y
+    return feats
 
 
 def mean_length(features: list[dict]) -> float:
@@ -32,7 +38,8 @@ def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -
 
 
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """Pad a list of features to the longest one: input_ids, attention_mask (, token_type_ids) of shape (B, T)."""
+    """Pad a list of features to the longest one: input_ids, attention_mask (, token_type_ids) of shape (B, T);
+    features with a "label" also give "labels" (B,) (long for class ids, float for regression scores)."""
     T = max(len(f["input_ids"]) for f in features)
     out = {"input_ids": torch.full((len(features), T), pad_id, dtype=torch.long),
            "attention_mask": torch.zeros(len(features), T, dtype=torch.long)}
@@ -44,6 +51,8 @@ def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch
         out["attention_mask"][i, :n] = 1
         if "token_type_ids" in out:
             out["token_type_ids"][i, :n] = torch.tensor(f["token_type_ids"])
+    if "label" in features[0]:
+        out["labels"] = torch.tensor([f["label"] for f in features])
     return {k: v.to(device) for k, v in out.items()}
 
 

@@ -24,6 +24,7 @@ class PruneConfig:
     batch_size: int | None = None  # None -> task default (32 GLUE, 12 SQuAD)
     max_length: int | None = None  # None -> task default (128; SST-2 64; SQuAD 384)
     ridge: float = 1e-6  # relative ridge added to AᵀA only when its Cholesky factorisation fails
+    method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
 
     def __post_init__(self) -> None:
         if not (0.0 < self.constraint < 1.0):
@@ -32,6 +33,8 @@ class PruneConfig:
             raise ValueError(f"num_tokens must be positive, got {self.num_tokens}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lam_pred < 0 or self.lam_rep < 0 or self.mu <= 0:
@@ -44,6 +47,9 @@ class PruneConfig:
 
 
 SCHEDULES = ("cached", "naive")
+# kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
+# kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines)
+METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher")
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128
