@@ -13,14 +13,17 @@ import transformers
 
 from . import __version__
 from .batching import make_batches, mean_length, sample_indices, tokenize
-from .config import GLUE_BATCH_SIZE, PruneConfig
+from .config import GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import encoder_params
 from .glue_data import load_glue
 from .io import atomic_dir, load_model, save_pruned
 from .physical import prune_physically
 from .prune import kprune
-from .tasks import get_glue_task
+from .finetune import FinetuneConfig, finetune as _finetune
+from .squad import load_squad, squad_only
+from .squad_features import evaluate_squad, pruning_data
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,29 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _saved_head(model) -> str | None:
+    """"qa" / "classification": what the checkpoint was saved as (config.json `architectures`), if it says."""
+    saved = getattr(model.config, "architectures", None) or []
+    if any(a.endswith("ForQuestionAnswering") for a in saved):
+        return "qa"
+    if any(a.endswith("ForSequenceClassification") for a in saved):
+        return "classification"
+    return None
+
+
 def check_task_head(model, task) -> None:
-    """The checkpoint's output layer must match the task (label count, QA vs classification)."""
-    if hasattr(model, "qa_outputs"):
-        raise TaskMismatch(f"{type(model).__name__} is a question-answering model; {task.name} needs a "
+    """The checkpoint's output layer must match the task (label count, QA vs classification).
+
+    A checkpoint loaded with the other task's auto class gets a new random head; its config still names
+    the architecture it was saved as, so both directions are caught."""
+    saved = _saved_head(model)
+    if task.problem == "qa":
+        if not hasattr(model, "qa_outputs") or saved == "classification":
+            raise TaskMismatch(f"the checkpoint is a sequence-classification model; {task.name} needs a "
+                               f"question-answering checkpoint (kprune finetune --task {task.name})")
+        return
+    if hasattr(model, "qa_outputs") or saved == "qa":
+        raise TaskMismatch(f"the checkpoint is a question-answering model; {task.name} needs a "
                            "sequence-classification checkpoint")
     n = model.config.num_labels
     if n != task.num_labels:
@@ -55,55 +77,84 @@ def _eval_splits(task, data_dir):
 
 
 def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "auto",
-             max_length: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s)."""
-    t = get_glue_task(task)
+             max_length: int | None = None, progress: bool = True, eval_file: str | None = None,
+             split_articles: float | None = None, split_seed: int = 0) -> dict[str, float]:
+    """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s).
+
+    SQuAD: the evaluation file (or the hub's validation split); with split_articles, only the held-out
+    articles that `prune` / `finetune` with the same split evaluate on."""
+    t = get_task(task)
+    squad_only(t, eval_file=eval_file, split_articles=split_articles, split_seed=split_seed)
     dev = resolve_device(device)
-    m, tok = load_model(model, device=dev)
+    m, tok = load_model(model, qa=t.problem == "qa", device=dev)
     check_task_head(m, t)
+    if t.problem == "qa":
+        data = load_squad(t, data_dir, eval_file=eval_file, split_fraction=split_articles, split_seed=split_seed,
+                          need_train=False)
+        return evaluate_squad(m, tok, t, data.eval, max_length, progress)
     return evaluate_glue(m, tok, t, _eval_splits(t, data_dir), max_length or t.max_length, progress)
 
 
 def prune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
-          overwrite: bool = False, progress: bool = True, config: PruneConfig | None = None, **overrides) -> dict:
-    """Prune a fine-tuned checkpoint on a GLUE task; writes OUT/model/ and OUT/summary.json atomically.
+          overwrite: bool = False, progress: bool = True, config: PruneConfig | None = None,
+          train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
+          split_seed: int = 0, seq_len: float | str | None = None, **overrides) -> dict:
+    """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ and OUT/summary.json atomically.
+
+    SQuAD only: train_file (the file the pruning sample is drawn from), eval_file, split_articles (take that
+    fraction of the evaluation file's articles as the sample side, seeded by split_seed; evaluate on the rest),
+    seq_len (L_seq of the FLOPs formula: None = the paper's 170, "measured", or a number).
 
     Hyper-parameters come from `config` (default `PruneConfig()`), with keyword overrides
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
     Returns the summary dict.
     """
     cfg = replace(config or PruneConfig(), **overrides)
-    t = get_glue_task(task)
+    t = get_task(task)
+    squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
+               split_seed=split_seed, seq_len=seq_len)
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
-    m, tok = load_model(model, device=dev)
+    m, tok = load_model(model, qa=t.problem == "qa", device=dev)
     check_task_head(m, t)
     max_length = cfg.max_length or t.max_length
-    batch_size = cfg.batch_size or GLUE_BATCH_SIZE
+    batch_size = cfg.batch_size or (SQUAD_BATCH_SIZE if t.problem == "qa" else GLUE_BATCH_SIZE)
 
-    eval_splits = _eval_splits(t, data_dir)
-    train = load_glue(t, "train", data_dir)
-    seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-    train_feats = tokenize(tok, train, max_length)
-    idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
-    batches = make_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev)
+    data_info = {}
+    if t.problem == "qa":
+        data = load_squad(t, data_dir, train_file, eval_file, split_articles, split_seed)
+        data_info = data.info
+        batches, n_sample, seq_len, score = pruning_data(t, tok, data, num_tokens=cfg.num_tokens, seed=cfg.seed,
+                                                         max_length=max_length, batch_size=batch_size,
+                                                         seq_len=seq_len, device=dev, progress=progress)
+    else:
+        eval_splits = _eval_splits(t, data_dir)
+        train = load_glue(t, "train", data_dir)
+        seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
+        train_feats = tokenize(tok, train, max_length)
+        idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
+        batches = make_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev)
+        n_sample = len(idx)
+
+        def score(net):
+            return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
     sample_tokens = int(sum(b["attention_mask"].sum() for b in batches))
 
-    dense_metrics = evaluate_glue(m, tok, t, eval_splits, max_length, progress)
+    dense_metrics = score(m)
     params_dense = encoder_params(m)
     result = kprune(m, batches, t.problem, constraint=cfg.constraint, seq_len=seq_len, lam_pred=cfg.lam_pred,
                     lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
                     schedule=cfg.schedule, ridge=cfg.ridge, progress=progress)
     prune_physically(m, result.head_mask, result.neuron_mask)
-    pruned_metrics = evaluate_glue(m, tok, t, eval_splits, max_length, progress)
+    pruned_metrics = score(m)
 
     summary = {
         "task": t.name, "model": str(model), "method": "kprune" if cfg.tuning else "kprune-no-tuning",
         "constraint": cfg.constraint, "num_tokens": cfg.num_tokens, "seed": cfg.seed,
-        "sample_examples": len(idx), "sample_tokens": sample_tokens, "seq_len": seq_len,
+        "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,
         "flops_removed": 1.0 - result.flops_pruned / result.flops_dense,
         "params_dense": params_dense, "params_pruned": encoder_params(m),
@@ -116,6 +167,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
                      "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if data_info:  # SQuAD: where the sample and the evaluation set came from
+        summary["data"] = data_info
     info = {"kept_heads": [r.nonzero().flatten().tolist() for r in result.head_mask],
             "kept_neurons": [r.nonzero().flatten().tolist() for r in result.neuron_mask],
             **{k: summary[k] for k in ("task", "model", "constraint", "seq_len", "flops_dense", "flops_pruned",
@@ -124,3 +177,18 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         save_pruned(m.cpu(), tmp / "model", tok, info)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def finetune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
+             overwrite: bool = False, progress: bool = True, config: FinetuneConfig | None = None,
+             train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
+             split_seed: int = 0, **overrides) -> dict:
+    """Fine-tune a base encoder on a GLUE task or SQuAD; writes OUT/ (HF checkpoint + finetune.json) atomically.
+
+    Hyper-parameters come from `config` (default `FinetuneConfig()`: the fixtures' recipe), with keyword
+    overrides (epochs=…, lr=…, batch_size=…, max_length=…, seed=…, max_train_examples=…, save_dtype=…).
+    """
+    cfg = replace(config or FinetuneConfig(), **overrides)
+    return _finetune(model, task, output, data_dir=data_dir, config=cfg, device=resolve_device(device),
+                     overwrite=overwrite, progress=progress, train_file=train_file, eval_file=eval_file,
+                     split_articles=split_articles, split_seed=split_seed)

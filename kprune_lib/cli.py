@@ -8,8 +8,10 @@ import os
 import sys
 
 from .config import SCHEDULES, PruneConfig
+from .finetune import FinetuneConfig
 
 D = PruneConfig()
+FT = FinetuneConfig()
 
 
 def _fraction(text: str) -> float:
@@ -32,14 +34,62 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="fine-tuned checkpoint: local folder, hub id, or a kprune output model/")
-    p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte")
+def _split_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1) (fraction of the articles), got {value}")
+    return value
+
+
+def _seq_len(text: str) -> float | str:
+    if text in ("measured", "reference"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'reference', 'measured' or a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, model_help: str = "fine-tuned checkpoint: local folder, hub id, or a kprune "
+            "output model/") -> None:
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte; or squad, squad_v2")
     p.add_argument("--data-dir", default=None,
-                   help="local GLUE root in the official layout (e.g. ../shared/data/glue); default: the hub (nyu-mll/glue)")
+                   help="local GLUE root in the official layout (e.g. ../shared/data/glue), or for SQuAD a folder with "
+                        "the official train-v1.1.json / dev-v1.1.json (v2.0); default: the hub (nyu-mll/glue, "
+                        "rajpurkar/squad, rajpurkar/squad_v2)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--max-length", type=_positive_int, default=None, help="max tokens per example (default: task's, 128; SST-2 64)")
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="max tokens per example (default: task's, 128; SST-2 64; SQuAD 384 with a 128-token stride)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _squad_options(p: argparse.ArgumentParser, train_side: str | None) -> None:
+    """SQuAD-only data options; train_side names what the training-side file is for (None: no such file)."""
+    g = p.add_argument_group("SQuAD data (squad, squad_v2 only)")
+    g.add_argument("--eval-file", default=None, help="official SQuAD JSON to evaluate on (default: under --data-dir, "
+                                                     "else the hub's validation split)")
+    if train_side:
+        g.add_argument(*(["--sample-file", "--train-file"] if train_side == "sample" else ["--train-file"]),
+                       dest="train_file", default=None,
+                       help=f"official SQuAD JSON the {'pruning sample is drawn' if train_side == 'sample' else 'model is trained'}"
+                            " from (default: under --data-dir, else the hub's train split); must share no question id "
+                            "or article title with the evaluation file")
+    g.add_argument("--split-articles", type=_split_fraction, default=None, metavar="FRACTION",
+                   help="cut the evaluation file by article: this fraction of its articles (seeded by --split-seed) is "
+                        "the training/sample side, the rest is evaluated; the same FRACTION and seed give the same cut "
+                        "in finetune, prune and evaluate")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of --split-articles")
+
+
+def _squad_args(args) -> dict:
+    return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed") if hasattr(args, k)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tuning", action="store_true", help="skip knowledge-preserving weight tuning (ablation)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="sample batch size (default: 32 GLUE)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="sample batch size (default: 32 GLUE, 12 SQuAD)")
+    p.add_argument("--seq-len", type=_seq_len, default=None,
+                   help="SQuAD only: L_seq of the FLOPs formula: 'reference' (the paper's 170, default), 'measured' "
+                        "(mean length of the evaluation features) or a number; GLUE always measures its dev set")
     p.add_argument("--output", required=True, help="output folder (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
 
+    _squad_options(p, "sample")
+
     e = sub.add_parser("evaluate", formatter_class=fmt, help="print a checkpoint's dev metrics as JSON")
     _common(e)
+    _squad_options(e, None)
+
+    f = sub.add_parser("finetune", formatter_class=fmt, help="fine-tune a base encoder on a GLUE task or SQuAD",
+                       description="Plain PyTorch fine-tuning (AdamW, linear warm-up/decay, grad clipping, dynamic "
+                                   "padding, seeded); writes a Hugging Face checkpoint folder and finetune.json.")
+    _common(f, model_help="base encoder: local folder or hub id (a new task head is initialised)")
+    f.add_argument("--output", required=True, help="output folder (written atomically)")
+    f.add_argument("--epochs", type=float, default=FT.epochs, help="passes over the training set (fractions allowed)")
+    f.add_argument("--lr", type=float, default=FT.lr, help="peak learning rate")
+    f.add_argument("--batch-size", type=_positive_int, default=FT.batch_size, help="training batch size")
+    f.add_argument("--seed", type=int, default=FT.seed, help="seed of head init, dropout, shuffling and subset")
+    f.add_argument("--weight-decay", type=float, default=FT.weight_decay, help="AdamW weight decay")
+    f.add_argument("--warmup-ratio", type=float, default=FT.warmup_ratio, help="fraction of steps of linear warm-up")
+    f.add_argument("--max-train-examples", type=_positive_int, default=None,
+                   help="train on a seeded random subset of this many examples (None: all)")
+    f.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=FT.save_dtype,
+                   help="dtype of the saved weights")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    _squad_options(f, "train")
     return parser
 
 
@@ -82,13 +156,23 @@ def main(argv: list[str] | None = None) -> int:
                               tuning=not args.no_tuning, schedule=args.schedule, batch_size=args.batch_size,
                               max_length=args.max_length)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
-                                overwrite=args.overwrite, progress=not args.quiet, config=cfg)
+                                overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
+                                **_squad_args(args))
             m = summary["metric"]
             print(json.dumps({k: summary[k] for k in ("task", "constraint", "flops_removed", "metric", "pruning_seconds")}
                              | {"dense": summary["dense"][m], "pruned": summary["pruned"][m], "output": args.output}))
+        elif args.command == "finetune":
+            ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                                max_length=args.max_length, max_train_examples=args.max_train_examples,
+                                save_dtype=args.save_dtype)
+            record = api.finetune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
+                                  overwrite=args.overwrite, progress=not args.quiet, config=ft, **_squad_args(args))
+            print(json.dumps({k: record[k] for k in ("task", "train_examples", "steps", "train_seconds", "dev_metrics")}
+                             | {"output": args.output}))
         else:
             print(json.dumps(api.evaluate(args.model, args.task, data_dir=args.data_dir, device=args.device,
-                                          max_length=args.max_length, progress=not args.quiet)))
+                                          max_length=args.max_length, progress=not args.quiet, **_squad_args(args))))
     except (ValueError, OSError, FloatingPointError, KeyError) as e:
         if os.environ.get("KPRUNE_DEBUG"):
             raise

@@ -1,0 +1,56 @@
+"""Helpers of the SQuAD and fine-tuning tests: slices of the real dev file, tiny models with a real tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from conftest import MODELS_DIR, SHARED
+
+DEV = SHARED / "data" / "squad" / "dev-v1.1.json"
+MINILM = MODELS_DIR / "minilm-l6-mrpc"  # its tokenizer (BERT uncased WordPiece, fast) is all the tests use
+
+
+def write_slice(path: Path, n_articles: int = 4, n_paragraphs: int = 3, start: int = 0) -> Path:
+    """An official-format SQuAD file with the first paragraphs of some articles of the real dev file."""
+    raw = json.loads(DEV.read_text())
+    data = [{"title": a["title"], "paragraphs": a["paragraphs"][:n_paragraphs]}
+            for a in raw["data"][start:start + n_articles]]
+    path.write_text(json.dumps({"version": raw["version"], "data": data}))
+    return path
+
+
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(MINILM)
+
+
+def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float | None = 0.2) -> Path:
+    """A tiny random BERT (2 layers, 4 heads of 8, FFN 24, 512 positions) with the MiniLM vocabulary and
+    tokenizer, saved as a Hugging Face folder. head: "qa", "classification" (2 labels) or "base" (no head)."""
+    tok = tokenizer()
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                  intermediate_size=24, max_position_embeddings=512)
+    auto = {"qa": transformers.AutoModelForQuestionAnswering, "classification": transformers.AutoModelForSequenceClassification,
+            "base": transformers.AutoModel}[head]
+    torch.manual_seed(seed)
+    model = auto.from_config(cfg)
+    if init_std is not None:  # larger-than-init weights so that scores spread and pruning matters
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, init_std)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (and far faster on a busy 2-core machine); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
