@@ -19,7 +19,7 @@ from .flops import encoder_params
 from .glue_data import load_glue
 from .io import atomic_dir, load_model, save_pruned
 from .physical import prune_physically
-from .prune import kprune
+from .baselines import resolve_method, run_method
 from .finetune import FinetuneConfig, finetune as _finetune
 from .squad import load_squad, squad_only
 from .squad_features import evaluate_squad, pruning_data
@@ -109,7 +109,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
     Returns the summary dict.
     """
-    cfg = replace(config or PruneConfig(), **overrides)
+    cfg = resolve_method(replace(config or PruneConfig(), **overrides))
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
                split_seed=split_seed, seq_len=seq_len)
@@ -134,7 +134,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         eval_splits = _eval_splits(t, data_dir)
         train = load_glue(t, "train", data_dir)
         seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-        train_feats = tokenize(tok, train, max_length)
+        train_feats = tokenize(tok, train, max_length, labels=True)  # gold labels: kwon-fisher
         idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
         batches = make_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev)
         n_sample = len(idx)
@@ -145,14 +145,12 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
 
     dense_metrics = score(m)
     params_dense = encoder_params(m)
-    result = kprune(m, batches, t.problem, constraint=cfg.constraint, seq_len=seq_len, lam_pred=cfg.lam_pred,
-                    lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
-                    schedule=cfg.schedule, ridge=cfg.ridge, progress=progress)
+    result = run_method(m, batches, t.problem, cfg, seq_len, progress=progress)
     prune_physically(m, result.head_mask, result.neuron_mask)
     pruned_metrics = score(m)
 
     summary = {
-        "task": t.name, "model": str(model), "method": "kprune" if cfg.tuning else "kprune-no-tuning",
+        "task": t.name, "model": str(model), "method": cfg.method,
         "constraint": cfg.constraint, "num_tokens": cfg.num_tokens, "seed": cfg.seed,
         "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import SCHEDULES, PruneConfig
+from .config import METHODS, SCHEDULES, PruneConfig
 from .finetune import FinetuneConfig
 
 D = PruneConfig()
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", type=float, default=D.mu, help="head score multiplier")
     p.add_argument("--temperature", type=float, default=D.temperature, help="softmax temperature of the predictive KL")
     p.add_argument("--no-tuning", action="store_true", help="skip knowledge-preserving weight tuning (ablation)")
+    p.add_argument("--method", choices=METHODS, default=D.method,
+                   help="kprune, an ablation (-no-tuning, -pred-only: λ_rep=0, -rep-only: λ_pred=0) "
+                        "or the kwon-fisher baseline (Fisher of the gold-label loss, no tuning)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="sample batch size (default: 32 GLUE, 12 SQuAD)")
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = PruneConfig(constraint=args.constraint, num_tokens=args.num_tokens, seed=args.seed,
                               lam_pred=args.lam_pred, lam_rep=args.lam_rep, mu=args.mu, temperature=args.temperature,
                               tuning=not args.no_tuning, schedule=args.schedule, batch_size=args.batch_size,
+                              method=args.method,
                               max_length=args.max_length)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
                                 overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
