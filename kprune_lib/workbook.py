@@ -1,0 +1,399 @@
+"""The workbook's steps: one call per notebook section; plots live in `plots.py`, sweeps in `sweep.py`.
+
+Every function takes models, tensors, plain numbers and a `PruneConfig`; none reads notebook globals.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .api import check_task_head, resolve_device
+from .arch import TABLES, Arch
+from .baselines import run_method
+from .batching import make_batches, mean_length, sample_indices, tokenize
+from .config import GLUE_BATCH_SIZE, PruneConfig
+from .evaluate import evaluate_glue
+from .flops import head_flops, neuron_flops
+from .forward import encode
+from .glue_data import load_glue
+from .io import KPRUNE_FILE, load_model
+from .masks import apply_masks, masked_model
+from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
+                          representational_knowledge_increment, teacher_signal)
+from .prune import PruneResult
+from .search import kpms_step
+from .tasks import get_glue_task
+
+
+# ---- setup ----------------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """A model, its task data and the pruning sample, built exactly as `api.prune` builds them."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    task: object  # GlueTask
+    batches: list[dict]  # the pruning sample, with gold labels
+    seq_len: float  # L_seq (dev-set average tokenized length)
+    eval_splits: dict
+    max_length: int
+    config: PruneConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def arch(self) -> Arch:
+        return Arch(self.model)
+
+    def copy_model(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model)
+
+
+def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = None, device: str = "auto") -> Setup:
+    """Load the checkpoint and data; draw the sample (same seed, same draw, same batches as `api.prune`)."""
+    t = get_glue_task(task)
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    m, tok = load_model(model, device=dev)
+    check_task_head(m, t)
+    max_length = config.max_length or t.max_length
+    eval_splits = {split: load_glue(t, split, data_dir) for split in t.eval_splits}
+    seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
+    train_feats = tokenize(tok, load_glue(t, "train", data_dir), max_length, labels=True)
+    idx = sample_indices(len(train_feats), config.num_tokens, seq_len, config.seed)
+    batches = make_batches([train_feats[i] for i in idx.tolist()], config.batch_size or GLUE_BATCH_SIZE,
+                           tok.pad_token_id, dev)
+    return Setup(m, tok, t, batches, seq_len, eval_splits, max_length, config, dev)
+
+
+def sample_table(setup: Setup) -> pd.DataFrame:
+    arch = setup.arch
+    rows = {"task": setup.task.name, "examples": sum(b["input_ids"].shape[0] for b in setup.batches),
+            "tokens": int(sum(b["attention_mask"].sum() for b in setup.batches)), "batches": len(setup.batches),
+            "L_seq (dev mean length)": round(setup.seq_len, 2), "layers": arch.num_layers, "heads": arch.num_heads,
+            "neurons": arch.ffn_size, "hidden": arch.hidden, "device": str(setup.device)}
+    return pd.DataFrame([rows])
+
+
+def run(setup: Setup, config: PruneConfig | None = None, model: torch.nn.Module | None = None,
+        record_knowledge: bool = False) -> PruneResult:
+    """Prune `model` (default: setup.model) in place with `config.method` on the setup's sample."""
+    return run_method(model if model is not None else setup.model, setup.batches, setup.task.problem,
+                      config or setup.config, setup.seq_len, progress=False, record_knowledge=record_knowledge)
+
+
+def evaluate(setup: Setup, model: torch.nn.Module | None = None, head_mask=None, neuron_mask=None) -> dict:
+    """Dev metrics of a dense-shaped model (default: setup.model), optionally with (L, H) / (L, N) masks applied."""
+    m = model if model is not None else setup.model
+    if head_mask is None:
+        return evaluate_glue(m, setup.tokenizer, setup.task, setup.eval_splits, setup.max_length)
+    dtype = next(m.parameters()).dtype
+    with masked_model(Arch(m), head_mask.to(setup.device, dtype), neuron_mask.to(setup.device, dtype)):
+        return evaluate_glue(m, setup.tokenizer, setup.task, setup.eval_splits, setup.max_length)
+
+
+def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
+    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
+    return {s: fh if s % 2 == 0 else fn for s in range(2 * arch.num_layers)}
+
+
+def mask_flops_removed(arch: Arch, seq_len: float, head_mask, neuron_mask) -> float:
+    f = unit_flops(arch, seq_len)
+    dense = arch.num_layers * (arch.num_heads * f[0] + arch.ffn_size * f[1])
+    return 1.0 - (float(head_mask.sum()) * f[0] + float(neuron_mask.sum()) * f[1]) / dense
+
+
+# ---- 01 knowledge ---------------------------------------------------------------------------------------------
+def knowledge_frame(result: PruneResult) -> pd.DataFrame:
+    """Long table of recorded knowledge: one row per (iteration s, sublayer t ≥ s, unit)."""
+    if not result.knowledge:
+        raise ValueError("no knowledge recorded: run with record_knowledge=True")
+    frames = []
+    for s, per_t in result.knowledge.items():
+        for t, k in per_t.items():
+            n = k["score"].numel()
+            frames.append(pd.DataFrame({
+                "iteration": s, "sublayer": t, "layer": t // 2, "kind": "head" if t % 2 == 0 else "neuron",
+                "unit": np.arange(n), "k_pred": k["k_pred"].double().numpy(), "k_rep": k["k_rep"].double().numpy(),
+                "score": k["score"].double().numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def knowledge_at_target(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each sublayer's knowledge as measured at its own iteration (s = t): what KPMS decided with."""
+    return frame[frame.iteration == frame.sublayer].reset_index(drop=True)
+
+
+def predictive_signal_by_iteration(frame: pd.DataFrame) -> pd.DataFrame:
+    """Total K_pred and K_rep over all undecided units, per iteration: K_pred ≈ 0 at iteration 0 (student = teacher)."""
+    g = frame.groupby("iteration")
+    return pd.DataFrame({"sum K_pred": g.k_pred.sum(), "sum K_rep": g.k_rep.sum(), "max K_pred": g.k_pred.max()})
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def lambda_rep_sensitivity(result: PruneResult, arch: Arch, seq_len: float, config: PruneConfig,
+                           lam_rep_values: list[float]) -> pd.DataFrame:
+    """Re-score each iteration's recorded knowledge with other λ_rep (same model state) and redo that KPMS step.
+
+    Per (λ_rep, iteration s): Spearman correlation of the target's scores with the run's own, and the fraction of the
+    target's keep/prune decisions that flip.
+    """
+    flops = unit_flops(arch, seq_len)
+    budget0 = (1.0 - config.constraint) * result.flops_dense
+    rows = []
+    for lam in lam_rep_values:
+        for s in sorted(result.knowledge):
+            per_t = result.knowledge[s]
+            scores = {t: importance_scores(k["k_rep"], k["k_pred"], lam, config.lam_pred, flops[t],
+                                           config.mu if t % 2 == 0 else 1.0) for t, k in per_t.items()}
+            budget = budget0 if s == 0 else result.sublayers[s - 1]["budget_left"]
+            keep, _, _ = kpms_step(scores, flops, s, budget)
+            ref_keep = result.head_mask[s // 2] if s % 2 == 0 else result.neuron_mask[s // 2]
+            rows.append({"lam_rep": lam, "iteration": s, "kind": "head" if s % 2 == 0 else "neuron",
+                         "spearman": _spearman(scores[s].numpy(), per_t[s]["score"].numpy()),
+                         "flipped": float((keep.cpu() != ref_keep.cpu()).float().mean())})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, batches: list[dict]) -> list:
+    """The model's head outputs (logits) on every batch, e.g. the dense teacher before pruning."""
+    arch = Arch(model)
+    return [arch.head(encode(arch, b)) for b in batches]
+
+
+def measure_knowledge(model: torch.nn.Module, batches: list[dict], teacher_logits: list, problem: str,
+                      temperature: float) -> dict[int, dict[str, torch.Tensor]]:
+    """Per-unit K_pred and K_rep of every sublayer of a (pruned, dense-shaped) model in its current state,
+    against a teacher's logits at temperature T: one forward/backward per batch, all mask variables at once."""
+    arch = Arch(model)
+    n_sub = 2 * arch.num_layers
+    p = next(model.parameters())
+    widths = {s: arch.out_proj(s).in_features for s in range(n_sub)}
+    k_pred = {s: torch.zeros(widths[s], device=p.device) for s in range(n_sub)}
+    k_rep = {s: torch.zeros(widths[s], device=p.device) for s in range(n_sub)}
+    n_examples = sum(b["input_ids"].shape[0] for b in batches)
+    n_tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    requires_grad = {n: q.requires_grad for n, q in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        for b, z in zip(batches, teacher_logits):
+            leaves = {s: torch.ones(widths[s], device=p.device, dtype=p.dtype, requires_grad=True) for s in range(n_sub)}
+            feats, handles = {}, []
+            for s in range(n_sub):  # capture each projection's input a_s
+                handles.append(arch.out_proj(s).register_forward_pre_hook(
+                    lambda _m, inp, s=s: feats.__setitem__(s, inp[0])))
+            try:
+                with torch.enable_grad(), apply_masks(arch, leaves):
+                    out = arch.head(encode(arch, b))
+                    loss = predictive_loss(out, teacher_signal(z, problem, temperature), problem, temperature)
+                    grads = torch.autograd.grad(loss, [leaves[s] for s in range(n_sub)])
+            finally:
+                for h in handles:
+                    h.remove()
+            for s, g in enumerate(grads):
+                k_pred[s] += predictive_knowledge_increment(g)
+                k_rep[s] += representational_knowledge_increment(feats[s], arch.out_proj(s).weight, b["attention_mask"])
+    finally:
+        for n, q in model.named_parameters():
+            q.requires_grad_(requires_grad[n])
+    return {s: {"k_pred": per_unit(k_pred[s] / n_examples, arch.head_size if s % 2 == 0 else 1).cpu(),
+                "k_rep": per_unit(k_rep[s] / n_tokens, arch.head_size if s % 2 == 0 else 1).cpu()}
+            for s in range(n_sub)}
+
+
+def temperature_sensitivity(model: torch.nn.Module, batches: list[dict], teacher_logits: list, problem: str,
+                            result: PruneResult, config: PruneConfig, temperatures: list[float],
+                            seq_len: float) -> pd.DataFrame:
+    """Rankings of the surviving units of a pruned model under several T (same state, same teacher).
+
+    Per (T, sublayer kind): Spearman correlation of K_pred and of the combined score with those at config.temperature.
+    """
+    arch = Arch(model)
+    flops = unit_flops(arch, seq_len)
+    kept = {s: (result.head_mask[s // 2] if s % 2 == 0 else result.neuron_mask[s // 2]).bool()
+            for s in range(2 * arch.num_layers)}
+
+    def collect(T):
+        k = measure_knowledge(model, batches, teacher_logits, problem, T)
+        out = {}
+        for kind, parity in (("head", 0), ("neuron", 1)):
+            ss = [s for s in k if s % 2 == parity]
+            kp = torch.cat([k[s]["k_pred"][kept[s]] for s in ss])
+            sc = torch.cat([importance_scores(k[s]["k_rep"][kept[s]], k[s]["k_pred"][kept[s]], config.lam_rep,
+                                              config.lam_pred, flops[s], config.mu if parity == 0 else 1.0) for s in ss])
+            out[kind] = (kp.numpy(), sc.numpy())
+        return out
+
+    ref = collect(config.temperature)
+    rows = []
+    for T in temperatures:
+        cur = ref if T == config.temperature else collect(T)
+        for kind in ("head", "neuron"):
+            rows.append({"temperature": T, "kind": kind, "units": len(cur[kind][0]),
+                         "mean K_pred": float(np.mean(cur[kind][0])) if len(cur[kind][0]) else float("nan"),
+                         "spearman K_pred": _spearman(cur[kind][0], ref[kind][0]),
+                         "spearman score": _spearman(cur[kind][1], ref[kind][1])})
+    return pd.DataFrame(rows)
+
+
+# ---- 02 mask search / 03 tuning ------------------------------------------------------------------------------
+def sublayer_frame(result: PruneResult, constraint: float) -> pd.DataFrame:
+    """One row per sublayer: kept units, τ, budget before / left, FLOPs spent by its kept units, errors."""
+    df = pd.DataFrame(result.sublayers)
+    if "budget_left" in df:
+        before = [(1.0 - constraint) * result.flops_dense] + df.budget_left.tolist()[:-1]
+        df.insert(df.columns.get_loc("budget_left"), "budget_before", before)
+        df["spent"] = df.budget_before - df.budget_left
+    return df
+
+
+def mask_comparison(setup: Setup, dense: torch.nn.Module, masks: dict[str, tuple],
+                    tuned: dict[str, torch.nn.Module] | None = None) -> pd.DataFrame:
+    """Named (head_mask, neuron_mask) pairs side by side: FLOPs removed, units kept, the main metric with the masks
+    on the dense weights (no tuning) and, where given, of the tuned model that produced them."""
+    arch, m = Arch(dense), setup.task.main_metric
+    rows = [{"masks": "dense", "flops_removed": 0.0, "heads_kept": arch.num_layers * arch.num_heads,
+             "neurons_kept": arch.num_layers * arch.ffn_size, f"{m} (dense weights)": evaluate(setup, dense)[m],
+             f"{m} (tuned weights)": np.nan}]
+    for name, (hm, nm) in masks.items():
+        rows.append({"masks": name, "flops_removed": mask_flops_removed(arch, setup.seq_len, hm, nm),
+                     "heads_kept": int(hm.sum()), "neurons_kept": int(nm.sum()),
+                     f"{m} (dense weights)": evaluate(setup, dense, hm, nm)[m],
+                     f"{m} (tuned weights)": evaluate(setup, tuned[name])[m] if tuned and name in tuned else np.nan})
+    return pd.DataFrame(rows).set_index("masks")
+
+
+def metrics_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """{model name: {metric: value}} -> one row per model."""
+    return pd.DataFrame(metrics).T
+
+
+# ---- 04 prune and evaluate -----------------------------------------------------------------------------------
+@torch.no_grad()
+def time_forward(model: torch.nn.Module, batches: list[dict], repeats: int = 3) -> float:
+    """Median wall time (s) of one pass over `batches` (after one warm-up batch)."""
+    model.eval()
+    cuda = next(model.parameters()).device.type == "cuda"
+    model(**batches[0])
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in batches:
+            model(**b)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def latency(dense_model: str, pruned_model: str, task: str, data_dir: str | None = None, device: str = "auto",
+            batch_size: int = GLUE_BATCH_SIZE, repeats: int = 3, max_length: int | None = None) -> dict:
+    """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order)."""
+    t = get_glue_task(task)
+    dev = resolve_device(device)
+    dense, tok = load_model(dense_model, device=dev)
+    pruned, _ = load_model(pruned_model, device=dev)
+    split = load_glue(t, t.eval_splits[0], data_dir)
+    batches = make_batches(tokenize(tok, split, max_length or t.max_length), batch_size, tok.pad_token_id, dev)
+    t_dense = time_forward(dense, batches, repeats)
+    t_pruned = time_forward(pruned, batches, repeats)
+    return {"latency_dense_s": t_dense, "latency_pruned_s": t_pruned, "latency_speedup": t_dense / t_pruned,
+            "latency_batch_size": batch_size, "latency_examples": len(split), "latency_repeats": repeats,
+            "latency_threads": torch.get_num_threads()}
+
+
+def saved_masks(model_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, H) and (L, N) keep-masks of a pruned model folder, from the kept unit indices in its kprune.json."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / KPRUNE_FILE).read_text())
+    config = json.loads((model_dir / "config.json").read_text())  # the dense model's config
+    table = TABLES[config["model_type"]]
+    L = len(meta["kept_heads"])
+    hm = torch.zeros(L, int(config[table.heads_attr]), dtype=torch.bool)
+    nm = torch.zeros(L, int(config[table.ffn_attr]), dtype=torch.bool)
+    for i, (h, n) in enumerate(zip(meta["kept_heads"], meta["kept_neurons"])):
+        hm[i, h] = True
+        nm[i, n] = True
+    return hm, nm
+
+
+def cost_table(summary: dict) -> pd.DataFrame:
+    """Dense vs pruned: main metric, FLOPs, parameters and (if measured) latency."""
+    m = summary["metric"]
+    rows = {"dense": {m: summary["dense"][m], "GFLOPs / example": summary["flops_dense"] / 1e9,
+                      "parameters (M)": summary["params_dense"] / 1e6},
+            "pruned": {m: summary["pruned"][m], "GFLOPs / example": summary["flops_pruned"] / 1e9,
+                       "parameters (M)": summary["params_pruned"] / 1e6}}
+    if "latency_dense_s" in summary:
+        rows["dense"]["dev-set latency (s)"] = summary["latency_dense_s"]
+        rows["pruned"]["dev-set latency (s)"] = summary["latency_pruned_s"]
+    return pd.DataFrame(rows).T
+
+
+def write_summary(output_dir: str | Path, summary: dict) -> Path:
+    """Write OUTPUT/summary.json atomically (the sweep treats its existence as 'point finished')."""
+    path = Path(output_dir) / "summary.json"
+    tmp = path.with_name(f".summary.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+# ---- 05 results -----------------------------------------------------------------------------------------------
+def load_results(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    if df.empty:
+        raise ValueError(f"{path} has no rows: run a sweep first (kprune sweep GRID.yaml)")
+    return df
+
+
+def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of the main metric (and costs) per (task, method, constraint)."""
+    g = df.groupby(["task", "method", "constraint"], as_index=False)
+    out = g.agg(metric=("metric", "first"), dense=("dense", "mean"), pruned=("pruned", "mean"),
+                pruned_std=("pruned", "std"), flops_removed=("flops_removed", "mean"),
+                pruning_seconds=("pruning_seconds", "mean"), latency_speedup=("latency_speedup", "mean"),
+                seeds=("seed", "count"))
+    out["pruned_std"] = out["pruned_std"].fillna(0.0)
+    return out
+
+
+def speedup_table(df: pd.DataFrame, within: float = 0.03) -> pd.DataFrame:
+    """Per task and method, the most compressed model whose metric is within `within` (3 points) of dense."""
+    mean = mean_over_seeds(df)
+    ok = mean[mean.pruned >= mean.dense - within]
+    rows = []
+    for (task, method), g in mean.groupby(["task", "method"]):
+        good = ok[(ok.task == task) & (ok.method == method)]
+        row = {"task": task, "method": method, "dense": g.dense.iloc[0]}
+        if good.empty:
+            row.update(constraint=np.nan, pruned=np.nan, flops_removed=np.nan, flops_speedup=np.nan,
+                       latency_speedup=np.nan)
+        else:
+            best = good.loc[good.flops_removed.idxmax()]
+            row.update(constraint=best.constraint, pruned=best.pruned, flops_removed=best.flops_removed,
+                       flops_speedup=1.0 / (1.0 - best.flops_removed), latency_speedup=best.latency_speedup)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["task", "method"])
+
+
+def pruning_time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean pruning time (s) per task and method."""
+    return df.pivot_table(index="task", columns="method", values="pruning_seconds", aggfunc="mean")

@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Prune and evaluate
+#
+# The whole pipeline on one (task, constraint, method): prune the fine-tuned checkpoint to the FLOPs budget,
+# evaluate dense and pruned on the dev set, count FLOPs and parameters, and time both models on the dev set.
+# Writes `output_dir/pruned/model/` (the physically pruned model) and `output_dir/summary.json`
+# (the library's summary plus latency). **This is the notebook the sweep runs** (`kprune sweep GRID.yaml`).
+
+# %% tags=["parameters"]
+model = "../../shared/models/minilm-l6-mrpc"  # fine-tuned checkpoint (folder or hub id)
+task = "mrpc"  # GLUE task
+data_dir = "../../shared/data/glue"  # GLUE root in the official layout (None: the hub)
+output_dir = "../runs/notebook04"  # where pruned/model/ and summary.json go
+method = "kprune"  # kprune | kprune-no-tuning | kprune-pred-only | kprune-rep-only | kwon-fisher
+constraint = 0.5  # fraction of FLOPs to remove, in (0, 1)
+num_tokens = 100000  # sample size in tokens
+seed = 0  # seed of the sample draw
+device = "auto"  # auto | cpu | cuda
+lam_pred = 1.0  # weight of predictive knowledge
+lam_rep = 0.00025  # weight of representational knowledge
+mu = 64.0  # head score multiplier
+temperature = 2.0  # softmax temperature T
+tuning = True  # knowledge-preserving weight tuning (KPWT)
+schedule = "cached"  # cached | naive (same masks)
+batch_size = None  # sample batch size (None: 32)
+max_length = None  # max tokens per example (None: task default)
+ridge = 1e-06  # ridge used only when AᵀA is singular
+latency_batch_size = 32  # batch size of the latency measurement (examples)
+latency_repeats = 3  # timed passes over the dev set (median reported)
+
+# %%
+from pathlib import Path
+
+from kprune_lib import PruneConfig, api, plots, workbook
+
+config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
+                     mu=mu, temperature=temperature, tuning=tuning, schedule=schedule, batch_size=batch_size,
+                     max_length=max_length, ridge=ridge, method=method)
+pruned_dir = Path(output_dir) / "pruned"
+
+# %% [markdown]
+# ## Prune
+# `api.prune` draws the sample, evaluates the dense model, prunes with the chosen method, shrinks the model
+# physically, evaluates it again and saves it (atomically) with its own `summary.json`.
+
+# %%
+summary = api.prune(model, task, str(pruned_dir), data_dir=data_dir, device=device, overwrite=True, progress=False,
+                    config=config)
+print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%} of FLOPs removed "
+      f"in {summary['pruning_seconds']:.1f} s; model saved to {pruned_dir / 'model'}")
+
+# %% [markdown]
+# ## Latency
+# The whole dev set through the dense and the pruned model (Hugging Face forward, batch 32, same batches);
+# median of `latency_repeats` passes after a warm-up batch.
+
+# %%
+timing = workbook.latency(model, str(pruned_dir / "model"), task, data_dir=data_dir, device=device,
+                          batch_size=latency_batch_size, repeats=latency_repeats, max_length=max_length)
+summary.update(timing, model_dir=str(pruned_dir / "model"))
+print(f"dev set ({timing['latency_examples']} examples, batch {latency_batch_size}, {timing['latency_threads']} threads): "
+      f"dense {timing['latency_dense_s']:.2f} s, pruned {timing['latency_pruned_s']:.2f} s, "
+      f"speedup ×{timing['latency_speedup']:.2f}")
+
+# %% [markdown]
+# ## Dense vs pruned
+
+# %%
+workbook.metrics_table({"dense": summary["dense"], "pruned": summary["pruned"]})
+
+# %%
+workbook.cost_table(summary)
+
+# %%
+fig = plots.kept_units(*workbook.saved_masks(pruned_dir / "model"),
+                       title=f"{summary['task']} · {summary['method']} · {summary['flops_removed']:.0%} FLOPs removed")
+
+# %% [markdown]
+# ## Summary
+# Written last: its existence marks the sweep point as finished.
+
+# %%
+print(workbook.write_summary(output_dir, summary))

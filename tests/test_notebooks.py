@@ -1,0 +1,225 @@
+"""The workbook notebooks: text-tracked, a literal `parameters` cell with the library defaults, no algorithm code,
+and every one of them executes through papermill on a tiny model."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import torch
+import transformers
+
+from conftest import GLUE_DIR, MODELS_DIR, ROOT
+from kprune_lib import PruneConfig
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+PRUNING_NOTEBOOKS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
+CORE_FIELDS = {"constraint", "num_tokens", "seed", "lam_pred", "lam_rep", "mu", "temperature", "schedule"}
+MINILM = MODELS_DIR / "minilm-l6-mrpc"
+needs_fixtures = pytest.mark.skipif(not (MINILM.exists() and (GLUE_DIR / "MRPC").exists()),
+                                    reason="needs the shared MiniLM tokenizer and MRPC data (../shared)")
+
+
+# ---- helpers shared with test_sweep / test_report_browser ----------------------------------------------------
+def make_tiny_checkpoint(out: Path, num_labels: int = 2, seed: int = 0) -> Path:
+    """A random 2-layer BERT (4 heads, 48 neurons) with the MiniLM tokenizer, saved like a fine-tuned checkpoint."""
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                  intermediate_size=48, max_position_embeddings=512, num_labels=num_labels)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():  # larger-than-init weights so that scores spread and predictions vary
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(MINILM / f, out / f)
+    return out
+
+
+def make_tiny_glue(out: Path, train_rows: int = 96, dev_rows: int = 64) -> Path:
+    """The first rows of the real MRPC train/dev files, in the GLUE layout."""
+    (out / "MRPC").mkdir(parents=True)
+    for name, n in (("train.tsv", train_rows), ("dev.tsv", dev_rows)):
+        lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+        (out / "MRPC" / name).write_text("".join(lines[:n + 1]), encoding="utf-8")
+    return out
+
+
+def execute(notebook: Path, output: Path, parameters: dict) -> nbformat.NotebookNode:
+    import papermill
+
+    papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3",
+                               progress_bar=False, cwd=str(notebook.parent))
+    return nbformat.read(str(output), as_version=4)
+
+
+def parameters_cell(path: Path):
+    nb = jupytext.read(path)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    return nb, tagged
+
+
+def literal_parameters(source: str) -> dict:
+    """name -> value of a parameters cell; raises if a statement is anything but `name = literal`."""
+    values = {}
+    for stmt in ast.parse(source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), \
+            f"parameters cell may only assign literals to names, got: {ast.unparse(stmt)}"
+        values[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # ValueError if derived from anything
+    return values
+
+
+def notebook_outputs_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Why a tracked .ipynb is not clean: code cells with outputs or execution counts."""
+    return [f"cell {i}: {what}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for what, bad in (("outputs", bool(c.get("outputs"))), ("execution_count", c.get("execution_count") is not None))
+            if bad]
+
+
+# ---- static checks -------------------------------------------------------------------------------------------
+def test_numbered_notebooks_exist():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_first_code_cell_of_literals(path):
+    nb, tagged = parameters_cell(path)
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
+    assert literal_parameters(tagged[0].source), f"{path.name}: empty parameters cell"
+
+
+@pytest.mark.parametrize("path", PRUNING_NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameter_defaults_equal_prune_config(path):
+    params = literal_parameters(parameters_cell(path)[1][0].source)
+    defaults = PruneConfig()
+    missing = CORE_FIELDS - set(params)
+    assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
+    for f in fields(PruneConfig):
+        if f.name in params:
+            assert params[f.name] == getattr(defaults, f.name), \
+                f"{path.name}: {f.name} = {params[f.name]!r}, PruneConfig default is {getattr(defaults, f.name)!r}"
+            assert type(params[f.name]) is type(getattr(defaults, f.name)) or getattr(defaults, f.name) is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_hold_no_algorithm_code(path):
+    """Notebooks call the library: no function or class definitions, no loops."""
+    nb = jupytext.read(path)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For,
+                                         ast.While)), f"{path.name}: move `{ast.unparse(node)[:60]}` into kprune_lib"
+
+
+def test_tracked_ipynb_have_no_outputs(tmp_path):
+    listed = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in listed.stdout.split():
+        problems = notebook_outputs_problems(nbformat.read(str(ROOT / name), as_version=4))
+        assert not problems, f"{name} is tracked with outputs: {problems[:3]}; clear them (jupytext pairs .py)"
+    # the check itself catches a notebook with outputs
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1", execution_count=1,
+                                                                    outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)])])
+    assert len(notebook_outputs_problems(nb)) == 2
+    assert notebook_outputs_problems(jupytext.read(NOTEBOOKS[0])) == []
+
+
+def test_jupytext_pairs_notebooks_folder():
+    from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
+
+    cfg_file = find_jupytext_configuration_file(str(ROOT / "notebooks"))
+    assert Path(cfg_file) == ROOT / "jupytext.toml"
+    formats = load_jupytext_configuration_file(cfg_file).default_formats(str(NOTEBOOKS[0]))
+    assert "ipynb" in formats and "py:percent" in formats
+    for path in NOTEBOOKS:  # py:percent round trip is lossless
+        text = path.read_text()
+        assert jupytext.writes(jupytext.reads(text, fmt="py:percent"), fmt="py:percent") == text
+
+
+# ---- execution -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("workbook")
+    return {"model": str(make_tiny_checkpoint(base / "ckpt")), "data_dir": str(make_tiny_glue(base / "glue")),
+            "base": base}
+
+
+TINY_PARAMS = {"task": "mrpc", "num_tokens": 1000, "device": "cpu"}
+
+
+def _figures_rendered(nb) -> None:
+    """Every cell that draws (`fig = plots.…`) has a PNG output; no cell raised."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not [o for o in cell.outputs if o.output_type == "error"], cell.source[:80]
+        if "fig = plots." in cell.source:
+            assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"no figure from: {cell.source[:80]}"
+
+
+def _text(nb) -> str:
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@needs_fixtures
+def test_prepare_draws_the_same_sample_as_api(tiny):
+    from kprune_lib import api, workbook
+
+    cfg = PruneConfig(num_tokens=1500, seed=3, constraint=0.4, method="kwon-fisher")
+    setup = workbook.prepare(tiny["model"], "mrpc", cfg, data_dir=tiny["data_dir"], device="cpu")
+    summary = api.prune(tiny["model"], "mrpc", str(tiny["base"] / "api_out"), data_dir=tiny["data_dir"], device="cpu",
+                        progress=False, config=cfg)
+    assert summary["sample_examples"] == sum(b["input_ids"].shape[0] for b in setup.batches)
+    assert summary["sample_tokens"] == int(sum(b["attention_mask"].sum() for b in setup.batches))
+    assert summary["seq_len"] == pytest.approx(setup.seq_len)
+    assert summary["method"] == "kwon-fisher" and summary["hyperparameters"]["tuning"] is False
+    assert all("labels" in b for b in setup.batches)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["01_knowledge_measurement", "02_mask_search", "03_weight_tuning"])
+def test_analysis_notebooks_execute(tiny, tmp_path, name):
+    nb = execute(ROOT / "notebooks" / f"{name}.py", tmp_path / f"{name}.ipynb",
+                 {**TINY_PARAMS, "model": tiny["model"], "data_dir": tiny["data_dir"]})
+    _figures_rendered(nb)
+    text = _text(nb)
+    if name.startswith("01"):
+        assert "FLOPs removed" in text and "spearman score" in text
+    elif name.startswith("02"):
+        assert "one-shot global" in text and "budget_left" in text
+    else:
+        assert "rel_error_after_tuning" in text and "K-prune, no tuning" in text
+
+
+@needs_fixtures
+def test_prune_and_evaluate_notebook_writes_summary(tiny, tmp_path):
+    out = tmp_path / "point"
+    nb = execute(ROOT / "notebooks" / "04_prune_and_evaluate.py", tmp_path / "04.ipynb",
+                 {**TINY_PARAMS, "model": tiny["model"], "data_dir": tiny["data_dir"], "output_dir": str(out),
+                  "method": "kprune-no-tuning", "constraint": 0.6, "latency_repeats": 1})
+    _figures_rendered(nb)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "kprune-no-tuning" and summary["constraint"] == 0.6
+    assert summary["hyperparameters"]["tuning"] is False
+    assert 0.6 - 1e-9 <= summary["flops_removed"] < 0.7  # the budget is met, overshoot below one head
+    assert summary["params_pruned"] < summary["params_dense"]
+    assert summary["latency_dense_s"] > 0 and summary["latency_pruned_s"] > 0
+    assert summary["latency_speedup"] == pytest.approx(summary["latency_dense_s"] / summary["latency_pruned_s"])
+    assert summary["latency_examples"] == 64
+    assert Path(summary["model_dir"]) == out / "pruned" / "model"
+    from kprune_lib.io import load_pruned
+
+    pruned = load_pruned(summary["model_dir"])
+    heads = [pruned.bert.encoder.layer[i].attention.output.dense.in_features // 8 for i in range(2)]
+    assert heads == summary["heads_kept"]
