@@ -11,8 +11,10 @@ TASK ?= mrpc
 CONSTRAINT ?= 0.5
 NUM_TOKENS ?= 20000
 DEMO_OUT ?= runs/demo-$(TASK)-c$(CONSTRAINT)
+GRID ?= papermill_runs/grid_minilm.yaml
+WORKERS ?= 1
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo sweep report clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +32,14 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune prune --model $(MODEL) --task $(TASK) --data-dir $(DATA_DIR) \
 		--constraint $(CONSTRAINT) --num-tokens $(NUM_TOKENS) --output $(DEMO_OUT) --overwrite
 	@echo "results: $(DEMO_OUT)/summary.json  pruned model: $(DEMO_OUT)/model/"
+
+# notebook 04 for every unfinished point of GRID (resumable), then results/results.csv and results/report.html
+sweep: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune sweep $(GRID) --workers $(WORKERS)
+
+# re-aggregate the finished points of GRID and re-render the report, running nothing
+report: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune sweep $(GRID) --report-only
 
 clean:
 	rm -rf runs .pytest_cache

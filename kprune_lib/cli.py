@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     _squad_options(e, None)
 
+    w = sub.add_parser("sweep", formatter_class=fmt, help="run notebook 04 over a YAML grid, then the report",
+                       description="Execute notebooks/04 (papermill) for every unfinished point of GRID into "
+                                   "OUTPUT/<task>/<method>/c<constraint>/seed<seed>/, aggregate RESULTS/results.csv "
+                                   "and render RESULTS/report.html with notebooks/05. Resumable.")
+    w.add_argument("grid", help="YAML grid, e.g. papermill_runs/grid_minilm.yaml")
+    w.add_argument("--workers", type=_positive_int, default=1, help="points run in parallel worker processes")
+    w.add_argument("--output-dir", default=None, help="point folders (default: the grid's output_dir)")
+    w.add_argument("--results-dir", default=None, help="results.csv, report.html, figures/ (default: the grid's)")
+    w.add_argument("--no-report", action="store_true", help="aggregate results.csv but do not render the report")
+    w.add_argument("--report-only", action="store_true", help="run no point; aggregate and render the report")
+
     f = sub.add_parser("finetune", formatter_class=fmt, help="fine-tune a base encoder on a GLUE task or SQuAD",
                        description="Plain PyTorch fine-tuning (AdamW, linear warm-up/decay, grad clipping, dynamic "
                                    "padding, seeded); writes a Hugging Face checkpoint folder and finetune.json.")
@@ -150,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="kprune: %(message)s")
+    if args.command == "sweep":
+        from .sweep import GridError, main_sweep
+
+        try:
+            return main_sweep(args.grid, args.workers, args.output_dir, args.results_dir, report=not args.no_report,
+                              report_only=args.report_only)
+        except GridError as e:
+            print(f"kprune: error: {e}", file=sys.stderr)
+            return 2
     from . import api  # heavy imports after argument parsing, so --help is fast
 
     try:

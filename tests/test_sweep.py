@@ -1,0 +1,142 @@
+"""`kprune sweep`: grid parsing, papermill execution of notebook 04 per point, failure recording, resume,
+aggregation into results.csv and the report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, SHARED
+from kprune_lib.cli import main as cli_main
+from kprune_lib.sweep import GridError, Point, aggregate, load_grid
+from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
+
+
+def write_grid(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_is_the_product_of_its_axes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "a").mkdir(parents=True)
+    (tmp_path / "glue").mkdir()
+    grid = load_grid(write_grid(tmp_path / "g.yaml", tasks={"mrpc": {"model": "models/a"},
+                                                             "stsb": {"model": "hub/id", "num_tokens": 500}},
+                                data_dir="glue", constraints=[0.4, 0.8], methods=["kprune", "kwon-fisher"],
+                                seeds=[0, 1, 2], num_tokens=20000, parameters={"latency_repeats": 1}))
+    assert len(grid.points) == 2 * 2 * 2 * 3
+    assert len(set(grid.points)) == len(grid.points)
+    mrpc = [p for p in grid.points if p.task == "mrpc"]
+    assert {p.model for p in mrpc} == {str(tmp_path / "models" / "a")}  # local folder -> absolute
+    assert {p.model for p in grid.points if p.task == "stsb"} == {"hub/id"}  # not a folder -> hub id
+    assert {p.data_dir for p in grid.points} == {str(tmp_path / "glue")}
+    assert {p.num_tokens for p in grid.points if p.task == "stsb"} == {500}
+    assert {p.num_tokens for p in mrpc} == {20000}
+    assert grid.output_dir == tmp_path / "papermill_runs" and grid.results_dir == tmp_path / "results"
+    p = Point("sst2", "kwon-fisher", 0.7, 1, "m", None, 100)
+    assert p.relative_dir == Path("sst2/kwon-fisher/c0.7/seed1")
+    params = mrpc[0].parameters(tmp_path / "x")
+    assert params["latency_repeats"] == 1 and params["output_dir"] == str(tmp_path / "x")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"tasks": {"mrpc": {"model": "m"}}, "constraints": [0.5], "methodz": ["kprune"]}, "unknown key"),
+    ({"tasks": {"mrpc": {"model": "m"}}, "constraints": [1.5]}, "not in"),
+    ({"tasks": {"mrpc": {"model": "m"}}, "constraints": [0.5], "methods": ["magnitude"]}, "unknown method"),
+    ({"tasks": {"mrpc": {}}, "constraints": [0.5]}, "no model"),
+    ({"constraints": [0.5]}, "tasks"),
+])
+def test_bad_grids_are_rejected(tmp_path, spec, message):
+    with pytest.raises(GridError, match=message):
+        load_grid(write_grid(tmp_path / "g.yaml", **spec))
+
+
+def test_shipped_grids_are_valid():
+    grid = load_grid(ROOT / "papermill_runs" / "grid_minilm.yaml", base=ROOT)
+    assert len(grid.points) == 3 * 5 * 3
+    assert {p.task for p in grid.points} == {"mrpc", "stsb", "sst2"}
+    assert {p.method for p in grid.points} == {"kprune", "kprune-no-tuning", "kwon-fisher"}
+    assert sorted({p.constraint for p in grid.points}) == [0.4, 0.5, 0.6, 0.7, 0.8]
+    assert {p.num_tokens for p in grid.points} == {20000}
+    if SHARED.exists():
+        assert all(Path(p.model).is_dir() and Path(p.data_dir).is_dir() for p in grid.points)
+        assert {Path(p.model).name for p in grid.points} == {"minilm-l6-mrpc", "minilm-l6-stsb", "minilm-l6-sst2"}
+    assert len(load_grid(ROOT / "papermill_runs" / "grid_tiny.yaml", base=ROOT).points) == 2
+
+
+def test_aggregate_reads_point_summaries_and_lists_failures(tmp_path):
+    for method, pruned in (("kprune", 0.8), ("kwon-fisher", 0.7)):
+        d = tmp_path / "runs" / "mrpc" / method / "c0.5" / "seed0"
+        (d / "pruned").mkdir(parents=True)
+        summary = {"task": "mrpc", "method": method, "constraint": 0.5, "seed": 0, "metric": "accuracy",
+                   "dense": {"accuracy": 0.85, "f1": 0.9}, "pruned": {"accuracy": pruned, "f1": pruned},
+                   "flops_removed": 0.49, "pruning_seconds": 3.0, "latency_speedup": 1.5}
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "pruned" / "summary.json").write_text(json.dumps(summary))  # the library's copy: not a point
+    bad = tmp_path / "runs" / "stsb" / "kprune" / "c0.5" / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "error.txt").write_text("stsb/kprune/c0.5/seed0\nPapermillExecutionError: boom\n\ntrace")
+    df = aggregate(tmp_path / "runs", tmp_path / "res" / "results.csv")
+    assert len(df) == 2
+    back = pd.read_csv(tmp_path / "res" / "results.csv")
+    assert back.method.tolist() == ["kprune", "kwon-fisher"]
+    assert back.pruned.tolist() == [0.8, 0.7] and back.dense.tolist() == [0.85, 0.85]
+    assert back.pruned_f1.tolist() == [0.8, 0.7]
+    fails = pd.read_csv(tmp_path / "res" / "failures.csv")
+    assert fails.run_dir.tolist() == [str(bad)] and "boom" in fails.error[0]
+
+
+@needs_fixtures
+def test_sweep_runs_points_records_failures_resumes_and_reports(tmp_path):
+    model = make_tiny_checkpoint(tmp_path / "ckpt")
+    glue = make_tiny_glue(tmp_path / "glue")
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    grid = write_grid(tmp_path / "grid.yaml",
+                      tasks={"mrpc": {"model": str(model)}, "rte": {"model": str(tmp_path / "no-such-model")}},
+                      data_dir=str(glue), num_tokens=800, constraints=[0.5], methods=["kprune", "kwon-fisher"],
+                      seeds=[0], device="cpu", parameters={"latency_repeats": 1},
+                      output_dir=str(runs), results_dir=str(results))
+    # the rte points fail (no model); the sweep records them and goes on, in 2 worker processes
+    assert cli_main(["sweep", str(grid), "--workers", "2"]) == 1
+    for method in ("kprune", "kwon-fisher"):
+        d = runs / "mrpc" / method / "c0.5" / "seed0"
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["method"] == method and summary["task"] == "mrpc" and summary["num_tokens"] == 800
+        assert summary["latency_repeats"] == 1 and summary["latency_speedup"] > 0
+        assert (d / "pruned" / "model" / "model.safetensors").exists()
+        html = (d / "report.html").read_text()
+        assert "<img" in html and "from kprune_lib import" not in html  # outputs only, inputs hidden
+        assert not (d / "error.txt").exists()
+    for method in ("kprune", "kwon-fisher"):
+        err = (runs / "rte" / method / "c0.5" / "seed0" / "error.txt").read_text()
+        assert "no-such-model" in err and not (runs / "rte" / method / "c0.5" / "seed0" / "summary.json").exists()
+    df = pd.read_csv(results / "results.csv")
+    assert sorted(df.method) == ["kprune", "kwon-fisher"] and set(df.task) == {"mrpc"}
+    assert ((df.flops_removed >= 0.5 - 1e-9) & (df.flops_removed < 0.6)).all()
+    assert len(pd.read_csv(results / "failures.csv")) == 2
+    report = (results / "report.html").read_text()
+    assert report.count("<img") >= 2 and "load_results(" not in report
+    assert (results / "figures" / "metric_vs_flops.png").stat().st_size > 1000
+
+    # resume (the failing task dropped from the grid): finished points are not executed again
+    spec = yaml.safe_load(grid.read_text())
+    del spec["tasks"]["rte"]
+    write_grid(grid, **spec)
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("mrpc/*/c0.5/seed0/*") if p.is_file()}
+    assert len(stamps) >= 3 * 2
+    (runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "report.html").unlink()  # a missing page is re-rendered only
+    outcome = _sweep_api(grid, report=False)
+    assert outcome == {"ran": [], "skipped": ["mrpc/kprune/c0.5/seed0", "mrpc/kwon-fisher/c0.5/seed0"], "failed": []}
+    assert {p: p.stat().st_mtime_ns for p in stamps if p.name != "report.html"} == \
+        {p: t for p, t in stamps.items() if p.name != "report.html"}
+    assert (runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "report.html").exists()
+
+
+def _sweep_api(grid, **kw):
+    from kprune_lib.sweep import run_sweep
+
+    return run_sweep(grid, log=lambda msg: None, **kw)
