@@ -189,3 +189,40 @@ def test_unanswerable_questions_are_labelled_cls(tok):
     feats = prepare_features(tok, [ex], 384, 128)
     assert feats.start_positions == feats.end_positions == feats.cls_index == [0]
     assert feats.inputs[0]["input_ids"][0] == tok.cls_token_id
+
+
+def test_hub_rows_become_examples(monkeypatch):
+    """The hub path (rajpurkar/squad[_v2] schema), with `datasets.load_dataset` stubbed: no network in tests."""
+    import datasets
+
+    rows = {"id": ["a", "b"], "title": ["T1", "T2"], "context": ["Blue sky.", "Red sea."],
+            "question": ["Colour?", "Which sea?"],
+            "answers": [{"text": ["Blue"], "answer_start": [0]}, {"text": [], "answer_start": []}]}
+    calls = []
+    train_rows = {**rows, "id": ["c", "d"], "title": ["T3", "T4"]}
+
+    def fake(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_dict(rows if split == "validation" else train_rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    data = load_squad(get_task("squad_v2"), need_train=True)
+    assert calls == [("rajpurkar/squad_v2", "validation"), ("rajpurkar/squad_v2", "train")]
+    assert data.eval[0] == QaExample("a", "T1", "Blue sky.", "Colour?", ("Blue",), (0,))
+    assert data.eval[1].answers == () and [e.id for e in data.train] == ["c", "d"]
+    assert data.info["eval_source"] == "rajpurkar/squad_v2[validation]"
+    # the same split on both sides: the overlap check fires for the hub too
+    train_rows = rows
+    with pytest.raises(DataError, match="share 2 question id"):
+        load_squad(get_task("squad_v2"), need_train=True)
+
+
+def test_hub_failure_is_one_clear_error(monkeypatch):
+    import datasets
+
+    def offline(name, split):
+        raise ConnectionError("offline\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"could not load rajpurkar/squad \[validation\].*--eval-file"):
+        load_squad(get_task("squad"), need_train=False)
