@@ -2,10 +2,10 @@
 __version__ = "0.1.0"
 
 from .config import PruneConfig  # noqa: E402
-from .api import evaluate, prune  # noqa: E402
+from .api import evaluate, finetune, prune  # noqa: E402
 from .io import load_pruned, save_pruned  # noqa: E402
 from .prune import PruneResult, kprune  # noqa: E402
 from .physical import prune_physically  # noqa: E402
 
-__all__ = ["PruneConfig", "evaluate", "prune", "load_pruned", "save_pruned", "kprune", "PruneResult",
+__all__ = ["PruneConfig", "evaluate", "finetune", "prune", "load_pruned", "save_pruned", "kprune", "PruneResult",
            "prune_physically", "__version__"]

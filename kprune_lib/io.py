@@ -95,6 +95,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False):
         raise FileExistsError(f"output folder {target} exists and is not empty; choose another --output or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
     except BaseException:
