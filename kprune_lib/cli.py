@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and render RESULTS/report.html with notebooks/05. Resumable.")
     w.add_argument("grid", help="YAML grid, e.g. papermill_runs/grid_minilm.yaml")
     w.add_argument("--workers", type=_positive_int, default=1, help="points run in parallel worker processes")
-    w.add_argument("--output-dir", default=None, help="point folders (default: the grid's output_dir)")
-    w.add_argument("--results-dir", default=None, help="results.csv, report.html, figures/ (default: the grid's)")
+    w.add_argument("--output-dir", default=None, help="point folders (overrides the grid's output_dir)")
+    w.add_argument("--results-dir", default=None, help="results.csv, report.html, figures/ (overrides the grid's results_dir)")
     w.add_argument("--no-report", action="store_true", help="aggregate results.csv but do not render the report")
     w.add_argument("--report-only", action="store_true", help="run no point; aggregate and render the report")
 
