@@ -25,13 +25,20 @@ import transformers
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from latency import dev_latency  # noqa: E402
 
-from kprune_lib.batching import tokenize  # noqa: E402
+from kprune_lib.batching import make_batches, tokenize  # noqa: E402
 from kprune_lib.glue_data import load_glue  # noqa: E402
 from kprune_lib.io import load_model  # noqa: E402
 from kprune_lib.physical import prune_physically  # noqa: E402
 from kprune_lib.tasks import get_glue_task  # noqa: E402
+from kprune_lib.workbook import time_forward  # noqa: E402
+
+
+def dev_latency(model, features: list[dict], pad_id: int, batch_size: int, repeats: int,
+                max_examples: int | None = None) -> float:
+    """Median seconds of one pass over the dev features: pre-tokenised, dynamic padding, dataset order."""
+    batches = make_batches(features[:max_examples], batch_size, pad_id, next(model.parameters()).device)
+    return time_forward(model, batches, repeats)
 
 SHARED = Path(os.environ.get("KPRUNE_SHARED", HERE.parent.parent / "shared"))
 MRPC = str(SHARED / "models" / "minilm-l6-mrpc")

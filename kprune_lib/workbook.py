@@ -285,8 +285,9 @@ def metrics_table(metrics: dict[str, dict]) -> pd.DataFrame:
 
 # ---- 04 prune and evaluate -----------------------------------------------------------------------------------
 @torch.no_grad()
+@torch.inference_mode()
 def time_forward(model: torch.nn.Module, batches: list[dict], repeats: int = 3) -> float:
-    """Median wall time (s) of one pass over `batches` (after one warm-up batch)."""
+    """Median wall time (s) of one pass over `batches` (after one warm-up batch), no autograd."""
     model.eval()
     cuda = next(model.parameters()).device.type == "cuda"
     model(**batches[0])
