@@ -10,7 +10,8 @@ from .masks import head_dims
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """A Linear holding copies of the given weight (out × in) and bias."""
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new = nn.Linear(1, 1, bias=bias is not None, device="meta")  # shell only: no (zero-size) initialisation
+    new.out_features, new.in_features = weight.shape
     new.weight = nn.Parameter(weight.detach().clone())
     if bias is not None:
         new.bias = nn.Parameter(bias.detach().clone())
