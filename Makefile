@@ -4,13 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is installed first, on its own: a CPU wheel here; on a CUDA machine use e.g. TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
-SHARED ?= ../shared
-DATA_DIR ?= $(SHARED)/data/glue
-MODEL ?= $(SHARED)/models/minilm-l6-mrpc
-TASK ?= mrpc
-CONSTRAINT ?= 0.5
-NUM_TOKENS ?= 20000
-DEMO_OUT ?= runs/demo-$(TASK)-c$(CONSTRAINT)
+DEMO_GRID ?= papermill_runs/grid_demo.yaml
 GRID ?= papermill_runs/grid_minilm.yaml
 WORKERS ?= 1
 
@@ -28,10 +22,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# a small sweep on the default models (grid_demo.yaml: MRPC and STS-B × 3 constraints); DEMO_GRID=… to change
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune prune --model $(MODEL) --task $(TASK) --data-dir $(DATA_DIR) \
-		--constraint $(CONSTRAINT) --num-tokens $(NUM_TOKENS) --output $(DEMO_OUT) --overwrite
-	@echo "results: $(DEMO_OUT)/summary.json  pruned model: $(DEMO_OUT)/model/"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune sweep $(DEMO_GRID) --workers $(WORKERS)
+	@echo "results: runs/demo/results/results.csv  report: runs/demo/results/report.html  runs: runs/demo/"
 
 # notebook 04 for every unfinished point of GRID (resumable), then results/results.csv and results/report.html
 sweep: setup
