@@ -5,7 +5,7 @@ Values follow the spec's "Defaults" section (the reference's published run scrip
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ While pruning, the model keeps its dense shapes (pruned projection columns are z
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field

@@ -9,7 +9,7 @@ summed in float64: half the cost of float64 products, and more precise than the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
