@@ -61,7 +61,7 @@ def test_shipped_grids_are_valid():
     assert {p.task for p in grid.points} == {"mrpc", "stsb", "sst2"}
     assert {p.method for p in grid.points} == {"kprune", "kprune-no-tuning", "kwon-fisher"}
     assert sorted({p.constraint for p in grid.points}) == [0.4, 0.5, 0.6, 0.7, 0.8]
-    assert {p.num_tokens for p in grid.points} == {20000}
+    assert {p.num_tokens for p in grid.points} == {5000}  # the committed results/ were produced at 5000
     if SHARED.exists():
         assert all(Path(p.model).is_dir() and Path(p.data_dir).is_dir() for p in grid.points)
         assert {Path(p.model).name for p in grid.points} == {"minilm-l6-mrpc", "minilm-l6-stsb", "minilm-l6-sst2"}

@@ -1,0 +1,26 @@
+"""kprune (both schedules) against an independent plain re-statement of the spec on the HF model (tests/reference_oracle.py)."""
+import copy
+
+import pytest
+import torch
+
+from conftest import random_batches, tiny_model
+from kprune_lib.prune import kprune
+from reference_oracle import oracle_kprune
+
+HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
+
+
+@pytest.mark.parametrize("problem,constraint", [("classification", 0.5), ("classification", 0.8), ("regression", 0.6)])
+@pytest.mark.parametrize("schedule", ["cached", "naive"])
+def test_masks_and_weights_equal_the_oracle(problem, constraint, schedule):
+    model = tiny_model("bert", num_labels=1 if problem == "regression" else 2, layers=3, ffn=32)
+    batches = random_batches(4, batch=6, max_len=14)
+    reference = copy.deepcopy(model)
+    ours = kprune(model, batches, problem, constraint=constraint, seq_len=10.0, schedule=schedule, progress=False, **HP)
+    head_mask, neuron_mask = oracle_kprune(reference, batches, problem, constraint=constraint, seq_len=10.0, **HP)
+    assert torch.equal(ours.head_mask, head_mask)
+    assert torch.equal(ours.neuron_mask, neuron_mask)
+    assert 0 < int(neuron_mask.sum()) < neuron_mask.numel() and int(ours.head_mask.sum()) < ours.head_mask.numel()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.double(), q, rtol=2e-3, atol=2e-4, msg=name)
