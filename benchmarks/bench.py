@@ -178,6 +178,9 @@ def print_table(rows: list[dict]) -> None:
               ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r["stage_seconds_naive"].items(), key=lambda kv: -kv[1])))
 
 
+CASE_KINDS = ("minilm", "minilm-100k", "bert-base-shape", "distilbert-shape")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="MiniLM MRPC at 20000 tokens only")
@@ -188,14 +191,21 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="latency repeats (median)")
     p.add_argument("--shape-tokens", type=int, default=5000,
                    help="sample tokens for the BERT-base- and DistilBERT-shaped timing cases (20000+ on a GPU)")
+    p.add_argument("--cases", default=",".join(CASE_KINDS),
+                   help="full run only: comma-separated subset of " + ", ".join(CASE_KINDS))
     a = p.parse_args()
+    kinds = [k.strip() for k in a.cases.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(CASE_KINDS))
+    if unknown or not kinds:
+        p.error(f"unknown case(s) {unknown or a.cases!r}; choose from {', '.join(CASE_KINDS)}")
     # (case, model, tokens, random-weight shape, measure latency)
     cases = [("minilm-mrpc-%dk" % (a.num_tokens // 1000), MRPC, a.num_tokens, None, not a.check_only)]
     if not (a.quick or a.check_only):
         shape_tokens = a.shape_tokens
-        cases += [("minilm-mrpc-100k", MRPC, 100_000, None, False),
-                  (f"bert-base-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "bert-base", True),
-                  (f"distilbert-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "distilbert-base", True)]
+        cases = [c for k, c in zip(CASE_KINDS, cases + [
+            ("minilm-mrpc-100k", MRPC, 100_000, None, False),
+            (f"bert-base-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "bert-base", True),
+            (f"distilbert-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "distilbert-base", True)]) if k in kinds]
     rows = []
     for name, model, tokens, shape, latency in cases:
         rows.append(bench_case(name, model, tokens, shape, a.device, a.autocast, latency=latency, repeats=a.repeats))
