@@ -113,6 +113,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
                split_seed=split_seed, seq_len=seq_len)
+    if cfg.method == "kwon-fisher" and t.problem == "qa":
+        raise ValueError("--method kwon-fisher needs gold labels of a GLUE task; for SQuAD use kprune or an ablation")
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")

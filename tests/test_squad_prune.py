@@ -106,7 +106,7 @@ def _bad_files(root):
 
 
 @pytest.mark.parametrize("case", ["qa-on-glue", "cls-on-squad", "not-squad", "not-json", "same-ids", "same-titles",
-                                  "split-and-sample", "squad-option-on-glue"])
+                                  "split-and-sample", "squad-option-on-glue", "fisher-on-squad"])
 def test_cli_errors(case, files, capsys, tmp_path):
     root, qa, cls, sl = files["root"], str(files["qa"]), str(files["cls"]), str(files["slice"])
     bad, same_titles = _bad_files(root)
@@ -123,6 +123,8 @@ def test_cli_errors(case, files, capsys, tmp_path):
         "split-and-sample": (prune + ["--model", qa, "--sample-file", str(same_titles), "--eval-file", sl,
                                       "--split-articles", "0.5"], "exclude each other"),
         "squad-option-on-glue": (["evaluate", "--model", cls, "--task", "mrpc", "--eval-file", sl], "SQuAD tasks only"),
+        "fisher-on-squad": (prune + ["--model", qa, "--eval-file", sl, "--split-articles", "0.5",
+                                     "--method", "kwon-fisher"], "kwon-fisher needs gold labels"),
     }[case]
     rc, out, err = run_cli(args + (["--quiet"] if args[0] == "evaluate" else []), capsys)
     lines = [l for l in err.splitlines() if l.startswith("kprune: error:")]
