@@ -18,10 +18,28 @@ def _modules(model, s):
     return layer.intermediate.dense, layer.output.dense
 
 
-def _loss(logits, teacher, problem, T):
-    if problem == "regression":
-        return F.mse_loss(logits.squeeze(-1), teacher)
+def _kl(logits, teacher, T):
     return T * T * F.kl_div(F.log_softmax(logits / T, dim=-1), teacher, reduction="batchmean")
+
+
+def _outputs(out, problem):
+    return (out.start_logits, out.end_logits) if problem == "qa" else out.logits
+
+
+def _teacher(outputs, problem, T):
+    if problem == "qa":
+        return tuple(F.softmax(o.detach() / T, dim=-1) for o in outputs)
+    if problem == "regression":
+        return outputs.squeeze(-1).detach()
+    return F.softmax(outputs.detach() / T, dim=-1)
+
+
+def _loss(outputs, teacher, problem, T):
+    if problem == "regression":
+        return F.mse_loss(outputs.squeeze(-1), teacher)
+    if problem == "qa":  # mean of the start and end terms
+        return (_kl(outputs[0], teacher[0], T) + _kl(outputs[1], teacher[1], T)) / 2
+    return _kl(outputs, teacher, T)
 
 
 def _threshold(scores, flops, budget):
@@ -33,7 +51,9 @@ def _threshold(scores, flops, budget):
 
 
 def oracle_kprune(model, batches, problem, *, constraint, seq_len, lam_pred, lam_rep, mu, temperature):
-    """Prune `model` (a BertForSequenceClassification) in place; returns (head_mask, neuron_mask) bool (L, ·)."""
+    """Prune `model` (a BERT for sequence classification or, problem "qa", question answering) in place.
+
+    Returns (head_mask, neuron_mask), bool (L, H) and (L, N)."""
     cfg = model.config
     L, H, N, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_size
     dh = d // H
@@ -71,13 +91,12 @@ def oracle_kprune(model, batches, problem, *, constraint, seq_len, lam_pred, lam
                 handles += [out.register_forward_pre_hook(pre), inp.register_forward_pre_hook(grab_x),
                             out.register_forward_hook(grab_y)]
             try:
-                logits = model(**b).logits
+                logits = _outputs(model(**b), problem)
             finally:
                 for h in handles:
                     h.remove()
             if s == 0:
-                teacher_pred.append(logits.squeeze(-1).detach() if problem == "regression"
-                                    else F.softmax(logits / temperature, dim=-1).detach())
+                teacher_pred.append(_teacher(logits, problem, temperature))
                 for t in range(2 * L):
                     teacher_y[t].append(grabbed[("y", t)][tok].detach())
             loss = _loss(logits, teacher_pred[j], problem, temperature)

@@ -1,4 +1,4 @@
-"""kprune (both schedules) against an independent plain re-statement of the spec on the HF model (tests/reference_oracle.py)."""
+"""kprune (both schedules) against an independent plain restatement of the spec on the HF model (tests/reference_oracle.py)."""
 import copy
 
 import pytest
@@ -11,10 +11,11 @@ from reference_oracle import oracle_kprune
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 
 
-@pytest.mark.parametrize("problem,constraint", [("classification", 0.5), ("classification", 0.8), ("regression", 0.6)])
+@pytest.mark.parametrize("problem,constraint", [("classification", 0.5), ("classification", 0.8), ("regression", 0.6),
+                                                ("qa", 0.5)])
 @pytest.mark.parametrize("schedule", ["cached", "naive"])
 def test_masks_and_weights_equal_the_oracle(problem, constraint, schedule):
-    model = tiny_model("bert", num_labels=1 if problem == "regression" else 2, layers=3, ffn=32)
+    model = tiny_model("bert", num_labels=1 if problem == "regression" else 2, qa=problem == "qa", layers=3, ffn=32)
     batches = random_batches(4, batch=6, max_len=14)
     reference = copy.deepcopy(model)
     ours = kprune(model, batches, problem, constraint=constraint, seq_len=10.0, schedule=schedule, progress=False, **HP)
