@@ -71,7 +71,7 @@ def oracle_kprune(model, batches, problem, *, constraint, seq_len, lam_pred, lam
         masks = {t: dim_keep[t].clone().requires_grad_(t >= s) for t in range(2 * L)}
         k_pred = {t: torch.zeros(width[t], dtype=torch.float64) for t in range(s, 2 * L)}
         k_rep = {t: torch.zeros(width[t], dtype=torch.float64) for t in range(s, 2 * L)}
-        feats_s, x_s, y_s = [], [], []
+        feats_s, x_s = [], []
         for j, b in enumerate(batches):
             tok = b["attention_mask"].bool()
             grabbed, handles = {}, []
@@ -108,7 +108,7 @@ def oracle_kprune(model, batches, problem, *, constraint, seq_len, lam_pred, lam
             feats_s.append(grabbed[("a", s)].detach()[tok])
             x_s.append(grabbed[("x", s)].detach()[tok])
         # scores per unit (heads: mean over d_h dims)
-        scores, flops = [], []
+        scores = []
         for t in range(s, 2 * L):
             w = dh if t % 2 == 0 else 1
             kp = (k_pred[t] / n_examples).view(-1, w).mean(1)

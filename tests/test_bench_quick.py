@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import GLUE_DIR, MODELS_DIR, ROOT, needs_shared
 

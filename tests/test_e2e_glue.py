@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from conftest import GLUE_DIR, MODELS_DIR, needs_shared
 from kprune_lib.cli import main
