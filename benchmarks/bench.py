@@ -198,14 +198,15 @@ def main() -> None:
     unknown = sorted(set(kinds) - set(CASE_KINDS))
     if unknown or not kinds:
         p.error(f"unknown case(s) {unknown or a.cases!r}; choose from {', '.join(CASE_KINDS)}")
-    # (case, model, tokens, random-weight shape, measure latency)
-    cases = [("minilm-mrpc-%dk" % (a.num_tokens // 1000), MRPC, a.num_tokens, None, not a.check_only)]
-    if not (a.quick or a.check_only):
-        shape_tokens = a.shape_tokens
-        cases = [c for k, c in zip(CASE_KINDS, cases + [
-            ("minilm-mrpc-100k", MRPC, 100_000, None, False),
-            (f"bert-base-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "bert-base", True),
-            (f"distilbert-shape-{shape_tokens // 1000}k", MRPC, shape_tokens, "distilbert-base", True)]) if k in kinds]
+    # kind -> (case, model, tokens, random-weight shape, measure latency)
+    st = a.shape_tokens
+    all_cases = {
+        "minilm": (f"minilm-mrpc-{a.num_tokens // 1000}k", MRPC, a.num_tokens, None, not a.check_only),
+        "minilm-100k": ("minilm-mrpc-100k", MRPC, 100_000, None, False),
+        "bert-base-shape": (f"bert-base-shape-{st // 1000}k", MRPC, st, "bert-base", True),
+        "distilbert-shape": (f"distilbert-shape-{st // 1000}k", MRPC, st, "distilbert-base", True),
+    }
+    cases = [all_cases["minilm"]] if a.quick or a.check_only else [all_cases[k] for k in CASE_KINDS if k in kinds]
     rows = []
     for name, model, tokens, shape, latency in cases:
         rows.append(bench_case(name, model, tokens, shape, a.device, a.autocast, latency=latency, repeats=a.repeats))
