@@ -42,7 +42,11 @@ def projection_input(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor) ->
 
 def sublayer(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor):
     """One sublayer: returns (LayerNorm(Y), Y, a) with Y = X + W_s·a + b_s. Mask hooks act on a."""
-    a = projection_input(arch, s, x, bias)
+    return sublayer_from_input(arch, s, x, projection_input(arch, s, x, bias))
+
+
+def sublayer_from_input(arch: Arch, s: int, x: torch.Tensor, a: torch.Tensor):
+    """The rest of sublayer s once its projection input a = projection_input(x) is known: (LayerNorm(Y), Y, a)."""
     y = x + arch.out_proj(s)(a)
     ln = arch.module(s // 2, "attn_ln" if s % 2 == 0 else "ffn_ln")
     return ln(y), y, a

@@ -5,7 +5,10 @@ Two schedules give identical masks:
   pruned so far masked, and back-propagates to the bottom; teacher sums Y_s of all 2L sublayers are held.
 - "cached" (ours): the frozen lower part is never re-run. The student's input to the target sublayer is
   cached over the sample and advanced one sublayer per iteration; the teacher's residual stream is
-  cached beside it, so teacher targets are streamed (memory O(N·d) instead of O(2L·N·d)).
+  cached beside it, so teacher targets are streamed (memory O(N·d) instead of O(2L·N·d)). The advance of
+  an attention sublayer reuses the context vectors of the measurement pass (only the tuned output projection
+  changed), and at s = 0 the teacher's step comes from the measurement pass itself (student = teacher there).
+  Same operations on the same inputs as the naive schedule, so masks and weights agree.
 While pruning, the model keeps its dense shapes (pruned projection columns are zeroed and masked);
 `physical.prune_physically` shrinks it afterwards.
 """
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
-from .forward import attention_bias, projection_input, sublayer
+from .forward import attention_bias, projection_input, sublayer, sublayer_from_input
 from .masks import apply_masks, head_dims
 from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
                           representational_knowledge_increment, teacher_signal)
@@ -162,23 +165,26 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 targets, teacher_sums = _teacher_pass(arch, batches, problem, temperature, keep_sums=naive)
             else:
                 targets, teacher_sums = [None] * len(batches), [[] for _ in batches]
-            if not naive:  # residual streams of teacher and student at the current sublayer
-                with torch.no_grad():
-                    teacher_x = [arch.embed(b["input_ids"], b.get("token_type_ids")) for b in batches]
-                student_x = [x.clone() for x in teacher_x]
+            # cached: residual streams of teacher and student at the current sublayer s (their input there). At
+            # s = 0 both are the embeddings, recomputed per batch rather than held: the first iteration, whose
+            # backward graph is the deepest, then holds no stream memory.
+            teacher_x, student_x = [None] * len(batches), [None] * len(batches)
         biases = [attention_bias(b["attention_mask"], model.dtype) for b in batches]
         for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
             k_pred = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
             k_rep = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
             eqs = NormalEquations.zeros(widths[s], d, device)
+            # cached, attention sublayer: keep its projection inputs (context vectors) so that the cache advance
+            # after tuning skips the Q/K/V and attention recompute (only the tuned output projection changes)
+            contexts = [None] * len(batches) if not naive and s % 2 == 0 else None
             for j, b in enumerate(tqdm(batches, desc=f"sublayer {s}", leave=False, disable=not progress)):
                 tok = b["attention_mask"]
                 with clock("measure_forward_backward"):
                     first = 0 if naive else s
                     leaves = {t: fixed[t].clone().requires_grad_(True) for t in range(first, n_sub)}
-                    h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive else student_x[j]
-                    feats = {}
+                    h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive or s == 0 else student_x[j]
+                    feats, teacher_step = {}, None
                     with apply_masks(arch, leaves), torch.autocast(device.type, AUTOCAST[autocast] or torch.float32,
                                                                    enabled=autocast is not None):
                         for t in range(first, n_sub):
@@ -189,6 +195,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                                 feats[t] = a
                             if naive and len(teacher_sums[j]) < n_sub:  # iteration 0: the teacher's Y_t
                                 teacher_sums[j].append(y.detach())
+                            if not naive and s == t == 0 and autocast is None:  # the student is the teacher here
+                                teacher_step = (h.detach(), y.detach())
                         out = arch.head(h)
                     if targets[j] is None:  # iteration 0: the teacher's soft targets
                         targets[j] = teacher_signal(tuple(o.detach() for o in out) if problem == "qa" else out.detach(),
@@ -204,11 +212,14 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                     if naive:
                         y_teacher = teacher_sums[j][s]
                     else:
-                        teacher_x[j], y_teacher, _ = sublayer(arch, s, teacher_x[j], biases[j])
+                        x_teacher = x_s if s == 0 else teacher_x[j]  # at s = 0: the embeddings
+                        teacher_x[j], y_teacher = teacher_step or sublayer(arch, s, x_teacher, biases[j])[:2]
                     x_s = x_s.detach().float()
                     a_s = feats[s] if autocast is None else projection_input(arch, s, x_s, biases[j])  # fp32 for KPWT
                     eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
-                del feats, leaves, grads, out, loss, h
+                    if contexts is not None:
+                        contexts[j] = a_s.detach()
+                del feats, leaves, grads, out, loss, h, teacher_step
             with clock("score_search"):
                 scores = {}
                 for t in range(s, n_sub):
@@ -237,8 +248,13 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 fixed[s][idx] = 1.0
             if not naive:
                 with clock("cache_advance"), torch.no_grad(), apply_masks(arch, {s: fixed[s]}):
-                    for j in range(len(batches)):
-                        student_x[j] = sublayer(arch, s, student_x[j], biases[j])[0]
+                    for j, b in enumerate(batches):
+                        x = arch.embed(b["input_ids"], b.get("token_type_ids")) if s == 0 else student_x[j]
+                        if contexts is not None:
+                            student_x[j] = sublayer_from_input(arch, s, x, contexts[j])[0]
+                            contexts[j] = None
+                        else:
+                            student_x[j] = sublayer(arch, s, x, biases[j])[0]
             rr = float(eqs.rr) or 1.0
             records.append({
                 "sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn",

@@ -36,7 +36,7 @@ class NormalEquations:
         dtype = torch.promote_types(a.dtype, torch.float32)
         A = a.detach()[keep].to(dtype)  # (tokens, n)
         R = residual.detach()[keep].to(dtype)  # (tokens, d)
-        self.gram += (A.T @ A).double()
+        self.gram += symmetric_gram(A)
         self.cross += (A.T @ R).double()
         self.rr += (R.double() ** 2).sum()
         self.tokens += A.shape[0]
@@ -50,6 +50,20 @@ class NormalEquations:
     def solve(self, idx: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:
         """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R; returns (W', ridge used or 0.0)."""
         return solve_normal_equations(self.gram[idx][:, idx], self.cross[idx], ridge)
+
+
+def symmetric_gram(A: torch.Tensor, panel: int = 384) -> torch.Tensor:
+    """AᵀA (n×n, float64) from its upper block-triangle: panels of `panel` columns times the columns to their right,
+    mirrored. For n = 1536 this does 10/16 of the full product's work (faster than A.T @ A on CPU too)."""
+    n = A.shape[1]
+    if n <= panel:
+        return (A.T @ A).double()
+    G = A.new_empty(n, n, dtype=torch.float64)
+    for i in range(0, n, panel):
+        g = (A[:, i:i + panel].T @ A[:, i:]).double()
+        G[i:i + panel, i:] = g
+        G[i:, i:i + panel] = g.T
+    return G
 
 
 def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:

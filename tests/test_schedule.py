@@ -80,3 +80,20 @@ def test_pruned_tuned_model_is_closer_to_teacher_than_untuned():
             losses[tuning] = sum(float(predictive_loss(a.head(encode(a, b)), t, "classification", 2.0))
                                  for b, t in zip(batches, targets))
     assert losses[True] < losses[False]
+
+
+@pytest.mark.parametrize("schedule", ["cached", "naive"])
+def test_bf16_autocast_measurement_meets_budget(schedule):
+    # reduced precision only in the measurement passes; tuning statistics and the solve stay float32/float64
+    model, res = run("bert", schedule, autocast="bf16")
+    assert res.flops_pruned <= 0.5 * res.flops_dense
+    assert all(p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert all(r["rel_error_after_tuning"] <= r["rel_error_before_tuning"] + 1e-6 for r in res.sublayers)
+    _, exact = run("bert", schedule)
+    differing = int((res.head_mask != exact.head_mask).sum() + (res.neuron_mask != exact.neuron_mask).sum())
+    assert differing <= 0.25 * (res.head_mask.numel() + res.neuron_mask.numel())
+
+
+def test_unknown_autocast_is_refused():
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        run("bert", "cached", autocast="int8")

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from kprune_lib.tuning import NormalEquations, solve_normal_equations
+from kprune_lib.tuning import NormalEquations, solve_normal_equations, symmetric_gram
 
 
 def _problem(seed=0, tokens=200, n=10, d=6):
@@ -65,3 +65,13 @@ def test_singular_system_uses_logged_ridge(caplog):
 def test_empty_selection_returns_empty_weight():
     w, ridge = solve_normal_equations(torch.zeros(0, 0), torch.zeros(0, 5))
     assert w.shape == (5, 0) and ridge == 0.0
+
+
+@pytest.mark.parametrize("n,panel", [(10, 4), (12, 4), (7, 7), (9, 16)])
+def test_symmetric_gram_equals_full_product(n, panel):
+    a = torch.randn(50, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    g = symmetric_gram(a, panel=panel)
+    assert g.dtype == torch.float64
+    if n > panel:  # built from the upper block-triangle: exactly symmetric
+        assert torch.equal(g, g.T)
+    torch.testing.assert_close(g, a.T @ a, rtol=1e-12, atol=1e-12)
