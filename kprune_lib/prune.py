@@ -8,7 +8,8 @@ Two schedules give identical masks:
   cached beside it, so teacher targets are streamed (memory O(N·d) instead of O(2L·N·d)). The advance of
   an attention sublayer reuses the context vectors of the measurement pass (only the tuned output projection
   changed), and at s = 0 the teacher's step comes from the measurement pass itself (student = teacher there).
-  Same operations on the same inputs as the naive schedule, so masks and weights agree.
+  The teacher stream is held on real tokens only (its padding rows never reach a target). Same operations
+  on the same inputs as the naive schedule, so masks and tuned weights agree bit for bit (tested).
 While pruning, the model keeps its dense shapes (pruned projection columns are zeroed and masked);
 `physical.prune_physically` shrinks it afterwards.
 """
@@ -91,6 +92,15 @@ class _Clock:
                 clock.totals[stage] += time.perf_counter() - self.t
 
         return _Span()
+
+
+def _unpack(rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Real-token rows (n, d) of the teacher stream -> (B, T, d) with zero padding rows. The teacher's padding
+    rows never matter: its targets Y_s are taken on real tokens and attention gives padding keys exactly zero
+    weight, so its stream is held without them (a third less memory on MRPC)."""
+    x = rows.new_zeros(*token_mask.shape, rows.shape[-1])
+    x[token_mask.bool()] = rows
+    return x
 
 
 def _unit_width(arch: Arch, s: int) -> int:
@@ -212,8 +222,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                     if naive:
                         y_teacher = teacher_sums[j][s]
                     else:
-                        x_teacher = x_s if s == 0 else teacher_x[j]  # at s = 0: the embeddings
-                        teacher_x[j], y_teacher = teacher_step or sublayer(arch, s, x_teacher, biases[j])[:2]
+                        x_teacher = x_s if s == 0 else _unpack(teacher_x[j], tok)  # at s = 0: the embeddings
+                        x_next, y_teacher = teacher_step or sublayer(arch, s, x_teacher, biases[j])[:2]
+                        teacher_x[j] = x_next[tok.bool()]  # real tokens only (see _unpack)
                     x_s = x_s.detach().float()
                     a_s = feats[s] if autocast is None else projection_input(arch, s, x_s, biases[j])  # fp32 for KPWT
                     eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)

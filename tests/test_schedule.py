@@ -24,18 +24,19 @@ def test_cached_equals_naive(arch):
     assert torch.equal(cached.head_mask, naive.head_mask)
     assert torch.equal(cached.neuron_mask, naive.neuron_mask)
     assert 0 < int(cached.neuron_mask.sum()) < cached.neuron_mask.numel()  # the case is not trivial
-    for p1, p2 in zip(m1.parameters(), m2.parameters()):
-        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    # same operations on the same real-token inputs: the tuned weights agree bit for bit
+    assert all(torch.equal(p1, p2) for p1, p2 in zip(m1.parameters(), m2.parameters()))
     for r1, r2 in zip(cached.sublayers, naive.sublayers):
         assert r1["rel_error_after_tuning"] == pytest.approx(r2["rel_error_after_tuning"], rel=1e-4, abs=1e-9)
 
 
 @pytest.mark.parametrize("problem,qa", [("regression", False), ("qa", True)])
 def test_cached_equals_naive_other_problems(problem, qa):
-    _, cached = run("bert", "cached", problem=problem, qa=qa)
-    _, naive = run("bert", "naive", problem=problem, qa=qa)
+    m1, cached = run("bert", "cached", problem=problem, qa=qa)
+    m2, naive = run("bert", "naive", problem=problem, qa=qa)
     assert torch.equal(cached.head_mask, naive.head_mask)
     assert torch.equal(cached.neuron_mask, naive.neuron_mask)
+    assert all(torch.equal(p1, p2) for p1, p2 in zip(m1.parameters(), m2.parameters()))
 
 
 @pytest.mark.parametrize("constraint", [0.3, 0.6, 0.9])
