@@ -1,8 +1,9 @@
-"""Tokenisation, the pruning sample (drawn by token budget, with replacement) and padded batches."""
+"""Tokenisation, the pruning sample (drawn by token budget, with replacement, as the authors' code) and padded batches."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .glue_data import DataError, Examples
@@ -28,13 +29,22 @@ def mean_length(features: list[dict]) -> float:
     return sum(len(f["input_ids"]) for f in features) / len(features)
 
 
+def sample_size(pool_size: int, num_tokens: int, seq_len: float) -> int:
+    """Number of sample examples: int(num_tokens / L_seq), at most the pool size (as the authors' code)."""
+    return min(int(num_tokens / seq_len), pool_size)
+
+
 def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -> torch.Tensor:
-    """num_tokens / L_seq example indices drawn with replacement from a pool, seeded."""
-    n = max(1, round(num_tokens / seq_len))
+    """The pruning sample, drawn exactly as the authors' code draws it: the legacy numpy RandomState seeded once
+    with `seed`, then `choice(pool_size, n)` with replacement, n = sample_size(...), kept in draw order
+    (batches are consecutive draws). Same checkpoint, data and seed -> the authors' sample, hence their masks."""
     if pool_size == 0:
         raise DataError("empty pruning sample: the training split has no examples")
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(pool_size, (n,), generator=gen)
+    n = sample_size(pool_size, num_tokens, seq_len)
+    if n < 1:
+        raise DataError(f"empty pruning sample: num_tokens {num_tokens} is below one example of average length "
+                        f"{seq_len:.1f}; increase --num-tokens")
+    return torch.from_numpy(np.random.RandomState(seed).choice(pool_size, n)).long()
 
 
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:

@@ -27,9 +27,17 @@ def sublayer_masks(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tenso
     return masks
 
 
+def _drop_bias(module, _inputs, output):
+    """Forward hook of a fully pruned sublayer: it contributes nothing, its bias goes with its units (spec)."""
+    return output - module.bias.to(output.dtype)  # W·0 + b − b: exactly zero, and the mask stays in the graph
+
+
 @contextmanager
 def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor]) -> Iterator[None]:
-    """Multiply the input of each sublayer's output projection by its mask; hooks always removed."""
+    """Multiply the input of each sublayer's output projection by its mask; hooks always removed.
+
+    A mask with no unit left makes the sublayer contribute nothing at all (its output projection's bias is
+    dropped too), so that it becomes LayerNorm(X), as in the spec and the physically pruned model."""
     handles = []
     try:
         for s, m in masks.items():
@@ -37,6 +45,8 @@ def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor]) -> Iterator[None]
             if m.shape != (proj.in_features,):
                 raise ValueError(f"mask for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},)")
             handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (inp[0] * m,) + tuple(inp[1:])))
+            if proj.bias is not None and not bool(m.detach().any()):
+                handles.append(proj.register_forward_hook(_drop_bias))
         yield
     finally:
         for h in handles:

@@ -24,8 +24,10 @@ def _rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
 
 
 def _cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    """Keep input features idx of a Linear (bias unchanged)."""
-    return _linear(lin.weight[:, idx], lin.bias)
+    """Keep input features idx of a Linear (bias unchanged). With no input feature left the projection contributes
+    nothing: its bias is zeroed (kept as a parameter, so saved shapes stay regular), and the sublayer is LayerNorm(X)."""
+    bias = lin.bias if lin.bias is None or len(idx) else torch.zeros_like(lin.bias)
+    return _linear(lin.weight[:, idx], bias)
 
 
 def _set_head_count(module: nn.Module, heads: int, head_size: int) -> None:
@@ -41,7 +43,8 @@ def prune_physically(model: nn.Module, head_mask: torch.Tensor, neuron_mask: tor
 
     head_mask: (L, H) bool/0-1 over the model's current heads; neuron_mask: (L, N) likewise.
     A layer left with no head gets `NoAttention` (no Q/K/V work) and an output projection of
-    width 0 (bias only); a layer with no neuron keeps FFN projections of width 0 (bias only).
+    width 0 whose bias is zero; a layer with no neuron keeps FFN projections of width 0, output bias zero:
+    a fully pruned sublayer adds nothing and becomes LayerNorm(X) (spec; the authors' rule).
     """
     arch = Arch(model)
     for i in range(arch.num_layers):

@@ -255,6 +255,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 weight = torch.zeros_like(proj.weight)
                 weight[:, idx] = w_new.to(weight.dtype)
                 proj.weight.copy_(weight)
+                if len(idx) == 0 and proj.bias is not None:  # nothing survives: the sublayer becomes LayerNorm(X)
+                    proj.bias.zero_()
                 fixed[s] = torch.zeros_like(fixed[s])
                 fixed[s][idx] = 1.0
             if not naive:

@@ -133,6 +133,8 @@ def oracle_kprune(model, batches, problem, *, constraint, seq_len, lam_pred, lam
         if A.shape[1]:
             W[:, dims] = torch.linalg.lstsq(A.T @ A, A.T @ target).solution.T
         proj.weight.copy_(W)
+        if not bool(dims.any()):  # no unit left: the sublayer adds nothing, LayerNorm(X) (its bias goes too)
+            proj.bias.zero_()
         dim_keep[s] = dims.double()
     head_mask = torch.stack([unit_keep[2 * i] for i in range(L)])
     neuron_mask = torch.stack([unit_keep[2 * i + 1] for i in range(L)])

@@ -30,7 +30,7 @@ def _masks(arch, seed=0):
     hm = torch.rand(arch.num_layers, arch.num_heads, generator=g) > 0.4
     nm = torch.rand(arch.num_layers, arch.ffn_size, generator=g) > 0.5
     hm[0] = False  # a layer with no head left: attention must be skipped entirely
-    nm[-1] = False  # a layer with no neuron left: only the FFN output bias remains
+    nm[-1] = False  # a layer with no neuron left: the FFN adds nothing (its output bias goes too)
     return hm, nm
 
 
@@ -68,6 +68,36 @@ def test_masks_change_the_output():
     with masked_model(a, hm.float(), nm.float()):
         masked = hf_logits(model, b)
     assert (dense - masked).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["mha", "ffn"])
+def test_fully_pruned_sublayer_is_layernorm_of_its_input(arch, kind):
+    """Spec: a sublayer with no unit left contributes nothing, bias included: its output is LayerNorm(X)."""
+    from kprune_lib.forward import attention_bias, sublayer
+
+    model = tiny_model(arch)
+    a = Arch(model)
+    with torch.no_grad():
+        a.out_proj(0 if kind == "mha" else 1).bias.normal_(0, 1.0)  # a bias that would show
+    hm = torch.ones(a.num_layers, a.num_heads, dtype=torch.bool)
+    nm = torch.ones(a.num_layers, a.ffn_size, dtype=torch.bool)
+    (hm if kind == "mha" else nm)[0] = False
+    b = random_batches(1, token_types=a.table.token_types)[0]
+    s = 0 if kind == "mha" else 1
+    ln = a.module(0, "attn_ln" if kind == "mha" else "ffn_ln")
+    with torch.no_grad():
+        x = a.embed(b["input_ids"], b.get("token_type_ids"))
+        if s == 1:
+            x = sublayer(a, 0, x, attention_bias(b["attention_mask"], x.dtype))[0]
+        with masked_model(a, hm.float(), nm.float()):
+            out = sublayer(a, s, x, attention_bias(b["attention_mask"], x.dtype))[0]
+        torch.testing.assert_close(out, ln(x), rtol=0, atol=1e-6)
+        with masked_model(a, hm.float(), nm.float()):
+            masked = hf_logits(model, b)
+        prune_physically(model, hm, nm)
+        assert float(a.out_proj(s).bias.abs().max()) == 0.0
+        torch.testing.assert_close(hf_logits(model, b), masked, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_architecture_is_named():

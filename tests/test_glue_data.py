@@ -73,3 +73,18 @@ def test_empty_split_and_unknown_task(tmp_path):
         load_glue(get_glue_task("sst2"), "train", root)
     with pytest.raises(ValueError, match="unknown task 'glue9'"):
         get_glue_task("glue9")
+
+
+def test_sample_is_drawn_as_the_authors_code_draws_it():
+    """Legacy numpy RandomState seeded once, choice(pool, n) with replacement, n = int(num_tokens / L_seq)."""
+    import numpy as np
+
+    from kprune_lib.batching import sample_indices
+
+    idx = sample_indices(3668, 20000, 53.24, seed=0)
+    np.random.seed(0)  # what transformers.set_seed(0) does to numpy before the authors' draw
+    expected = np.random.choice(3668, int(20000 / 53.24))
+    assert idx.tolist() == expected.tolist() and len(idx) == 375
+    assert len(sample_indices(10, 20000, 53.24, seed=0)) == 10  # at most the pool size, as the reference
+    with pytest.raises(DataError, match="increase --num-tokens"):
+        sample_indices(100, 10, 53.24, seed=0)
