@@ -48,3 +48,13 @@ bench: setup
 
 bench-quick: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --quick
+
+.PHONY: accuracy accuracy-quick
+# the accuracy protocol: mrpc,stsb,sst2 × 0.4,0.6,0.8 × seeds 0,1,2 × kprune,kprune-plus,kwon-fisher at 20 000
+# tokens (resumable, runs/accuracy) -> benchmarks/ACCURACY.md, results/accuracy.csv, figures/accuracy.png
+accuracy: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py
+
+# a few-minute smoke of it: mrpc, 0.8, seeds 0,1, 5000 tokens -> benchmarks/ACCURACY-quick.md
+accuracy-quick: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py --quick
