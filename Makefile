@@ -22,9 +22,12 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
-# a small sweep on the default models (grid_demo.yaml: MRPC and STS-B × 3 constraints); DEMO_GRID=… to change
+# a small sweep on the default models (grid_demo.yaml: MRPC and STS-B × 3 constraints); DEMO_GRID=… to change.
+# Offline (HF_HUB_OFFLINE=1) only where the local fixtures exist; without them the grid's hub fallbacks need the hub.
+DEMO_FIXTURES := ../shared/models/minilm-l6-mrpc ../shared/models/minilm-l6-stsb ../shared/data/glue
+DEMO_OFFLINE := $(if $(filter-out $(wildcard $(DEMO_FIXTURES)),$(DEMO_FIXTURES)),,HF_HUB_OFFLINE=1)
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/kprune sweep $(DEMO_GRID) --workers $(WORKERS)
+	$(DEMO_OFFLINE) $(VENV)/bin/kprune sweep $(DEMO_GRID) --workers $(WORKERS)
 	@echo "results: runs/demo/results/results.csv  report: runs/demo/results/report.html  runs: runs/demo/"
 
 # notebook 04 for every unfinished point of GRID (resumable), then results/results.csv and results/report.html

@@ -4,6 +4,11 @@ A point is (task, method, constraint, seed); it runs in OUTPUT_DIR/<task>/<metho
 the executed notebook, summary.json (written last by the notebook: its existence marks the point finished),
 report.html (nbconvert, inputs hidden), pruned/model/. A failed point leaves error.txt and the sweep goes on;
 re-running a sweep skips finished points. Grid format: see papermill_runs/grid_minilm.yaml and docs/workbook.md.
+
+Fallbacks (papermill_runs/grid_demo.yaml): a task's `fallback:` (a hub id) replaces its `model:` when that is no local
+folder, and `data_dir_fallback:` (null: the hub's nyu-mll/glue) replaces a `data_dir:` that does not exist; see
+resolve_sources. A sweep that needs such a fallback checks the hub first (check_fallbacks) and stops before running
+anything when the hub is offline or unreachable and the fallback is not in the local Hugging Face cache.
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ from .config import METHODS
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 POINT_NOTEBOOK = "04_prune_and_evaluate.py"
 RESULTS_NOTEBOOK = "05_results.py"
-GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "num_tokens", "device", "parameters",
-             "output_dir", "results_dir"}
-TASK_KEYS = {"model", "data_dir", "num_tokens", "device", "parameters"}
+GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "data_dir_fallback", "num_tokens",
+             "device", "parameters", "output_dir", "results_dir"}
+TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters"}
+HUB_GLUE = "nyu-mll/glue"  # where GLUE data come from without a data_dir (kprune_lib.glue_data.load_hub)
+NO_FALLBACK = object()  # data_dir_fallback not given: a missing data_dir stays as written (its points fail)
 SUMMARY, ERROR, EXECUTED, HTML = "summary.json", "error.txt", "04_prune_and_evaluate.ipynb", "report.html"
 
 
@@ -59,11 +66,44 @@ class Point:
         return f"{self.task}/{self.method}/c{self.constraint:g}/seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where one task's model and data come from (resolve_sources)."""
+    task: str
+    model: str  # an absolute local folder, or a hub id
+    data_dir: str | None  # an absolute local folder, or None: the hub's nyu-mll/glue
+    model_missing: str | None = None  # the grid's model path, when it is absent and `fallback` replaced it
+    data_missing: str | None = None  # the grid's data_dir, when it is absent and `data_dir_fallback` replaced it
+
+    def hub_fallbacks(self) -> list[tuple[str, str]]:
+        """(repo type, repo id) of every fallback that comes from the hub."""
+        out = []
+        if self.model_missing is not None and not Path(self.model).is_dir():
+            out.append(("model", self.model))
+        if self.data_missing is not None and self.data_dir is None:
+            out.append(("dataset", HUB_GLUE))
+        return out
+
+    def describe(self) -> str:
+        """One log line: the model and data this task uses, and which fallback replaced a missing local folder."""
+        model = f"{'local folder' if Path(self.model).is_dir() else 'hub id'} {self.model}"
+        if self.model_missing is not None:
+            model += f" (fallback: {self.model_missing} not found)"
+        if self.data_dir is None:
+            data = f"hub {HUB_GLUE}"
+        else:
+            data = f"local folder {self.data_dir}" if Path(self.data_dir).is_dir() else f"{self.data_dir} (not found)"
+        if self.data_missing is not None:
+            data += f" (fallback: {self.data_missing} not found)"
+        return f"sweep: {self.task}: model {model}; data {data}"
+
+
 @dataclass
 class Grid:
     points: list[Point]
     output_dir: Path
     results_dir: Path
+    sources: dict[str, Source] = field(default_factory=dict)  # task -> where its model and data come from
 
 
 def _local(path: str | None, base: Path, must_exist: bool) -> str | None:
@@ -73,6 +113,28 @@ def _local(path: str | None, base: Path, must_exist: bool) -> str | None:
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base / p
     return str(p.resolve()) if (must_exist or p.exists()) else str(path)
+
+
+def _exists(path: str, base: Path) -> bool:
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else base / p).exists()
+
+
+def resolve_sources(task: str, model: str, data_dir: str | None, base: str | Path, fallback: str | None = None,
+                    data_dir_fallback=NO_FALLBACK) -> Source:
+    """The model and data of one task: the grid's local folders where they exist, else their fallbacks.
+
+    model: used when it is an existing local path (relative to base); otherwise `fallback` (a hub id, or another
+    folder) when the task has one, else the value as written (a hub id). data_dir: used when it exists; otherwise
+    `data_dir_fallback` when the grid has one (None: the hub's nyu-mll/glue), else the folder as written (its points
+    then fail). Without fallbacks, or with local paths that exist, the result is what it always was."""
+    base = Path(base)
+    model_missing = data_missing = None
+    if fallback is not None and not _exists(model, base):
+        model_missing, model = model, fallback
+    if data_dir is not None and data_dir_fallback is not NO_FALLBACK and not _exists(data_dir, base):
+        data_missing, data_dir = data_dir, data_dir_fallback
+    return Source(task, _local(model, base, False), _local(data_dir, base, True), model_missing, data_missing)
 
 
 def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
@@ -104,7 +166,7 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
     seeds = spec.get("seeds", [0])
     if not all(isinstance(s, int) for s in seeds):
         raise GridError(f"{path}: seeds must be integers")
-    points = []
+    points, sources = [], {}
     for task, settings in tasks.items():
         settings = settings or {}
         if not isinstance(settings, dict) or set(settings) - TASK_KEYS:
@@ -112,17 +174,89 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
         model = settings.get("model", spec.get("model"))
         if not model:
             raise GridError(f"{path}: no model for task {task!r}")
+        fallback = settings.get("fallback")
+        if fallback is not None and not (isinstance(fallback, str) and fallback):
+            raise GridError(f"{path}: 'fallback' of task {task!r} must be a hub id or a folder")
         data_dir = settings.get("data_dir", spec.get("data_dir"))
+        data_fallback = settings.get("data_dir_fallback", spec.get("data_dir_fallback", NO_FALLBACK))
+        if data_fallback is not NO_FALLBACK and data_fallback is not None and not isinstance(data_fallback, str):
+            raise GridError(f"{path}: 'data_dir_fallback' must be a folder or null (the hub's {HUB_GLUE})")
+        src = sources[str(task)] = resolve_sources(str(task), str(model), data_dir, base, fallback, data_fallback)
         num_tokens = settings.get("num_tokens", spec.get("num_tokens", 100_000))
         device = settings.get("device", spec.get("device", "auto"))
         extra = {**(spec.get("parameters") or {}), **(settings.get("parameters") or {})}
         for method in methods:
             for c in constraints:
                 for seed in seeds:
-                    points.append(Point(str(task), method, float(c), seed, _local(model, base, False),
-                                        _local(data_dir, base, True), int(num_tokens), device, extra))
+                    points.append(Point(str(task), method, float(c), seed, src.model, src.data_dir, int(num_tokens),
+                                        device, extra))
     return Grid(points, Path(_local(spec.get("output_dir", "papermill_runs"), base, True)),
-                Path(_local(spec.get("results_dir", "results"), base, True)))
+                Path(_local(spec.get("results_dir", "results"), base, True)), sources)
+
+
+# ---- fallbacks need the hub: check it before running anything ---------------------------------------------------
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _offline_reason(repo_type: str) -> str | None:
+    """The environment variable that keeps this kind of hub download offline, if one does."""
+    own = "TRANSFORMERS_OFFLINE" if repo_type == "model" else "HF_DATASETS_OFFLINE"
+    for var in ("HF_HUB_OFFLINE", own):
+        if os.environ.get(var, "").strip().upper() in _TRUE:
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def hub_cached(repo_type: str, repo_id: str) -> bool:
+    """Whether the local Hugging Face cache already holds this repo (then offline runs can use it)."""
+    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser()
+    snapshots = hub / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots"
+    if repo_type == "model":
+        return any(snapshots.glob("*/config.json"))
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    return any(snapshots.glob("*/*")) or (datasets_cache / repo_id.replace("/", "___")).is_dir()
+
+
+def _hub_problem(repo_type: str, repo_id: str) -> str | None:
+    """Why this repo cannot be fetched now (offline, unreachable, not found), or None when it can."""
+    reason = _offline_reason(repo_type)
+    if reason:
+        return f"the hub is offline ({reason})"
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        (api.model_info if repo_type == "model" else api.dataset_info)(repo_id, timeout=10)
+    except Exception as e:  # connection refused, DNS, timeout, proxy, 404 ...
+        if "NotFound" in type(e).__name__:
+            return "the hub answers 'not found'"
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return f"the hub ({endpoint}) is unreachable ({type(e).__name__})"
+    return None
+
+
+def check_fallbacks(grid: Grid, grid_path: str | Path, tasks=None) -> None:
+    """Raise GridError (one line) when a fallback of these tasks needs the hub and the hub cannot deliver it.
+
+    Runs before any point: with the local fixtures missing and the hub offline or unreachable, the sweep would
+    otherwise start every point only to fail each one. A fallback already in the local HF cache passes."""
+    sources = [s for t, s in grid.sources.items() if tasks is None or t in tasks]
+    needed = list(dict.fromkeys(hub for s in sources for hub in s.hub_fallbacks() if not hub_cached(*hub)))
+    problems = {}
+    for kind, repo in needed:
+        problem = _hub_problem(kind, repo)
+        if problem:
+            problems.setdefault(problem, []).append(repo)
+    if not problems:
+        return
+    missing = sorted({m for s in sources for m in (s.model_missing, s.data_missing) if m is not None})
+    offline = sorted({r.split("=")[0] for r in map(_offline_reason, {kind for kind, _ in needed}) if r})
+    why = "; ".join(f"{p} for {', '.join(repos)}" for p, repos in problems.items())
+    todo = ("point the grid's tasks:/data_dir: at local folders, or go online"
+            + (f" (unset {', '.join(offline)})" if offline else ""))
+    raise GridError(f"{grid_path}: local fixtures missing ({', '.join(missing)}) and their hub fallbacks cannot be "
+                    f"fetched: {why}; {todo}")
 
 
 # ---- running -------------------------------------------------------------------------------------------------
@@ -188,6 +322,9 @@ def run_sweep(grid_path: str | Path, workers: int = 1, output_dir: str | Path | 
     outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     if not report_only:
         todo = [p for p in grid.points if not (out / p.relative_dir / SUMMARY).exists()]
+        check_fallbacks(grid, grid_path, {p.task for p in todo})  # before anything runs or is written
+        for source in grid.sources.values():
+            log(source.describe())
         outcome["skipped"] = [p.label() for p in grid.points if p not in todo]
         for p in grid.points:  # finished points: only (re)render a missing HTML
             if p not in todo:
