@@ -12,8 +12,8 @@ import torch
 import transformers
 
 from . import __version__
-from .batching import make_batches, mean_length, sample_indices, tokenize
-from .config import GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from .batching import mean_length, padded_tokens, sample_batches, sample_indices, tokenize
+from .config import BATCH_TOKENS, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import encoder_params
 from .glue_data import load_glue
@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 
 class TaskMismatch(ValueError):
     pass
+
+
+def compute_batch_tokens(config: PruneConfig, device: torch.device) -> int:
+    """Padded tokens per compute batch: the config's, else the device type's default. The Fisher baseline is
+    defined on the sample batches as drawn (its squared batch gradients), so it always computes on those."""
+    if config.method == "kwon-fisher":
+        return 0
+    return BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"]) if config.batch_tokens is None else config.batch_tokens
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -124,6 +132,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     check_task_head(m, t)
     max_length = cfg.max_length or t.max_length
     batch_size = cfg.batch_size or (SQUAD_BATCH_SIZE if t.problem == "qa" else GLUE_BATCH_SIZE)
+    batch_tokens = compute_batch_tokens(cfg, dev)
 
     data_info = {}
     if t.problem == "qa":
@@ -131,19 +140,22 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         data_info = data.info
         batches, n_sample, seq_len, score = pruning_data(t, tok, data, num_tokens=cfg.num_tokens, seed=cfg.seed,
                                                          max_length=max_length, batch_size=batch_size,
-                                                         seq_len=seq_len, device=dev, progress=progress)
+                                                         seq_len=seq_len, device=dev, progress=progress,
+                                                         batch_tokens=batch_tokens)
     else:
         eval_splits = _eval_splits(t, data_dir)
         train = load_glue(t, "train", data_dir)
         seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
         train_feats = tokenize(tok, train, max_length, labels=True)  # gold labels: kwon-fisher
         idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
-        batches = make_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev)
+        batches = sample_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev,
+                                 batch_tokens)
         n_sample = len(idx)
 
         def score(net):
             return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
     sample_tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    computed_tokens = padded_tokens(batches)
 
     dense_metrics = score(m)
     params_dense = encoder_params(m)
@@ -155,6 +167,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         "task": t.name, "model": str(model), "method": cfg.method,
         "constraint": cfg.constraint, "num_tokens": cfg.num_tokens, "seed": cfg.seed,
         "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len,
+        "batch_tokens": batch_tokens, "padding_ratio_computed": computed_tokens / sample_tokens,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,
         "flops_removed": 1.0 - result.flops_pruned / result.flops_dense,
         "params_dense": params_dense, "params_pruned": encoder_params(m),

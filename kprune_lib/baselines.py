@@ -22,6 +22,7 @@ from .config import PruneConfig
 from .flops import head_flops, model_flops, neuron_flops
 from .forward import encode
 from .masks import apply_masks, head_dims
+from .measurement import gold_loss
 from .prune import PruneResult, kprune
 from .search import kpms_threshold
 
@@ -48,19 +49,11 @@ def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
     return kprune(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, lam_pred=cfg.lam_pred,
                   lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
-                  schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge)
+                  schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge,
+                  pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first)
 
 
 # ---- Kwon et al. style Fisher baseline --------------------------------------------------------------------------
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
-    """The fine-tuning loss on gold labels: cross-entropy (classification) or MSE (regression), batch mean."""
-    if problem == "classification":
-        return F.cross_entropy(logits, labels.long())
-    if problem == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-    raise ValueError(f"kwon-fisher needs gold labels of a classification or regression task, not {problem!r}")
-
-
 def fisher_scores(model: torch.nn.Module, batches: list[dict], problem: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Empirical Fisher of the mask variables: Σ_batches (∂L/∂m)², one variable per head (L, H) and neuron (L, N).
 
@@ -86,7 +79,7 @@ def fisher_scores(model: torch.nn.Module, batches: list[dict], problem: str) -> 
                 masks[2 * i + 1] = neuron_m[i]
             with apply_masks(arch, masks):
                 logits = arch.head(encode(arch, b))  # (B, C)
-            g_h, g_n = torch.autograd.grad(task_loss(logits, b["labels"], problem), [head_m, neuron_m])
+            g_h, g_n = torch.autograd.grad(gold_loss(logits, b["labels"], problem), [head_m, neuron_m])
             fisher_h += g_h.double() ** 2
             fisher_n += g_n.double() ** 2
     finally:

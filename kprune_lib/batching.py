@@ -71,5 +71,39 @@ def make_batches(features: list[dict], batch_size: int, pad_id: int, device=None
     return [pad_batch(features[i:i + batch_size], pad_id, device) for i in range(0, len(features), batch_size)]
 
 
+def sample_batches(features: list[dict], batch_size: int, pad_id: int, device=None,
+                   batch_tokens: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The pruning sample (features in draw order) as compute batches, each row tagged with "group": its sample
+    batch, i.e. the `batch_size` consecutive draws whose mean loss the method differentiates.
+
+    batch_tokens 0: compute on the sample batches themselves, as drawn (the reference's padding).
+    batch_tokens > 0: compute on length-sorted batches of at most batch_tokens padded tokens (at least one example
+    each), so padding is a few percent; the sample and its grouping are unchanged."""
+    groups = [i // batch_size for i in range(len(features))]
+    if batch_tokens <= 0:
+        chunks = [list(range(i, min(i + batch_size, len(features)))) for i in range(0, len(features), batch_size)]
+    else:
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # stable: ties in draw order
+        chunks, current = [], []
+        for i in order:
+            longest = len(features[i]["input_ids"])  # sorted ascending: the newcomer is the longest
+            if current and (len(current) + 1) * longest > batch_tokens:
+                chunks.append(current)
+                current = []
+            current.append(i)
+        if current:
+            chunks.append(current)
+    out = []
+    for chunk in chunks:
+        b = pad_batch([features[i] for i in chunk], pad_id, device)
+        b["group"] = torch.tensor([groups[i] for i in chunk], dtype=torch.long, device=device)
+        out.append(b)
+    return out
+
+
+def padded_tokens(batches: list[dict]) -> int:
+    return sum(int(b["input_ids"].numel()) for b in batches)
+
+
 def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)

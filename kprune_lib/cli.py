@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import METHODS, SCHEDULES, PruneConfig
+from .config import METHODS, PRED_KNOWLEDGE, SCHEDULES, PruneConfig
 from .finetune import FinetuneConfig
 
 D = PruneConfig()
@@ -114,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the kwon-fisher baseline (Fisher of the gold-label loss, no tuning)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="sample batch size (default: 32 GLUE, 12 SQuAD)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="sample batch size: consecutive draws whose mean loss is differentiated (default: 32 GLUE, "
+                        "12 SQuAD)")
+    p.add_argument("--batch-tokens", type=int, default=D.batch_tokens,
+                   help="padded tokens per length-sorted compute batch (default: 4096 CPU, 16384 CUDA); 0 computes "
+                        "on the sample batches as drawn; the masks do not depend on it")
+    p.add_argument("--pred-knowledge", choices=PRED_KNOWLEDGE, default=D.pred_knowledge,
+                   help="batch: the paper's ½(batch-mean gradient)²; example: per-example empirical Fisher")
+    p.add_argument("--gold-first", action="store_true",
+                   help="at the first sublayer, measure predictive knowledge with the gold-label loss (GLUE only)")
     p.add_argument("--seq-len", type=_seq_len, default=None,
                    help="SQuAD only: L_seq of the FLOPs formula: 'reference' (the paper's 170, default), 'measured' "
                         "(mean length of the evaluation features) or a number; GLUE always measures its dev set")
@@ -177,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = PruneConfig(constraint=args.constraint, num_tokens=args.num_tokens, seed=args.seed,
                               lam_pred=args.lam_pred, lam_rep=args.lam_rep, mu=args.mu, temperature=args.temperature,
                               tuning=not args.no_tuning, schedule=args.schedule, batch_size=args.batch_size,
-                              method=args.method,
-                              max_length=args.max_length)
+                              method=args.method, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                              pred_knowledge=args.pred_knowledge, gold_first=args.gold_first)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
                                 overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
                                 **_squad_args(args))

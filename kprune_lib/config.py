@@ -24,6 +24,10 @@ class PruneConfig:
     batch_size: int | None = None  # None -> task default (32 GLUE, 12 SQuAD)
     max_length: int | None = None  # None -> task default (128; SST-2 64; SQuAD 384)
     ridge: float = 1e-6  # relative ridge added to AᵀA only when its Cholesky factorisation fails
+    batch_tokens: int | None = None  # padded tokens per compute batch (length-sorted); None -> per device
+    #   (BATCH_TOKENS), 0 -> compute on the sample batches as drawn (the reference's padding). Masks do not depend on it.
+    pred_knowledge: str = "batch"  # "batch": the paper's ½ (batch-mean gradient)²; "example": empirical Fisher
+    gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
     method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
 
     def __post_init__(self) -> None:
@@ -39,6 +43,10 @@ class PruneConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lam_pred < 0 or self.lam_rep < 0 or self.mu <= 0:
             raise ValueError("lam_pred and lam_rep must be >= 0 and mu > 0")
+        if self.batch_tokens is not None and self.batch_tokens < 0:
+            raise ValueError(f"batch_tokens must be >= 0 (0 = batches as drawn), got {self.batch_tokens}")
+        if self.pred_knowledge not in PRED_KNOWLEDGE:
+            raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {self.pred_knowledge!r}")
         if self.lam_pred == 0 and self.lam_rep == 0:
             raise ValueError("lam_pred and lam_rep cannot both be 0: the scores would all be zero")
 
@@ -47,6 +55,8 @@ class PruneConfig:
 
 
 SCHEDULES = ("cached", "naive")
+PRED_KNOWLEDGE = ("batch", "example")
+BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}  # default padded tokens per length-sorted compute batch, per device type
 # kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
 # kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines)
 METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher")

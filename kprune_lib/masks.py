@@ -1,7 +1,8 @@
 """Masks as forward pre-hooks on the output projections (transformers 5.x has no `head_mask`).
 
 A mask for sublayer s is a vector over the input dims of its output projection: one entry per
-FFN neuron, or one entry per context dimension for MHA (a head owns d_h consecutive dims).
+FFN neuron, or one entry per context dimension for MHA (a head owns d_h consecutive dims). A (B, dims)
+mask gives every example of the batch its own row (per-example mask gradients from one backward).
 """
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor]) -> Iterator[None]
     try:
         for s, m in masks.items():
             proj = arch.out_proj(s)
-            if m.shape != (proj.in_features,):
-                raise ValueError(f"mask for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},)")
+            if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:
+                raise ValueError(f"mask for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},) "
+                                 f"or (batch, {proj.in_features})")
+            m = m if m.dim() == 1 else m[:, None, :]  # (B, w): one row per example, broadcast over its tokens
             handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (inp[0] * m,) + tuple(inp[1:])))
             if proj.bias is not None and not bool(m.detach().any()):
                 handles.append(proj.register_forward_hook(_drop_bias))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import PRED_KNOWLEDGE  # "batch": the paper's squared batch-mean gradient; "example": empirical Fisher
+
 PROBLEMS = ("classification", "regression", "qa")
 
 
@@ -19,26 +21,60 @@ def teacher_signal(output, problem: str, temperature: float):
     raise ValueError(f"unknown problem type {problem!r}; expected one of {PROBLEMS}")
 
 
-def _kl_t2(p_teacher: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(p_t ‖ softmax(z/T)), batch mean."""
+
+
+def _kl_t2(p_teacher: torch.Tensor, logits: torch.Tensor, temperature: float, reduction: str) -> torch.Tensor:
+    """T² · KL(p_t ‖ softmax(z/T)): batch mean (reduction "mean") or sum over examples ("sum")."""
     log_q = F.log_softmax(logits / temperature, dim=-1)
-    return temperature**2 * F.kl_div(log_q, p_teacher, reduction="batchmean")
+    return temperature**2 * F.kl_div(log_q, p_teacher, reduction="batchmean" if reduction == "mean" else "sum")
 
 
-def predictive_loss(output, teacher, problem: str, temperature: float) -> torch.Tensor:
-    """Distance between the student's predictions and the teacher's soft targets (spec §(1))."""
+def predictive_loss(output, teacher, problem: str, temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """Distance between the student's predictions and the teacher's soft targets (spec §(1)).
+
+    reduction "mean": the batch mean (the spec's loss); "sum": the sum of the per-example losses, whose gradient
+    with respect to a per-example mask row is that example's own gradient."""
     if problem == "classification":
-        return _kl_t2(teacher, output, temperature)
+        return _kl_t2(teacher, output, temperature, reduction)
     if problem == "regression":
-        return F.mse_loss(output.squeeze(-1), teacher)  # per-example MSE, shapes (B,) vs (B,)
+        return F.mse_loss(output.squeeze(-1), teacher, reduction=reduction)  # per-example MSE, shapes (B,) vs (B,)
     if problem == "qa":
-        return 0.5 * (_kl_t2(teacher[0], output[0], temperature) + _kl_t2(teacher[1], output[1], temperature))
+        return 0.5 * (_kl_t2(teacher[0], output[0], temperature, reduction)
+                      + _kl_t2(teacher[1], output[1], temperature, reduction))
     raise ValueError(f"unknown problem type {problem!r}; expected one of {PROBLEMS}")
+
+
+def gold_loss(output: torch.Tensor, labels: torch.Tensor, problem: str, reduction: str = "mean") -> torch.Tensor:
+    """The fine-tuning loss on gold labels: cross-entropy (classification) or MSE (regression)."""
+    if problem == "classification":
+        return F.cross_entropy(output, labels.long(), reduction=reduction)
+    if problem == "regression":
+        return F.mse_loss(output.squeeze(-1), labels.to(output.dtype), reduction=reduction)
+    raise ValueError(f"a gold-label loss needs a classification or regression task, not {problem!r}")
 
 
 def predictive_knowledge_increment(mask_grad: torch.Tensor) -> torch.Tensor:
     """One batch's contribution to K_pred per mask entry: ½ (∂loss/∂m)²."""
     return 0.5 * mask_grad.detach().float() ** 2
+
+
+def group_gradients(example_grads: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Per-example mask gradients (B, w) -> their sums per sample batch (n_groups, w), float64.
+
+    groups: (B,) the draw-order batch of each example (the batch whose mean loss the paper differentiates)."""
+    out = torch.zeros(n_groups, example_grads.shape[-1], dtype=torch.float64, device=example_grads.device)
+    return out.index_add_(0, groups, example_grads.detach().double())
+
+
+def predictive_knowledge(group_grad_sums: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
+    """The paper's K_pred numerator, Σ_batches ½ (∂ batch-mean loss / ∂m)², from per-batch sums of per-example
+    gradients: the batch gradient is (Σ_{i in batch} g_i) / |batch|, whatever order the examples were computed in."""
+    return 0.5 * ((group_grad_sums / group_sizes[:, None].double()) ** 2).sum(0)
+
+
+def empirical_fisher(example_grads: torch.Tensor) -> torch.Tensor:
+    """K-prune+ candidate: Σ_i ½ (∂l_i/∂m)², the per-example (empirical Fisher) form; examples do not cancel."""
+    return 0.5 * (example_grads.detach().double() ** 2).sum(0)
 
 
 def representational_knowledge_increment(a: torch.Tensor, weight: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

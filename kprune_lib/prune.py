@@ -28,8 +28,8 @@ from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
 from .forward import attention_bias, projection_input, sublayer, sublayer_from_input
 from .masks import apply_masks, head_dims
-from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
-                          representational_knowledge_increment, teacher_signal)
+from .measurement import (PRED_KNOWLEDGE, empirical_fisher, gold_loss, group_gradients, importance_scores, per_unit,
+                          predictive_knowledge, predictive_loss, representational_knowledge_increment, teacher_signal)
 from .search import kpms_step
 from .tuning import NormalEquations
 
@@ -132,13 +132,21 @@ def _teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_su
 def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
            lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
-           record_knowledge: bool = False, autocast: str | None = None) -> PruneResult:
+           record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
+           gold_first: bool = False) -> PruneResult:
     """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
 
-    batches: the pruning sample, padded (B, T) tensors on the model's device.
+    batches: the pruning sample, padded (B, T) tensors on the model's device. A batch's optional "group" (B,) names
+    each row's sample batch (`batching.sample_batches`), the unit of the paper's batch-mean gradient; without it
+    every batch is its own group. Mask gradients are taken per example (one mask row per example, one backward of
+    the summed loss) and regrouped, so the masks do not depend on how the sample is batched for compute.
     problem: "classification", "regression" or "qa". seq_len: L_seq of the FLOPs formula.
     autocast: None, "bf16" or "fp16": lower precision for the measurement forward/backward only;
     teacher signals, the tuning statistics and the solve stay in float32/float64.
+    pred_knowledge: "batch" (the paper: ½ (∂ batch-mean loss/∂m)² per sample batch) or "example" (K-prune+
+    candidate: the per-example empirical Fisher Σ_i ½ (∂l_i/∂m)²).
+    gold_first: K-prune+ candidate: at s = 0, where the student is the teacher and the predictive gradient is zero,
+    measure predictive knowledge with the gold-label loss (batches need "labels") instead.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -146,6 +154,10 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
         raise ValueError("empty pruning sample: increase num_tokens")
     if autocast not in AUTOCAST:
         raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r}")
+    if pred_knowledge not in PRED_KNOWLEDGE:
+        raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {pred_knowledge!r}")
+    if gold_first and not all("labels" in b for b in batches):
+        raise ValueError("gold_first needs gold labels in the sample batches (a GLUE task)")
     t_start = time.perf_counter()
     arch = Arch(model)
     model.eval()
@@ -159,6 +171,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     budget = (1.0 - constraint) * flops_dense
     n_examples = sum(b["input_ids"].shape[0] for b in batches)
     n_tokens = int(sum(b["attention_mask"].sum() for b in batches))
+    groups = [b["group"] if "group" in b else torch.full_like(b["input_ids"][:, 0], j) for j, b in enumerate(batches)]
+    n_groups = int(max(int(g.max()) for g in groups)) + 1
+    group_sizes = torch.bincount(torch.cat(groups), minlength=n_groups).to(device)
     naive = schedule == "naive"
     widths = {s: arch.out_proj(s).in_features for s in range(n_sub)}
     fixed = {s: torch.ones(widths[s], device=device, dtype=model.dtype) for s in range(n_sub)}  # decided masks
@@ -182,7 +197,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
         biases = [attention_bias(b["attention_mask"], model.dtype) for b in batches]
         for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
-            k_pred = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
+            k_pred = {t: torch.zeros(widths[t], device=device, dtype=torch.float64) for t in range(s, n_sub)}
+            grad_sums = {t: torch.zeros(n_groups, widths[t], device=device, dtype=torch.float64) for t in range(s, n_sub)}
             k_rep = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
             eqs = NormalEquations.zeros(widths[s], d, device)
             # cached, attention sublayer: keep its projection inputs (context vectors) so that the cache advance
@@ -192,7 +208,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 tok = b["attention_mask"]
                 with clock("measure_forward_backward"):
                     first = 0 if naive else s
-                    leaves = {t: fixed[t].clone().requires_grad_(True) for t in range(first, n_sub)}
+                    B = b["input_ids"].shape[0]
+                    leaves = {t: fixed[t].expand(B, -1).clone().requires_grad_(True) for t in range(first, n_sub)}
                     h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive or s == 0 else student_x[j]
                     feats, teacher_step = {}, None
                     with apply_masks(arch, leaves), torch.autocast(device.type, AUTOCAST[autocast] or torch.float32,
@@ -211,12 +228,18 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                     if targets[j] is None:  # iteration 0: the teacher's soft targets
                         targets[j] = teacher_signal(tuple(o.detach() for o in out) if problem == "qa" else out.detach(),
                                                     problem, temperature)
-                    loss = predictive_loss(out, targets[j], problem, temperature)
+                    if gold_first and s == 0:  # K-prune+ candidate: a predictive signal that is not zero at s = 0
+                        loss = gold_loss(out, b["labels"], problem, reduction="sum")
+                    else:  # summed over examples: row i of a leaf gets example i's own gradient
+                        loss = predictive_loss(out, targets[j], problem, temperature, reduction="sum")
                     grads = torch.autograd.grad(loss, list(leaves.values()))  # naive: down to the bottom
                 with clock("knowledge_accumulate"):
                     for t, g in zip(leaves, grads):
                         if t >= s:
-                            k_pred[t] += predictive_knowledge_increment(g)
+                            if pred_knowledge == "batch":
+                                grad_sums[t] += group_gradients(g, groups[j], n_groups)
+                            else:
+                                k_pred[t] += empirical_fisher(g)
                             k_rep[t] += representational_knowledge_increment(feats[t], arch.out_proj(t).weight, tok)
                 with clock("tuning_accumulate"), torch.no_grad():
                     if naive:
@@ -232,10 +255,12 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                         contexts[j] = a_s.detach()
                 del feats, leaves, grads, out, loss, h, teacher_step
             with clock("score_search"):
+                if pred_knowledge == "batch":
+                    k_pred = {t: predictive_knowledge(grad_sums[t], group_sizes) for t in range(s, n_sub)}
                 scores = {}
                 for t in range(s, n_sub):
                     w = _unit_width(arch, t)
-                    kr, kp = per_unit(k_rep[t] / n_tokens, w), per_unit(k_pred[t] / n_examples, w)
+                    kr, kp = per_unit(k_rep[t] / n_tokens, w), per_unit((k_pred[t] / n_examples).float(), w)
                     scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
                     if record_knowledge:
                         knowledge.setdefault(s, {})[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}

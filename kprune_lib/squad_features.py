@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import make_batches, mean_length, sample_indices
+from .batching import make_batches, mean_length, sample_batches, sample_indices
 from .config import EVAL_BATCH_SIZE
 from .glue_data import DataError
 from .squad import QaExample, golds
@@ -153,20 +153,22 @@ def resolve_seq_len(seq_len: float | str | None, task: QaTask, eval_feats: QaFea
 
 
 def pruning_sample(feats: QaFeatures, num_tokens: int, seq_len: float, seed: int, batch_size: int, pad_id: int,
-                   device=None) -> tuple[list[dict], int]:
-    """num_tokens / L_seq training features drawn with replacement (seeded), in padded batches; and their count."""
+                   device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
+    """num_tokens / L_seq training features drawn with replacement (seeded, as the authors' code), in compute
+    batches (`batching.sample_batches`); and their count."""
     idx = sample_indices(len(feats), num_tokens, seq_len, seed)
-    return make_batches([feats.inputs[i] for i in idx.tolist()], batch_size, pad_id, device), len(idx)
+    return sample_batches([feats.inputs[i] for i in idx.tolist()], batch_size, pad_id, device, batch_tokens), len(idx)
 
 
 def pruning_data(task: QaTask, tokenizer, data, *, num_tokens: int, seed: int, max_length: int, batch_size: int,
-                 seq_len: float | str | None = None, device=None, progress: bool = False):
+                 seq_len: float | str | None = None, device=None, progress: bool = False, batch_tokens: int = 0):
     """What `api.prune` needs for a SQuAD task, from a `squad.QaData` with both sides:
     (sample batches, #sample features, L_seq, evaluate(model) -> {"exact_match", "f1"})."""
     eval_feats = prepare_features(tokenizer, data.eval, max_length, task.doc_stride)
     seq_len = resolve_seq_len(seq_len, task, eval_feats)
     train_feats = prepare_features(tokenizer, data.train, max_length, task.doc_stride)
-    batches, n = pruning_sample(train_feats, num_tokens, seq_len, seed, batch_size, tokenizer.pad_token_id, device)
+    batches, n = pruning_sample(train_feats, num_tokens, seq_len, seed, batch_size, tokenizer.pad_token_id, device,
+                                batch_tokens)
 
     def evaluate(model):
         return evaluate_features(model, tokenizer, task, data.eval, eval_feats, progress)

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .api import check_task_head, resolve_device
+from .api import check_task_head, compute_batch_tokens, resolve_device
 from .arch import TABLES, Arch
 from .baselines import run_method
-from .batching import make_batches, mean_length, sample_indices, tokenize
+from .batching import make_batches, mean_length, sample_batches, sample_indices, tokenize
 from .config import GLUE_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import head_flops, neuron_flops
@@ -69,8 +69,8 @@ def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = N
     seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
     train_feats = tokenize(tok, load_glue(t, "train", data_dir), max_length, labels=True)
     idx = sample_indices(len(train_feats), config.num_tokens, seq_len, config.seed)
-    batches = make_batches([train_feats[i] for i in idx.tolist()], config.batch_size or GLUE_BATCH_SIZE,
-                           tok.pad_token_id, dev)
+    batches = sample_batches([train_feats[i] for i in idx.tolist()], config.batch_size or GLUE_BATCH_SIZE,
+                             tok.pad_token_id, dev, compute_batch_tokens(config, dev))
     return Setup(m, tok, t, batches, seq_len, eval_splits, max_length, config, dev)
 
 
