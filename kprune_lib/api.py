@@ -123,6 +123,9 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
                split_seed=split_seed, seq_len=seq_len)
     if cfg.method == "kwon-fisher" and t.problem == "qa":
         raise ValueError("--method kwon-fisher needs gold labels of a GLUE task; for SQuAD use kprune or an ablation")
+    if t.problem == "qa" and (cfg.gold_first or cfg.pred_knowledge == "gauss-newton"):
+        raise ValueError(f"--method {cfg.method} (gold labels / output curvature) supports GLUE tasks only; "
+                         "for SQuAD use kprune or --pred-knowledge batch|example")
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")

@@ -5,6 +5,7 @@ Methods (`PruneConfig.method`, `kprune prune --method`):
 - kprune-no-tuning  KPWT off (masks from KPMS, weights untouched).
 - kprune-pred-only  λ_rep = 0: scores from predictive knowledge only.
 - kprune-rep-only   λ_pred = 0: scores from representational knowledge only.
+- kprune-fisher / kprune-gn / kprune-gold: K-prune+ candidates (KPRUNE_PLUS_CANDIDATES).
 - kwon-fisher       Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per
                     neuron, Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs;
                     no iteration, no weight tuning, no mask rescaling.
@@ -27,6 +28,14 @@ from .prune import PruneResult, kprune
 from .search import kpms_threshold
 
 
+# K-prune+ candidates: each changes one thing of the paper's method (measured by benchmarks/accuracy.py)
+KPRUNE_PLUS_CANDIDATES = {
+    "kprune-fisher": {"pred_knowledge": "example"},  # Σ_i ½ g_i²: examples do not cancel inside a batch
+    "kprune-gn": {"pred_knowledge": "gauss-newton"},  # ½ JᵀHJ: a predictive signal that is not zero at the teacher
+    "kprune-gold": {"gold_first": True},  # gold-label loss at s = 0, where the teacher's gradient is zero
+}
+
+
 def resolve_method(config: PruneConfig) -> PruneConfig:
     """The hyper-parameters a method really runs with (e.g. kprune-pred-only -> λ_rep = 0)."""
     m = config.method
@@ -38,6 +47,8 @@ def resolve_method(config: PruneConfig) -> PruneConfig:
         return replace(config, lam_rep=0.0)
     if m == "kprune-rep-only":
         return replace(config, lam_pred=0.0)
+    if m in KPRUNE_PLUS_CANDIDATES:
+        return replace(config, **KPRUNE_PLUS_CANDIDATES[m])
     raise ValueError(f"unknown method {m!r}")  # unreachable: PruneConfig validates the name
 
 

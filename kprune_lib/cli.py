@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="padded tokens per length-sorted compute batch (default: 4096 CPU, 16384 CUDA); 0 computes "
                         "on the sample batches as drawn; the masks do not depend on it")
     p.add_argument("--pred-knowledge", choices=PRED_KNOWLEDGE, default=D.pred_knowledge,
-                   help="batch: the paper's ½(batch-mean gradient)²; example: per-example empirical Fisher")
+                   help="batch: the paper's ½(batch-mean gradient)²; example: per-example empirical Fisher; "
+                        "gauss-newton: per-example ½ JᵀHJ of the predictive loss (classification, regression)")
     p.add_argument("--gold-first", action="store_true",
                    help="at the first sublayer, measure predictive knowledge with the gold-label loss (GLUE only)")
     p.add_argument("--seq-len", type=_seq_len, default=None,

@@ -26,7 +26,8 @@ class PruneConfig:
     ridge: float = 1e-6  # relative ridge added to AᵀA only when its Cholesky factorisation fails
     batch_tokens: int | None = None  # padded tokens per compute batch (length-sorted); None -> per device
     #   (BATCH_TOKENS), 0 -> compute on the sample batches as drawn (the reference's padding). Masks do not depend on it.
-    pred_knowledge: str = "batch"  # "batch": the paper's ½ (batch-mean gradient)²; "example": empirical Fisher
+    pred_knowledge: str = "batch"  # "batch": the paper's ½ (batch-mean gradient)²; "example": empirical Fisher;
+    #   "gauss-newton": ½ JᵀHJ of the predictive loss per example (K-prune+ candidates)
     gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
     method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
 
@@ -55,11 +56,14 @@ class PruneConfig:
 
 
 SCHEDULES = ("cached", "naive")
-PRED_KNOWLEDGE = ("batch", "example")
+PRED_KNOWLEDGE = ("batch", "example", "gauss-newton")
 BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}  # default padded tokens per length-sorted compute batch, per device type
 # kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
-# kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines)
-METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher")
+# kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);
+# K-prune+ candidates, each one change to the paper's method (kprune_lib.baselines.KPRUNE_PLUS_CANDIDATES):
+# kprune-fisher (per-example empirical Fisher), kprune-gn (Gauss-Newton curvature), kprune-gold (gold labels at s = 0)
+METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
+           "kprune-fisher", "kprune-gn", "kprune-gold")
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128

@@ -53,6 +53,28 @@ def gold_loss(output: torch.Tensor, labels: torch.Tensor, problem: str, reductio
     raise ValueError(f"a gold-label loss needs a classification or regression task, not {problem!r}")
 
 
+def curvature_projections(output: torch.Tensor, problem: str, temperature: float) -> list[torch.Tensor]:
+    """K-prune+ candidate ("gauss-newton"): scalars y_k = Σ_i √λ_ik v_ikᵀ z_i, one per eigen-direction of the
+    predictive loss's Hessian in output space, H_i = V_i diag(λ_i) V_iᵀ (the student's own distribution q_i:
+    diag(q) − q qᵀ for T²·KL at temperature T; 2 for MSE). With per-example mask rows, Σ_k ½ (∂y_k/∂m_i)² is
+    ½ J_iᵀ H_i J_i, the second-order loss increase of removing the unit (Gauss-Newton); the loop puts it on the
+    batch-mean loss's scale like the empirical Fisher (`empirical_fisher`). Not zero at the teacher,
+    where the gradient is. Directions with λ ≈ 0 are skipped (binary tasks need one backward)."""
+    if problem == "regression":
+        return [2.0 ** 0.5 * output.squeeze(-1).sum()]
+    if problem != "classification":
+        raise ValueError("pred_knowledge 'gauss-newton' supports classification and regression, not " + problem)
+    q = torch.softmax(output.detach().float() / temperature, dim=-1)  # (B, C)
+    hess = torch.diag_embed(q) - q[:, :, None] * q[:, None, :]  # (B, C, C)
+    lam, vec = torch.linalg.eigh(hess)  # ascending; (B, C), (B, C, C)
+    roots = lam.clamp_min(0).sqrt()
+    out = []
+    for k in range(q.shape[-1]):
+        if float(roots[:, k].max()) > 1e-6:
+            out.append(((roots[:, k, None] * vec[:, :, k]).to(output.dtype) * output).sum())
+    return out
+
+
 def predictive_knowledge_increment(mask_grad: torch.Tensor) -> torch.Tensor:
     """One batch's contribution to K_pred per mask entry: ½ (∂loss/∂m)²."""
     return 0.5 * mask_grad.detach().float() ** 2
@@ -72,9 +94,11 @@ def predictive_knowledge(group_grad_sums: torch.Tensor, group_sizes: torch.Tenso
     return 0.5 * ((group_grad_sums / group_sizes[:, None].double()) ** 2).sum(0)
 
 
-def empirical_fisher(example_grads: torch.Tensor) -> torch.Tensor:
-    """K-prune+ candidate: Σ_i ½ (∂l_i/∂m)², the per-example (empirical Fisher) form; examples do not cancel."""
-    return 0.5 * (example_grads.detach().double() ** 2).sum(0)
+def empirical_fisher(example_grads: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
+    """K-prune+ candidate: Σ_i ½ (g_i / |batch_i|)², example i's share of its sample batch's mean-loss gradient,
+    squared before summing (examples do not cancel). On the paper's scale: when the examples' gradients are
+    uncorrelated both forms have the same expectation. example_grads (B, w); batch_sizes (B,) |batch_i|."""
+    return 0.5 * ((example_grads.detach().double() / batch_sizes[:, None].double()) ** 2).sum(0)
 
 
 def representational_knowledge_increment(a: torch.Tensor, weight: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

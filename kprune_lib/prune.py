@@ -28,7 +28,7 @@ from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
 from .forward import attention_bias, projection_input, sublayer, sublayer_from_input
 from .masks import apply_masks, head_dims
-from .measurement import (PRED_KNOWLEDGE, empirical_fisher, gold_loss, group_gradients, importance_scores, per_unit,
+from .measurement import (PRED_KNOWLEDGE, curvature_projections, empirical_fisher, gold_loss, group_gradients, importance_scores, per_unit,
                           predictive_knowledge, predictive_loss, representational_knowledge_increment, teacher_signal)
 from .search import kpms_step
 from .tuning import NormalEquations
@@ -143,8 +143,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     problem: "classification", "regression" or "qa". seq_len: L_seq of the FLOPs formula.
     autocast: None, "bf16" or "fp16": lower precision for the measurement forward/backward only;
     teacher signals, the tuning statistics and the solve stay in float32/float64.
-    pred_knowledge: "batch" (the paper: ½ (∂ batch-mean loss/∂m)² per sample batch) or "example" (K-prune+
-    candidate: the per-example empirical Fisher Σ_i ½ (∂l_i/∂m)²).
+    pred_knowledge: "batch" (the paper: ½ (∂ batch-mean loss/∂m)² per sample batch); K-prune+ candidates:
+    "example" (the per-example empirical Fisher Σ_i ½ (∂l_i/∂m)²) and "gauss-newton" (Σ_i ½ J_iᵀ H_i J_i, the
+    curvature of the predictive loss in output space; `measurement.curvature_projections`).
     gold_first: K-prune+ candidate: at s = 0, where the student is the teacher and the predictive gradient is zero,
     measure predictive knowledge with the gold-label loss (batches need "labels") instead.
     """
@@ -229,18 +230,23 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                         targets[j] = teacher_signal(tuple(o.detach() for o in out) if problem == "qa" else out.detach(),
                                                     problem, temperature)
                     if gold_first and s == 0:  # K-prune+ candidate: a predictive signal that is not zero at s = 0
-                        loss = gold_loss(out, b["labels"], problem, reduction="sum")
+                        objectives = [gold_loss(out, b["labels"], problem, reduction="sum")]
+                    elif pred_knowledge == "gauss-newton":  # K-prune+ candidate: curvature, one backward per direction
+                        objectives = curvature_projections(out, problem, temperature)
                     else:  # summed over examples: row i of a leaf gets example i's own gradient
-                        loss = predictive_loss(out, targets[j], problem, temperature, reduction="sum")
-                    grads = torch.autograd.grad(loss, list(leaves.values()))  # naive: down to the bottom
+                        objectives = [predictive_loss(out, targets[j], problem, temperature, reduction="sum")]
+                    grad_sets = [torch.autograd.grad(y, list(leaves.values()), retain_graph=k < len(objectives) - 1)
+                                 for k, y in enumerate(objectives)]  # naive: down to the bottom
                 with clock("knowledge_accumulate"):
-                    for t, g in zip(leaves, grads):
-                        if t >= s:
+                    for i, t in enumerate(leaves):
+                        if t < s:
+                            continue
+                        for grads in grad_sets:
                             if pred_knowledge == "batch":
-                                grad_sums[t] += group_gradients(g, groups[j], n_groups)
-                            else:
-                                k_pred[t] += empirical_fisher(g)
-                            k_rep[t] += representational_knowledge_increment(feats[t], arch.out_proj(t).weight, tok)
+                                grad_sums[t] += group_gradients(grads[i], groups[j], n_groups)
+                            else:  # per-example forms, on the batch-mean loss's scale (summed over directions)
+                                k_pred[t] += empirical_fisher(grads[i], group_sizes[groups[j]])
+                        k_rep[t] += representational_knowledge_increment(feats[t], arch.out_proj(t).weight, tok)
                 with clock("tuning_accumulate"), torch.no_grad():
                     if naive:
                         y_teacher = teacher_sums[j][s]
@@ -253,7 +259,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                     eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
                     if contexts is not None:
                         contexts[j] = a_s.detach()
-                del feats, leaves, grads, out, loss, h, teacher_step
+                del feats, leaves, grad_sets, objectives, out, h, teacher_step
             with clock("score_search"):
                 if pred_knowledge == "batch":
                     k_pred = {t: predictive_knowledge(grad_sums[t], group_sizes) for t in range(s, n_sub)}

@@ -43,7 +43,11 @@ def test_resolve_method_sets_the_ablated_hyperparameters():
     assert resolve_method(replace(base, method="kwon-fisher")).tuning is False
     with pytest.raises(ValueError, match="method must be one of"):
         PruneConfig(method="magnitude")
-    assert set(METHODS) == {"kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher"}
+    assert resolve_method(replace(base, method="kprune-gn")).pred_knowledge == "gauss-newton"
+    assert resolve_method(replace(base, method="kprune-fisher")).pred_knowledge == "example"
+    assert resolve_method(replace(base, method="kprune-gold")).gold_first is True
+    assert set(METHODS) >= {"kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
+                            "kprune-fisher", "kprune-gn", "kprune-gold"}
 
 
 def test_ablations_run_kprune_with_their_hyperparameters():

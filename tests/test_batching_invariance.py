@@ -71,7 +71,7 @@ def test_regrouped_example_gradients_equal_the_batch_gradient():
             loss = predictive_loss(arch.head(encode(arch, b)), tgt, "classification", 2.0, reduction="sum")
         g = torch.autograd.grad(loss, m)[0]
         sums += group_gradients(g, b["group"], 3)
-        fisher += empirical_fisher(g)
+        fisher += empirical_fisher(g, torch.full((B,), 8))
     got = predictive_knowledge(sums, torch.tensor([8, 8, 8]))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-12)
     assert bool((fisher > got).any())  # the per-example form is a different quantity (examples do not cancel)
@@ -129,3 +129,33 @@ def test_gold_first_needs_labels():
     with pytest.raises(ValueError, match="gold labels"):
         kprune(model, random_batches(2), "classification", constraint=0.5, seq_len=10.0, progress=False,
                gold_first=True, **HP)
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression"])
+def test_gauss_newton_knowledge_equals_brute_force(problem):
+    """Σ_k ½ (∂y_k/∂m_i)² from `curvature_projections` == ½ J_iᵀ H_i J_i with J from autograd per example."""
+    from kprune_lib.measurement import curvature_projections
+
+    model = tiny_model("bert", num_labels=1 if problem == "regression" else 3)
+    arch = Arch(model)
+    model.requires_grad_(False)
+    b = sample_batches(features(5), 8, pad_id=1, batch_tokens=0)[0]
+    s, width, B = 1, arch.out_proj(1).in_features, 5
+    m = torch.ones(B, width, requires_grad=True)
+    with apply_masks(arch, {s: m}):
+        out = arch.head(encode(arch, b))
+    got = torch.zeros(B, width, dtype=torch.float64)
+    ys = curvature_projections(out, problem, 2.0)
+    for k, y in enumerate(ys):
+        got += 0.5 * torch.autograd.grad(y, m, retain_graph=True)[0].double() ** 2
+    C = out.shape[-1]
+    for i in range(B):
+        J = torch.stack([torch.autograd.grad(out[i, c], m, retain_graph=True)[0][i] for c in range(C)]).double()
+        if problem == "regression":
+            H = torch.full((1, 1), 2.0, dtype=torch.float64)
+        else:
+            q = torch.softmax(out[i].detach().double() / 2.0, dim=-1)
+            H = torch.diag(q) - torch.outer(q, q)
+        expected = 0.5 * torch.einsum("cw,cd,dw->w", J, H, J)
+        torch.testing.assert_close(got[i], expected, rtol=1e-4, atol=1e-9)
+    assert float(got.max()) > 0
