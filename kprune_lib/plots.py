@@ -13,8 +13,34 @@ import pandas as pd  # noqa: E402
 
 METHOD_STYLE = {  # colour and marker per method, stable across figures
     "kprune": ("tab:red", "o"), "kprune-no-tuning": ("tab:orange", "s"), "kprune-pred-only": ("tab:purple", "^"),
-    "kprune-rep-only": ("tab:brown", "v"), "kwon-fisher": ("tab:blue", "D"),
+    "kprune-rep-only": ("tab:brown", "v"), "kwon-fisher": ("tab:blue", "D"), "kprune-plus": ("tab:green", "P"),
+    "kprune-fisher": ("tab:olive", "X"), "kprune-gn": ("tab:cyan", "<"), "kprune-gold": ("tab:pink", ">"),
 }
+
+
+class Note(str):
+    """A message that a notebook cell shows as Markdown (plain text elsewhere), e.g. why a view is skipped."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def save(view, path, dpi: int = 120):
+    """Write a Figure as PNG to `path` (folders made) and return None: the notebook shows the figure itself.
+    Anything else (a `Note`) is returned unchanged and nothing is written."""
+    if isinstance(view, plt.Figure):
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        view.savefig(path, dpi=dpi)
+        return None
+    return view
 
 
 def _log10(values, floor_rel: float = 1e-12) -> np.ndarray:
@@ -169,9 +195,16 @@ def metric_bars(metrics: dict[str, dict], metric: str, reference: str | None = "
     return fig
 
 
+def _seeds_label(seeds) -> str:
+    """'n=3', or 'n=2–3' when the points of a curve have different numbers of seeds."""
+    lo, hi = int(np.min(seeds)), int(np.max(seeds))
+    return f"n={lo}" if lo == hi else f"n={lo}–{hi}"
+
+
 def metric_vs_flops(mean: pd.DataFrame, ratio: float = 0.97) -> plt.Figure:
-    """Paper-style figure: main metric vs FLOPs removed, one panel per task, one line per method,
-    with the dense value and the `ratio`-of-dense line."""
+    """Paper-style figure from `workbook.mean_over_seeds` (metrics ×1, drawn ×100): main metric vs FLOPs removed,
+    one panel per task, one curve per method with the mean over seeds and ± sample-sd error bars, the number of
+    seeds in the legend (n=…), the dense value and the `ratio`-of-dense line."""
     tasks = sorted(mean.task.unique())
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
@@ -181,15 +214,50 @@ def metric_vs_flops(mean: pd.DataFrame, ratio: float = 0.97) -> plt.Figure:
         for method, g in part.groupby("method"):
             g = g.sort_values("flops_removed")
             color, marker = METHOD_STYLE.get(method, (None, "x"))
-            ax.errorbar(100 * g.flops_removed, 100 * g.pruned, yerr=100 * g.pruned_std, color=color, marker=marker,
-                        capsize=2, label=method)
+            seeds = g["seeds"] if "seeds" in g else [1]
+            std = g["pruned_std"] if "pruned_std" in g else 0.0 * g.pruned
+            ax.errorbar(100 * g.flops_removed, 100 * g.pruned, yerr=100 * std, color=color, marker=marker,
+                        capsize=3, label=f"{method} ({_seeds_label(seeds)})")
         dense = float(part.dense.mean())
         ax.axhline(100 * dense, color="k", lw=1, label="dense")
         ax.axhline(100 * ratio * dense, color="k", ls="--", lw=1, label=f"{ratio:.0%} of dense")
-        ax.set(title=task.upper(), xlabel="FLOPs removed (%)", ylabel=f"{part.metric.iloc[0]} (×100)")
+        ax.set(title=f"{task.upper()}: mean ± sd over seeds", xlabel="FLOPs removed (%)",
+               ylabel=f"{part.metric.iloc[0]} (×100)")
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
+    return fig
+
+
+def kept_heatmap(mean_kept: pd.DataFrame):
+    """Per task (one row of panels): heads and neurons side by side, rows = methods (n seeds), columns = layers,
+    colour and label = mean over seeds of the fraction of the layer's units kept (`workbook.mean_kept`).
+    A `Note` instead of a figure when there is nothing to draw."""
+    if mean_kept.empty or mean_kept.fraction.isna().all():
+        return Note("**No per-layer heatmap**: no point summary (summary.json with heads_kept / neurons_kept and "
+                    "per-sublayer unit counts) was found at the chosen constraint; looked at each row's `run_dir`, "
+                    "then `points_dir/<task>/<method>/c<constraint>/seed<seed>/`.")
+    tasks = sorted(mean_kept.task.unique())
+    n_methods = mean_kept.method.nunique()
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, len(tasks) * (0.45 * n_methods + 1.6) + 0.4), squeeze=False,
+                             constrained_layout=True)
+    for row, task in enumerate(tasks):
+        part = mean_kept[mean_kept.task == task]
+        seeds = part.groupby("method").seeds.max()
+        for col, kind in enumerate(("heads", "neurons")):
+            ax = axes[row, col]
+            sub = part[part.kind == kind]
+            grid = sub.pivot(index="method", columns="layer", values="fraction").sort_index()
+            im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="Greens", vmin=0, vmax=1)
+            for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if v > 0.6 else "black")
+            ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+            ax.set_yticks(range(grid.shape[0]), [f"{m} (n={seeds[m]})" for m in grid.index])
+            ax.set(xlabel="layer",
+                   title=f"{task.upper()} · {kind} kept (fraction), constraint {part.constraint.iloc[0]:g}")
+        fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, label="fraction kept (mean over seeds)")
     return fig
 
 

@@ -358,15 +358,42 @@ def write_summary(output_dir: str | Path, summary: dict) -> Path:
 
 
 # ---- 05 results -----------------------------------------------------------------------------------------------
+# Convention: every table returned here holds metrics ×1 (fractions: 0.853, not 85.3), the sweep's scale;
+# figures and the paired-difference view show them ×100 ("points").
+_SUBLAYER_KIND = {"mha": "heads", "ffn": "neurons"}  # summary sublayer kind -> heatmap panel
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
+    """Read a results table into one convention: metrics ×1 (fractions), one row per point.
+
+    Two formats are accepted:
+    - the sweep's `results.csv` (`kprune sweep`): metrics ×1, a `run_dir` per point, latency columns;
+    - the accuracy protocol's csv (`benchmarks/accuracy.py`, `benchmarks/results/accuracy.csv`): metrics ×100 and a
+      `delta` column, recognised by `delta` without `run_dir`; its dense, pruned and delta are divided by 100.
+    The result always has `delta` (pruned − dense), `run_dir` and `latency_speedup` (NaN where the format lacks them);
+    `df.attrs["source"]` is "sweep" or "accuracy".
+    """
     df = pd.read_csv(path)
     if df.empty:
         raise ValueError(f"{path} has no rows: run a sweep first (kprune sweep GRID.yaml)")
+    missing = {"task", "method", "constraint", "seed", "metric", "dense", "pruned"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} is not a results table: no column(s) {', '.join(sorted(missing))}")
+    source = "accuracy" if "delta" in df.columns and "run_dir" not in df.columns else "sweep"
+    if source == "accuracy":
+        for col in ("dense", "pruned", "delta"):
+            df[col] = df[col] / 100.0
+    df["delta"] = df["pruned"] - df["dense"]
+    for col in ("run_dir", "latency_speedup", "flops_removed", "pruning_seconds"):
+        if col not in df.columns:
+            df[col] = np.nan
+    df.attrs["source"] = source
     return df
 
 
 def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of the main metric (and costs) per (task, method, constraint)."""
+    """Mean and sample sd (0 for one seed) of the main metric, and mean costs, per (task, method, constraint);
+    `seeds` is the number of rows (seeds) averaged."""
     g = df.groupby(["task", "method", "constraint"], as_index=False)
     out = g.agg(metric=("metric", "first"), dense=("dense", "mean"), pruned=("pruned", "mean"),
                 pruned_std=("pruned", "std"), flops_removed=("flops_removed", "mean"),
@@ -374,6 +401,14 @@ def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
                 seeds=("seed", "count"))
     out["pruned_std"] = out["pruned_std"].fillna(0.0)
     return out
+
+
+def seed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method) × constraint: the pruned metric ×100 as 'mean ± sd (n=seeds)'; 'mean (n=1)' for one."""
+    mean = mean_over_seeds(df)
+    text = [f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if n > 1 else "") + f" (n={n})"
+            for m, s, n in zip(mean.pruned, mean.pruned_std, mean.seeds)]
+    return mean.assign(pruned=text).pivot(index=["task", "method"], columns="constraint", values="pruned").fillna("–")
 
 
 def speedup_table(df: pd.DataFrame, within: float = 0.03) -> pd.DataFrame:
@@ -398,3 +433,141 @@ def speedup_table(df: pd.DataFrame, within: float = 0.03) -> pd.DataFrame:
 def pruning_time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean pruning time (s) per task and method."""
     return df.pivot_table(index="task", columns="method", values="pruning_seconds", aggfunc="mean")
+
+
+def _rounded(constraint) -> pd.Series | float:
+    return np.round(constraint, 6)
+
+
+def paired_differences(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per (task, constraint): mean, standard error and n of the per-seed differences pruned(a) − pruned(b).
+
+    Only seeds that both methods have in that (task, constraint) are paired; unmatched seeds are dropped, and cells
+    without a single pair are left out. se = sample sd / √n (NaN for n = 1). Metrics on the scale of `df`
+    (×1 after load_results). Columns: task, constraint, mean, se, n.
+    """
+    if a == b:
+        raise ValueError(f"paired differences need two different methods, got {a!r} twice")
+    part = df[df.method.isin([a, b])].assign(constraint=lambda d: _rounded(d.constraint))
+    wide = part.groupby(["task", "constraint", "seed", "method"]).pruned.mean().unstack("method")
+    if a not in wide.columns or b not in wide.columns:
+        return pd.DataFrame(columns=["task", "constraint", "mean", "se", "n"])
+    g = (wide[a] - wide[b]).dropna().groupby(level=["task", "constraint"])
+    out = pd.DataFrame({"mean": g.mean(), "se": g.std(ddof=1) / np.sqrt(g.count()), "n": g.count()})
+    return out.reset_index()
+
+
+def paired_summary(paired: pd.DataFrame, min_constraint: float = 0.6) -> dict:
+    """Over the cells of `paired_differences` with constraint ≥ min_constraint: the mean of their mean differences,
+    its standard error (sd of the cell means / √k) and k, the number of (task, constraint) cells (as
+    benchmarks/accuracy.py summarises)."""
+    means = paired[paired.constraint >= min_constraint - 1e-9]["mean"].astype(float)
+    k = len(means)
+    se = float(means.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
+    return {"mean": float(means.mean()) if k else float("nan"), "se": se, "n": k}
+
+
+def paired_view(df: pd.DataFrame, compare: list[str], min_constraint: float = 0.6):
+    """The notebook's paired-difference table for compare = [A, B], in points (×100): one row per (task, constraint)
+    with the mean of the per-seed differences A − B, its standard error and n seed pairs, then one row with the
+    mean over the cells with constraint ≥ min_constraint (n = cells); rounded to 3 decimals. A Markdown `Note`
+    instead when A or B has no rows, or no seed has both."""
+    from .plots import Note
+
+    if len(compare) != 2 or compare[0] == compare[1]:
+        return Note(f"**Paired differences skipped**: `compare` must name two different methods, got {compare!r}.")
+    a, b = compare
+    present = sorted(df.method.unique())
+    missing = [m for m in (a, b) if m not in present]
+    if missing:
+        return Note(f"**Paired differences {a} − {b} skipped**: no rows of {', '.join(missing)} in the results table "
+                    f"(methods present: {', '.join(present)}).")
+    paired = paired_differences(df, a, b)
+    if paired.empty:
+        return Note(f"**Paired differences {a} − {b} skipped**: no seed has both methods in any (task, constraint).")
+    s = paired_summary(paired, min_constraint)
+    label = f"{a} − {b}"
+    table = pd.DataFrame({"task": paired.task, "constraint": paired.constraint.map(lambda c: f"{c:g}"),
+                          f"{label}: mean (points)": 100 * paired["mean"].astype(float),
+                          "standard error (points)": 100 * paired.se.astype(float), "n": paired.n.astype(int),
+                          "n counts": "seed pairs"})
+    summary = {"task": "all tasks", "constraint": f"≥ {min_constraint:g}", f"{label}: mean (points)": 100 * s["mean"],
+               "standard error (points)": 100 * s["se"], "n": s["n"], "n counts": "(task, constraint) cells"}
+    out = pd.concat([table, pd.DataFrame([summary])], ignore_index=True).set_index(["task", "constraint"])
+    return out.round(3)
+
+
+def point_summaries(df: pd.DataFrame, points_dir: str | Path | None = None) -> list[dict]:
+    """The summary.json of each point (row) of `df` that can be found, with task/method/constraint/seed set from
+    the row: the row's `run_dir`/summary.json when it exists, else
+    points_dir/<task>/<method>/c<constraint>/seed<seed>/summary.json (the accuracy protocol's and the sweep's layout).
+    Points without a summary are skipped; one summary per (task, method, constraint, seed)."""
+    found, seen = [], set()
+    for row in df.itertuples(index=False):
+        key = (row.task, row.method, round(float(row.constraint), 6), int(row.seed))
+        if key in seen:
+            continue
+        candidates = []
+        run_dir = getattr(row, "run_dir", None)
+        if isinstance(run_dir, str) and run_dir:
+            candidates.append(Path(run_dir) / "summary.json")
+        if points_dir is not None:
+            candidates.append(Path(points_dir) / row.task / row.method / f"c{float(row.constraint):g}"
+                              / f"seed{int(row.seed)}" / "summary.json")
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            continue
+        seen.add(key)
+        found.append({**json.loads(path.read_text()), "task": row.task, "method": row.method,
+                      "constraint": float(row.constraint), "seed": int(row.seed)})
+    return found
+
+
+def kept_per_layer(summaries: list[dict]) -> pd.DataFrame:
+    """Long table of kept units per point and layer: task, method, constraint, seed, kind ('heads' | 'neurons'),
+    layer, kept, total, fraction = kept / total. Counts from `heads_kept` / `neurons_kept`, totals from the
+    summary's per-sublayer records (`units`); NaN total and fraction where a summary has none."""
+    rows = []
+    for s in summaries:
+        totals = {(_SUBLAYER_KIND.get(r.get("kind")), int(r["layer"])): r["units"]
+                  for r in s.get("sublayers", []) if "units" in r and "layer" in r}
+        for kind, key in (("heads", "heads_kept"), ("neurons", "neurons_kept")):
+            for layer, kept in enumerate(s.get(key, [])):
+                total = totals.get((kind, layer), np.nan)
+                rows.append({"task": s["task"], "method": s.get("method", "kprune"),
+                             "constraint": float(s["constraint"]), "seed": int(s["seed"]), "kind": kind,
+                             "layer": layer, "kept": int(kept), "total": total, "fraction": kept / total})
+    columns = ["task", "method", "constraint", "seed", "kind", "layer", "kept", "total", "fraction"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def mean_kept(kept: pd.DataFrame, constraint: float | None = None) -> pd.DataFrame:
+    """Mean over seeds of `kept_per_layer` at one constraint: `constraint`, or where None each task's largest one.
+
+    Columns: task, constraint, kind, method, layer, fraction (mean), fraction_sd (sample sd, 0 for one seed),
+    kept (mean count), total, seeds. Empty when no point has that constraint."""
+    columns = ["task", "constraint", "kind", "method", "layer", "fraction", "fraction_sd", "kept", "total", "seeds"]
+    if kept.empty:
+        return pd.DataFrame(columns=columns)
+    kept = kept.assign(constraint=_rounded(kept.constraint))
+    if constraint is None:
+        chosen = kept.constraint == kept.groupby("task").constraint.transform("max")
+    else:
+        chosen = np.isclose(kept.constraint, float(constraint))
+    g = kept[chosen].groupby(["task", "constraint", "kind", "method", "layer"], as_index=False)
+    out = g.agg(fraction=("fraction", "mean"), fraction_sd=("fraction", "std"), kept=("kept", "mean"),
+                total=("total", "first"), seeds=("seed", "nunique"))
+    out["fraction_sd"] = out["fraction_sd"].fillna(0.0)
+    return out[columns]
+
+
+def kept_matrix(mean: pd.DataFrame, task: str, kind: str) -> pd.DataFrame:
+    """Methods × layers matrix of the mean fraction kept, of one task and kind ('heads' | 'neurons') of `mean_kept`."""
+    part = mean[(mean.task == task) & (mean.kind == kind)]
+    return part.pivot(index="method", columns="layer", values="fraction").sort_index()
+
+
+def kept_fractions(df: pd.DataFrame, points_dir: str | Path | None = None,
+                   constraint: float | None = None) -> pd.DataFrame:
+    """The notebook's heatmap data: `mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)`."""
+    return mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)

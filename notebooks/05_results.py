@@ -18,14 +18,21 @@
 # %% [markdown]
 # # 05 · Results
 #
-# Reads the sweep's `results.csv` (one row per finished point, written by `kprune sweep`) and draws the
-# paper-style comparison: the task metric against the fraction of FLOPs removed, per task and method, with
-# the dense model and the 97 %-of-dense line; then the speedup of the most compressed model that stays within
-# 3 points of dense. Figures are saved as PNG under `figures_dir`.
+# Reads a results table — the sweep's `results.csv` (one row per finished point, written by `kprune sweep`) or the
+# accuracy protocol's `benchmarks/results/accuracy.csv` (`benchmarks/accuracy.py`) — and draws the paper-style
+# comparison of the methods over seeds: the task metric against the fraction of FLOPs removed (mean ± sd over
+# seeds), the paired per-seed differences of two methods, the kept heads and neurons per layer, the speedup of the
+# most compressed model that stays within 3 points of dense, and the pruning time. Both formats are read into one
+# convention: metrics ×1 (fractions) in the tables, ×100 ("points") in the figures and the paired table.
+# Figures are saved as PNG under `figures_dir`.
 
 # %% tags=["parameters"]
-results_csv = "../results/results.csv"  # written by `kprune sweep GRID.yaml`
+results_csv = "../results/results.csv"  # `kprune sweep GRID.yaml`'s results.csv, or benchmarks/results/accuracy.csv
 figures_dir = "../results/figures"  # PNGs go here
+points_dir = "../runs/accuracy"  # point folders <task>/<method>/c<constraint>/seed<seed>/ (when a row has no run_dir)
+compare = ["kprune-plus", "kprune"]  # paired differences A − B on the same seeds
+high_constraint = 0.6  # the paired table's summary row: mean over (task, constraint) cells with constraint ≥ this
+heatmap_constraint = None  # kept units per layer at this constraint; None: each task's largest
 ratio_of_dense = 0.97  # the horizontal reference line, as a fraction of the dense metric
 within_points = 0.03  # speedup table: best model within this many (metric ×1) points of dense
 dpi = 120  # PNG resolution
@@ -39,26 +46,47 @@ results = workbook.load_results(results_csv)
 mean = workbook.mean_over_seeds(results)
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
+print(f"{len(results)} points from {results_csv} ({results.attrs['source']} format)")
 
 # %% [markdown]
-# ## The sweep
-# Points per task and method (each row of `results.csv` is one executed notebook 04).
+# ## The points
+# Pruned metric (×100) per task, method and constraint: mean ± sample sd over seeds, and the number of seeds n.
 
 # %%
-results.pivot_table(index=["task", "method"], columns="constraint", values="pruned", aggfunc="mean").round(4)
+workbook.seed_table(results)
 
 # %% [markdown]
 # ## Metric vs FLOPs removed
-# Solid black: the dense model; dashed: 97 % of it. Error bars: standard deviation over seeds (when several).
+# Each curve: the mean over seeds per constraint, error bars ± one sample standard deviation; n = seeds per point.
+# Solid black: the dense model; dashed: 97 % of it.
 
 # %%
 fig = plots.metric_vs_flops(mean, ratio=ratio_of_dense)
 fig.savefig(figures / "metric_vs_flops.png", dpi=dpi)
 
 # %% [markdown]
+# ## Paired differences
+# For `compare = [A, B]`: per task and constraint, the mean over seeds of pruned(A) − pruned(B) on the same seed
+# (seeds that only one method finished are dropped), its standard error sd/√n and n pairs, in points; the last row
+# is the mean over the (task, constraint) cells with constraint ≥ `high_constraint` (standard error over cells).
+
+# %%
+workbook.paired_view(results, compare, min_constraint=high_constraint)
+
+# %% [markdown]
+# ## Kept heads and neurons per layer
+# At one constraint per task (`heatmap_constraint`, default the largest): rows are methods (n seeds), columns
+# layers, each cell the mean over seeds of the fraction of the layer's heads (left) or FFN neurons (right) kept.
+# The counts come from each point's `summary.json` (its `run_dir`, else under `points_dir`).
+
+# %%
+kept = workbook.kept_fractions(results, points_dir=points_dir, constraint=heatmap_constraint)
+plots.save(plots.kept_heatmap(kept), figures / "kept_per_layer.png", dpi=dpi)
+
+# %% [markdown]
 # ## Speedup within 3 points of dense
-# For each task and method, the model with the most FLOPs removed whose metric is at least dense − 3 points:
-# its FLOPs speedup (1 / (1 − removed)) and its measured dev-set latency speedup (batch 32).
+# For each task and method, the model with the most FLOPs removed whose mean metric is at least dense − 3 points:
+# its FLOPs speedup (1 / (1 − removed)) and its measured dev-set latency speedup (batch 32; sweep points only).
 
 # %%
 workbook.speedup_table(results, within=within_points).round(3)

@@ -224,3 +224,54 @@ def test_prune_and_evaluate_notebook_writes_summary(tiny, tmp_path):
     pruned = load_pruned(summary["model_dir"])
     heads = [pruned.bert.encoder.layer[i].attention.output.dense.in_features // 8 for i in range(2)]
     assert heads == summary["heads_kept"]
+
+
+# ---- 05 results on synthetic multi-seed tables (no pruning) ----------------------------------------------------
+RESULTS_NOTEBOOK = ROOT / "notebooks" / "05_results.py"
+
+
+def _markdown(nb) -> str:
+    return "\n".join(o.get("data", {}).get("text/markdown", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def _images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_results_notebook_multi_seed_accuracy_table(tmp_path):
+    """The accuracy protocol's csv (×100, no run_dir) with summaries in its point layout: curves, paired table,
+    per-layer heatmap, all figures written."""
+    from test_results_views import write_accuracy_csv, write_summaries
+
+    csv_path = write_accuracy_csv(tmp_path / "results" / "accuracy.csv")
+    points = write_summaries(tmp_path / "runs" / "accuracy")
+    figures = tmp_path / "figures"
+    nb = execute(RESULTS_NOTEBOOK, tmp_path / "05.ipynb",
+                 {"results_csv": str(csv_path), "figures_dir": str(figures), "points_dir": str(points),
+                  "compare": ["kprune-plus", "kprune"]})
+    _figures_rendered(nb)
+    for name in ("metric_vs_flops.png", "kept_per_layer.png", "pruning_time.png"):
+        assert (figures / name).stat().st_size > 1000, name
+    assert _images(nb) == 3
+    text = _text(nb)
+    assert "accuracy format" in text and "82.00 ± 2.00 (n=3)" in text
+    assert "kprune-plus − kprune: mean (points)" in text and "standard error (points)" in text
+    assert "all tasks" in text and "≥ 0.6" in text and "(task, constraint) cells" in text
+    assert "skipped" not in _markdown(nb) and "No per-layer heatmap" not in _markdown(nb)
+
+
+def test_results_notebook_says_why_views_are_skipped(tmp_path):
+    """The sweep's csv whose run_dirs are gone and an absent compare method: markdown notes, no failure."""
+    from test_results_views import write_sweep_csv
+
+    csv_path = write_sweep_csv(tmp_path / "results" / "results.csv", points_dir=tmp_path / "gone")
+    figures = tmp_path / "figures"
+    nb = execute(RESULTS_NOTEBOOK, tmp_path / "05.ipynb",
+                 {"results_csv": str(csv_path), "figures_dir": str(figures), "points_dir": str(tmp_path / "none"),
+                  "compare": ["kprune-gn", "kprune"]})
+    _figures_rendered(nb)
+    md = _markdown(nb)
+    assert "Paired differences kprune-gn − kprune skipped" in md and "No per-layer heatmap" in md
+    assert (figures / "metric_vs_flops.png").exists() and not (figures / "kept_per_layer.png").exists()
+    assert "sweep format" in _text(nb)
