@@ -67,10 +67,11 @@ def curvature_projections(output: torch.Tensor, problem: str, temperature: float
     q = torch.softmax(output.detach().float() / temperature, dim=-1)  # (B, C)
     hess = torch.diag_embed(q) - q[:, :, None] * q[:, None, :]  # (B, C, C)
     lam, vec = torch.linalg.eigh(hess)  # ascending; (B, C), (B, C, C)
-    roots = lam.clamp_min(0).sqrt()
+    lam = lam.clamp_min(0)
+    roots, floor = lam.sqrt(), 1e-6 * float(lam.max())  # rounding leaves ~1e-9 on the null direction: skip it
     out = []
     for k in range(q.shape[-1]):
-        if float(roots[:, k].max()) > 1e-6:
+        if float(lam[:, k].max()) > floor:
             out.append(((roots[:, k, None] * vec[:, :, k]).to(output.dtype) * output).sum())
     return out
 

@@ -159,3 +159,12 @@ def test_gauss_newton_knowledge_equals_brute_force(problem):
         expected = 0.5 * torch.einsum("cw,cd,dw->w", J, H, J)
         torch.testing.assert_close(got[i], expected, rtol=1e-4, atol=1e-9)
     assert float(got.max()) > 0
+
+
+def test_gauss_newton_needs_one_backward_per_nonzero_direction():
+    from kprune_lib.measurement import curvature_projections
+
+    torch.manual_seed(0)
+    assert len(curvature_projections(torch.randn(8, 2), "classification", 2.0)) == 1  # binary: rank one
+    assert len(curvature_projections(torch.randn(8, 3), "classification", 2.0)) == 2  # C classes: rank C − 1
+    assert len(curvature_projections(torch.randn(8, 1), "regression", 2.0)) == 1

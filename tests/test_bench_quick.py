@@ -1,4 +1,6 @@
-"""The correctness part of `make bench-quick`: cached and naive schedules give identical masks on the real model."""
+"""The correctness part of `make bench-quick`, CI-sized: on the real MiniLM MRPC model and a few hundred sample
+tokens, the cached schedule on length-sorted compute batches, the cached schedule on the batches as drawn and the
+naive schedule give identical masks, and the summary JSON carries the benchmark's fields with sane values."""
 import json
 import os
 import subprocess
@@ -10,11 +12,26 @@ from conftest import GLUE_DIR, MODELS_DIR, ROOT, needs_shared
 @needs_shared(MODELS_DIR / "minilm-l6-mrpc")
 @needs_shared(GLUE_DIR)
 def test_bench_check_only_masks_identical():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--check-only", "--num-tokens", "600",
-                           "--device", "cpu"], capture_output=True, text=True, check=True,
+    # 400 tokens: 7 MRPC examples, one sample batch as drawn; --batch-tokens 128 splits it into several
+    # length-sorted compute batches, so the sorted run computes on other batches than the drawn one
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--check-only", "--cases", "mrpc",
+                           "--num-tokens", "400", "--batch-tokens", "128", "--dense-repeats", "1", "--device", "cpu"],
+                          capture_output=True, text=True, check=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "KPRUNE_SHARED": str(MODELS_DIR.parent)})
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["masks_identical"] is True and summary["mask_units_differing"] == 0
-    assert summary["cached_over_naive_time"] > 0  # a timing, not a target: targets live in benchmarks/RESULTS.md
-    assert summary["bound"] == (6 + 0.5) / 12
-    assert summary["flops_ratio"] >= 2.0  # constraint 0.5: at least half the FLOPs removed
+    assert list(summary) == ["mrpc"]
+    s = summary["mrpc"]
+    assert s["masks_identical"] is True and s["mask_units_differing"] == 0
+    assert s["masks_identical_drawn"] is True and s["masks_identical_naive"] is True
+    assert s["mask_units_differing_drawn"] == 0 and s["mask_units_differing_naive"] == 0
+    assert s["batch_tokens"] == 128
+    assert 1.0 <= s["padding_ratio_computed"] <= s["padding_ratio_drawn"]
+    assert s["padding_ratio_computed"] < s["padding_ratio_drawn"]  # sorting the 7 examples saves padding
+    # timings, not targets (targets live in benchmarks/RESULTS.md)
+    assert s["dense_pass_seconds"] > 0 and s["dense_passes"] > 0 and s["dense_passes_drawn"] > 0
+    assert s["dense_passes_naive"] > 0 and s["cached_over_naive_time"] > 0
+    assert s["bound"] == (6 + 0.5) / 12
+    assert s["flops_ratio"] >= 2.0  # constraint 0.5: at least half the FLOPs removed
+    for run in ("sorted", "drawn", "naive"):
+        assert s[f"peak_mem_{run}_mb"] > 0
+    assert s["latency_speedup"] is None  # --check-only: no latency
