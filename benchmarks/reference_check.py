@@ -1,10 +1,11 @@
 """Reproduce every entry of the authors' reference runs (../shared/reference/*.jsonl) unit for unit.
 
-    python benchmarks/reference_check.py [--out runs/reference] [--report benchmarks/REFERENCE.md]
+    python benchmarks/reference_check.py [--out runs/accuracy] [--report benchmarks/REFERENCE.md]
 
 Each entry names a task, constraint, num_tokens and seed run by the authors' code on the shared fixture; this runs
 `kprune prune` with the same settings (finished points under --out are reused), then counts the kept heads and
-neurons that differ from the authors' and compares the dev metrics. Prints a Markdown table and, last, one JSON
+neurons that differ from the authors' and compares the dev metrics. Points live in the accuracy protocol's layout
+(OUT/<task>/kprune/c<constraint>/seed<seed>/), so its kprune points at the same settings are reused. Prints a Markdown table and, last, one JSON
 object; exit status 1 if any entry is not reproduced exactly.
 """
 from __future__ import annotations
@@ -32,7 +33,10 @@ def load_reference(folder: Path) -> list[dict]:
 
 def run_entry(entry: dict, out: Path) -> tuple[dict, dict]:
     """(summary.json, kprune.json) of our run with the entry's settings."""
-    if not (out / "summary.json").exists():
+    summary = out / "summary.json"
+    if summary.exists() and json.loads(summary.read_text())["num_tokens"] != entry["num_tokens"]:
+        raise ValueError(f"{out} holds a run with another num_tokens; pass another --out")
+    if not summary.exists():
         cmd = [sys.executable, "-m", "kprune_lib.cli", "prune", "--model",
                str(SHARED / "models" / f"minilm-l6-{entry['task']}"), "--task", entry["task"],
                "--data-dir", str(SHARED / "data" / "glue"), "--constraint", str(entry["constraint"]),
@@ -71,19 +75,19 @@ def table(rows: list[dict]) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "runs" / "reference"), help="one folder per entry (reused)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "accuracy"),
+                   help="points as OUT/<task>/kprune/c<constraint>/seed<seed>/ (the accuracy protocol's; reused)")
     p.add_argument("--report", default=str(ROOT / "benchmarks" / "REFERENCE.md"))
     a = p.parse_args()
+    rows = []
     try:
-        entries = load_reference(SHARED / "reference")
-    except FileNotFoundError as e:
+        for e in load_reference(SHARED / "reference"):
+            out = Path(a.out) / e["task"] / "kprune" / f"c{e['constraint']}" / f"seed{e['seed']}"
+            rows.append(compare(e, *run_entry(e, out)))
+            print(table(rows)[-1], flush=True)
+    except (FileNotFoundError, ValueError) as e:
         print(f"reference_check: error: {e}", file=sys.stderr)
         return 2
-    rows = []
-    for e in entries:
-        out = Path(a.out) / f"{e['task']}-c{e['constraint']}-t{e['num_tokens']}-s{e['seed']}"
-        rows.append(compare(e, *run_entry(e, out)))
-        print(table(rows)[-1], flush=True)
     lines = ["# The authors' reference runs, reproduced", "",
              f"`python benchmarks/reference_check.py` ({dt.date.today().isoformat()}): every entry of "
              "`../shared/reference/` (the authors' code on the shared MiniLM-L6 fixture) rerun with `kprune prune` "
