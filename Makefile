@@ -46,11 +46,16 @@ clean:
 table: setup
 	$(PY) benchmarks/glue_table.py
 
+# pruning cost in dense passes, padding ratios, sorted / drawn / naive runs (identical masks), latency on sorted dev
+# batches: every case (MiniLM mrpc, stsb, sst2 at 20k; mrpc-100k; BERT-base-, DistilBERT-shaped models);
+# BENCH_FLAGS=--skip-slow-naive skips the naive run of the slow cases -> benchmarks/RESULTS.md, benchmarks/results/
+BENCH_FLAGS ?=
 bench: setup
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py $(BENCH_FLAGS)
 
+# the MiniLM cases mrpc, stsb, sst2 at 20 000 tokens, with latency
 bench-quick: setup
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --quick
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --quick $(BENCH_FLAGS)
 
 .PHONY: accuracy accuracy-quick
 # the accuracy protocol: mrpc,stsb,sst2 × 0.4,0.6,0.8 × seeds 0,1,2 × kprune,kprune-plus,kwon-fisher at 20 000

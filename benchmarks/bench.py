@@ -238,7 +238,8 @@ def write_results(rows: list[dict]) -> None:
     md = HERE / "RESULTS.md"
     header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     if not md.exists():
-        md.write_text("# Benchmark results\n\nWritten by `benchmarks/bench.py` (one row per case and run; newest last).\n"
+        md.write_text("# Benchmark results\n\nWritten by `benchmarks/bench.py` (one row per case and run; newest "
+                      "last).\n"
                       "Times are wall seconds of the whole K-prune loop; memory is the worker process's peak RSS.\n")
     text = md.read_text()
     last_header = [line for line in text.splitlines() if line.startswith("| date |")][-1:]
@@ -254,7 +255,8 @@ def write_results(rows: list[dict]) -> None:
                     "drawn; computed: the sorted run's compute batches). *drawn/naive* is the old *cached/naive* "
                     "(same batches). Latency on the dev set sorted by length.\n\n" + header)
         for r in rows:
-            mi = f"{r['masks_identical_drawn']}, {'–' if r['masks_identical_naive'] is None else r['masks_identical_naive']}"
+            naive_mi = r["masks_identical_naive"]
+            mi = f"{r['masks_identical_drawn']}, {'–' if naive_mi is None else naive_mi}"
             cells = [stamp, machine(), r["device"] + (" " + r["autocast"] if r["autocast"] else ""),
                      f"torch {torch.__version__}, transformers {transformers.__version__}", r["label"],
                      str(r["num_tokens"]), str(r["batch_tokens"]), _f(r["sorted_seconds"], ".1f"),
@@ -300,7 +302,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the MiniLM cases " + ", ".join(QUICK) + " (+ latency)")
     p.add_argument("--check-only", action="store_true",
-                   help="masks only, every case at --num-tokens: no latency, nothing written (default cases: --quick's)")
+                   help="masks only, every case at --num-tokens: no latency, nothing written "
+                        "(default cases: --quick's)")
     p.add_argument("--cases", default=None,
                    help="comma-separated subset of " + ", ".join(CASES) + " (default: all; --quick/--check-only: "
                         + ",".join(QUICK) + ")")
@@ -310,7 +313,8 @@ def main() -> None:
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="batch_tokens of the sorted run (default: the device's, kprune_lib.config.BATCH_TOKENS)")
     p.add_argument("--skip-slow-naive", action="store_true",
-                   help="skip the naive run of the slow cases (" + ", ".join(k for k, c in CASES.items() if c.slow) + ")")
+                   help="skip the naive run of the slow cases ("
+                        + ", ".join(k for k, c in CASES.items() if c.slow) + ")")
     p.add_argument("--dense-repeats", type=int, default=3, help="timed dense passes per worker (median)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--autocast", default=None, choices=["bf16", "fp16"], help="measurement passes in lower precision")

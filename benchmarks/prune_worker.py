@@ -104,7 +104,8 @@ def dense_pass_seconds(model, batches: list[dict], problem: str, temperature: fl
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="checkpoint (its tokenizer is always used)")
-    p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="replace the weights by a random model of this shape")
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES),
+                   help="replace the weights by a random model of this shape")
     p.add_argument("--task", required=True, choices=["mrpc", "stsb", "sst2"])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--schedule", required=True, choices=["cached", "naive"])
@@ -119,7 +120,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     device = torch.device(a.device)
-    cfg = PruneConfig(constraint=a.constraint, num_tokens=a.num_tokens, schedule=a.schedule, batch_tokens=a.batch_tokens)
+    cfg = PruneConfig(constraint=a.constraint, num_tokens=a.num_tokens, schedule=a.schedule,
+                      batch_tokens=a.batch_tokens)
     batch_tokens = compute_batch_tokens(cfg, device)
     task = get_glue_task(a.task)
     model, tok = build_model(a.model, a.shape, task.num_labels, device)
