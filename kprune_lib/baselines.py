@@ -33,6 +33,7 @@ KPRUNE_PLUS_CANDIDATES = {
     "kprune-fisher": {"pred_knowledge": "example"},  # Σ_i ½ g_i²: examples do not cancel inside a batch
     "kprune-gn": {"pred_knowledge": "gauss-newton"},  # ½ JᵀHJ: a predictive signal that is not zero at the teacher
     "kprune-gold": {"gold_first": True},  # gold-label loss at s = 0, where the teacher's gradient is zero
+    "kprune-damp": {"damping": 0.01},  # KPWT shrunk toward the current weights (1 % of mean diag AᵀA)
 }
 
 
@@ -61,7 +62,7 @@ def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config
     return kprune(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, lam_pred=cfg.lam_pred,
                   lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
                   schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge,
-                  pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first)
+                  pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first, damping=cfg.damping)
 
 
 # ---- Kwon et al. style Fisher baseline --------------------------------------------------------------------------

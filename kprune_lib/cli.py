@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-knowledge", choices=PRED_KNOWLEDGE, default=D.pred_knowledge,
                    help="batch: the paper's ½(batch-mean gradient)²; example: per-example empirical Fisher; "
                         "gauss-newton: per-example ½ JᵀHJ of the predictive loss (classification, regression)")
+    p.add_argument("--damping", type=float, default=D.damping,
+                   help="K-prune+ candidate: shrink the tuned weights toward the current ones, δ = damping·mean "
+                        "diag(AᵀA) (0 = the paper's least squares)")
     p.add_argument("--gold-first", action="store_true",
                    help="at the first sublayer, measure predictive knowledge with the gold-label loss (GLUE only)")
     p.add_argument("--seq-len", type=_seq_len, default=None,
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                               lam_pred=args.lam_pred, lam_rep=args.lam_rep, mu=args.mu, temperature=args.temperature,
                               tuning=not args.no_tuning, schedule=args.schedule, batch_size=args.batch_size,
                               method=args.method, max_length=args.max_length, batch_tokens=args.batch_tokens,
-                              pred_knowledge=args.pred_knowledge, gold_first=args.gold_first)
+                              pred_knowledge=args.pred_knowledge, gold_first=args.gold_first,
+                              damping=args.damping)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
                                 overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
                                 **_squad_args(args))

@@ -29,6 +29,7 @@ class PruneConfig:
     pred_knowledge: str = "batch"  # "batch": the paper's ½ (batch-mean gradient)²; "example": empirical Fisher;
     #   "gauss-newton": ½ JᵀHJ of the predictive loss per example (K-prune+ candidates)
     gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
+    damping: float = 0.0  # K-prune+ candidate: KPWT shrunk toward the current weights, δ = damping·mean diag(AᵀA)
     method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
 
     def __post_init__(self) -> None:
@@ -46,6 +47,8 @@ class PruneConfig:
             raise ValueError("lam_pred and lam_rep must be >= 0 and mu > 0")
         if self.batch_tokens is not None and self.batch_tokens < 0:
             raise ValueError(f"batch_tokens must be >= 0 (0 = batches as drawn), got {self.batch_tokens}")
+        if self.damping < 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
         if self.pred_knowledge not in PRED_KNOWLEDGE:
             raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {self.pred_knowledge!r}")
         if self.lam_pred == 0 and self.lam_rep == 0:
@@ -61,9 +64,10 @@ BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}  # default padded tokens per length-
 # kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
 # kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);
 # K-prune+ candidates, each one change to the paper's method (kprune_lib.baselines.KPRUNE_PLUS_CANDIDATES):
-# kprune-fisher (per-example empirical Fisher), kprune-gn (Gauss-Newton curvature), kprune-gold (gold labels at s = 0)
+# kprune-fisher (per-example empirical Fisher), kprune-gn (Gauss-Newton curvature), kprune-gold (gold labels at
+# s = 0), kprune-damp (KPWT damped toward the current weights)
 METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
-           "kprune-fisher", "kprune-gn", "kprune-gold")
+           "kprune-fisher", "kprune-gn", "kprune-gold", "kprune-damp")
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128

@@ -133,7 +133,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
            lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
            record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
-           gold_first: bool = False) -> PruneResult:
+           gold_first: bool = False, damping: float = 0.0) -> PruneResult:
     """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
 
     batches: the pruning sample, padded (B, T) tensors on the model's device. A batch's optional "group" (B,) names
@@ -148,6 +148,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     curvature of the predictive loss in output space; `measurement.curvature_projections`).
     gold_first: K-prune+ candidate: at s = 0, where the student is the teacher and the predictive gradient is zero,
     measure predictive knowledge with the gold-label loss (batches need "labels") instead.
+    damping: K-prune+ candidate: KPWT shrunk toward the current weights (`tuning.NormalEquations.solve`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -281,7 +282,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 idx = _dims(arch, s, keep)
                 w_old = proj.weight[:, idx]
                 err_before = eqs.error(w_old, idx)
-                w_new, used_ridge = eqs.solve(idx, ridge) if tuning else (w_old.double(), 0.0)
+                w_new, used_ridge = eqs.solve(idx, ridge, damping, w_old) if tuning else (w_old.double(), 0.0)
                 err_after = eqs.error(w_new, idx)
                 weight = torch.zeros_like(proj.weight)
                 weight[:, idx] = w_new.to(weight.dtype)

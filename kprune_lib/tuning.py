@@ -47,9 +47,19 @@ class NormalEquations:
         G, C = self.gram[idx][:, idx], self.cross[idx]
         return float(torch.einsum("dk,kl,dl->", W, G, W) - 2.0 * torch.einsum("dk,kd->", W, C) + self.rr)
 
-    def solve(self, idx: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:
-        """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R; returns (W', ridge used or 0.0)."""
-        return solve_normal_equations(self.gram[idx][:, idx], self.cross[idx], ridge)
+    def solve(self, idx: torch.Tensor, ridge: float = 1e-6, damping: float = 0.0,
+              prior: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R; returns (W', ridge used or 0.0).
+
+        damping > 0 (K-prune+ candidate): min ‖A W'ᵀ − R‖² + δ‖W' − prior‖² with δ = damping · mean diag(AᵀA),
+        i.e. (AᵀA + δI) W'ᵀ = AᵀR + δ priorᵀ — shrinks the fit toward the current weights (the dampening of
+        OBS-style solvers, e.g. SparseGPT's 1 %), against over-fitting the sample."""
+        G, C = self.gram[idx][:, idx], self.cross[idx]
+        if damping > 0 and len(idx):
+            delta = damping * float(G.diagonal().mean())
+            G = G + delta * torch.eye(len(idx), dtype=G.dtype, device=G.device)
+            C = C + delta * prior.double().T
+        return solve_normal_equations(G, C, ridge)
 
 
 def symmetric_gram(A: torch.Tensor, panel: int = 384) -> torch.Tensor:

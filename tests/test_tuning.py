@@ -75,3 +75,23 @@ def test_symmetric_gram_equals_full_product(n, panel):
     if n > panel:  # built from the upper block-triangle: exactly symmetric
         assert torch.equal(g, g.T)
     torch.testing.assert_close(g, a.T @ a, rtol=1e-12, atol=1e-12)
+
+
+def test_damped_solve_is_the_regularised_least_squares():
+    """(AᵀA + δI) W'ᵀ = AᵀR + δ W₀ᵀ minimises ‖AW'ᵀ − R‖² + δ‖W' − W₀‖² (brute force via an augmented lstsq)."""
+    from kprune_lib.tuning import NormalEquations
+
+    g = torch.Generator().manual_seed(0)
+    A, R = torch.randn(1, 40, 6, generator=g), torch.randn(1, 40, 5, generator=g)
+    W0 = torch.randn(5, 6, generator=g)
+    eqs = NormalEquations.zeros(6, 5, "cpu")
+    eqs.add(A, R, torch.ones(1, 40))
+    idx = torch.arange(6)
+    W, _ = eqs.solve(idx, damping=0.1, prior=W0)
+    delta = 0.1 * float((A[0].double().T @ A[0].double()).diagonal().mean())
+    aug_A = torch.cat([A[0].double(), delta ** 0.5 * torch.eye(6, dtype=torch.float64)])
+    aug_R = torch.cat([R[0].double(), delta ** 0.5 * W0.double().T])
+    expected = torch.linalg.lstsq(aug_A, aug_R).solution.T
+    torch.testing.assert_close(W, expected, rtol=1e-5, atol=1e-6)  # batch products are float32
+    plain, _ = eqs.solve(idx)
+    assert (W - W0.double()).norm() < (plain - W0.double()).norm()  # shrunk toward the prior
