@@ -1,5 +1,8 @@
-"""Knowledge measurement (paper §4.1): predictive and representational knowledge, importance scores."""
+"""Knowledge measurement (paper §4.1): predictive and representational knowledge, importance scores, and their
+sums over the sample at one iteration of the loop (`SampleGroups`, `KnowledgeSums`)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +79,19 @@ def curvature_projections(output: torch.Tensor, problem: str, temperature: float
     return out
 
 
+def objectives(output, target, problem: str, temperature: float, pred_knowledge: str = "batch",
+               gold_labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The scalars whose gradients with respect to per-example mask rows measure predictive knowledge, each summed
+    over the batch's examples (row i of a mask then gets example i's own gradient):
+    the predictive loss against the teacher's soft targets (the paper); with gold_labels (B,) the gold-label loss
+    instead (K-prune+ `gold_first`, at s = 0); for "gauss-newton" one projection per curvature direction."""
+    if gold_labels is not None:
+        return [gold_loss(output, gold_labels, problem, reduction="sum")]
+    if pred_knowledge == "gauss-newton":
+        return curvature_projections(output, problem, temperature)
+    return [predictive_loss(output, target, problem, temperature, reduction="sum")]
+
+
 def predictive_knowledge_increment(mask_grad: torch.Tensor) -> torch.Tensor:
     """One batch's contribution to K_pred per mask entry: ½ (∂loss/∂m)²."""
     return 0.5 * mask_grad.detach().float() ** 2
@@ -121,3 +137,64 @@ def importance_scores(k_rep: torch.Tensor, k_pred: torch.Tensor, lam_rep: float,
                       unit_flops: float, multiplier: float = 1.0) -> torch.Tensor:
     """S = multiplier · (λ_rep K_rep + λ_pred K_pred) / F_unit  (multiplier = μ for heads, 1 for neurons)."""
     return multiplier * (lam_rep * k_rep + lam_pred * k_pred) / unit_flops
+
+
+# ---- accumulation over the sample ----------------------------------------------------------------------------------
+@dataclass
+class SampleGroups:
+    """Which sample batch (the unit of the paper's batch-mean gradient) each row of each compute batch belongs to."""
+
+    rows: list[torch.Tensor]  # per compute batch j: (B_j,) the sample batch of each row
+    sizes: torch.Tensor  # (n_groups,) examples per sample batch
+    n_examples: int
+    n_tokens: int  # real (non-padding) tokens of the sample
+
+    @classmethod
+    def of(cls, batches: list[dict], device) -> "SampleGroups":
+        """From each batch's "group" (B,); without it every compute batch is its own sample batch."""
+        rows = [b["group"] if "group" in b else torch.full_like(b["input_ids"][:, 0], j)
+                for j, b in enumerate(batches)]
+        n_groups = int(max(int(g.max()) for g in rows)) + 1
+        sizes = torch.bincount(torch.cat(rows), minlength=n_groups).to(device)
+        return cls(rows, sizes, sum(b["input_ids"].shape[0] for b in batches),
+                   int(sum(b["attention_mask"].sum() for b in batches)))
+
+    @property
+    def n(self) -> int:
+        return self.sizes.shape[0]
+
+
+class KnowledgeSums:
+    """K_pred and K_rep of the sublayers t ≥ s, summed over the sample at iteration s (paper §4.1).
+
+    pred_knowledge "batch" (the paper): per-example mask gradients are summed per sample batch and squared at the
+    end, ½ Σ_batches (∂ batch-mean loss/∂m)², whatever order the examples were computed in; "example" and
+    "gauss-newton": per-example squares summed as they come (`empirical_fisher`)."""
+
+    def __init__(self, widths: dict[int, int], groups: SampleGroups, pred_knowledge: str, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.groups, self.form = groups, pred_knowledge
+        if pred_knowledge == "batch":
+            self.grad_sums = {t: torch.zeros(groups.n, w, **f64) for t, w in widths.items()}  # (n_groups, w_t)
+        else:
+            self.k_pred = {t: torch.zeros(w, **f64) for t, w in widths.items()}  # (w_t,)
+        self.k_rep = {t: torch.zeros(w, device=device) for t, w in widths.items()}  # (w_t,) float32
+
+    def add(self, j: int, t: int, grads: list[torch.Tensor], a: torch.Tensor, weight: torch.Tensor,
+            token_mask: torch.Tensor) -> None:
+        """Compute batch j's share for sublayer t. grads: per objective, the mask gradients (B, w_t) (one row per
+        example); a: projection inputs (B, T, w_t); weight: the output projection (d, w_t); token_mask (B, T)."""
+        rows = self.groups.rows[j]
+        for g in grads:
+            if self.form == "batch":
+                self.grad_sums[t] += group_gradients(g, rows, self.groups.n)
+            else:  # per-example forms, on the batch-mean loss's scale (summed over directions)
+                self.k_pred[t] += empirical_fisher(g, self.groups.sizes[rows])
+        self.k_rep[t] += representational_knowledge_increment(a, weight, token_mask)
+
+    def per_unit(self, t: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K_rep, K_pred) of sublayer t per unit (heads: width d_h, neurons: 1), K_rep per real token and K_pred
+        per example, float32."""
+        k_pred = predictive_knowledge(self.grad_sums[t], self.groups.sizes) if self.form == "batch" else self.k_pred[t]
+        return (per_unit(self.k_rep[t] / self.groups.n_tokens, width),
+                per_unit((k_pred / self.groups.n_examples).float(), width))

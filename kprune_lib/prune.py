@@ -1,15 +1,17 @@
-"""The K-prune loop: bottom-up over the 2L sublayers, measure → search → tune (paper Algorithm 1).
+"""The K-prune loop (paper Algorithm 1), bottom-up over the 2L sublayers (even s: attention of layer s/2, odd s:
+its FFN). For s = 0 … 2L−1:
 
-Two schedules give identical masks:
-- "naive" (the reference's): every iteration runs the whole model from the embeddings, with the units
-  pruned so far masked, and back-propagates to the bottom; teacher sums Y_s of all 2L sublayers are held.
-- "cached" (ours): the frozen lower part is never re-run. The student's input to the target sublayer is
-  cached over the sample and advanced one sublayer per iteration; the teacher's residual stream is
-  cached beside it, so teacher targets are streamed (memory O(N·d) instead of O(2L·N·d)). The advance of
-  an attention sublayer reuses the context vectors of the measurement pass (only the tuned output projection
-  changed), and at s = 0 the teacher's step comes from the measurement pass itself (student = teacher there).
-  The teacher stream is held on real tokens only (its padding rows never reach a target). Same operations
-  on the same inputs as the naive schedule, so masks and tuned weights agree bit for bit (tested).
+1. measure (§4.1, §4.3), one pass over the sample (`_measure`): the knowledge K_pred, K_rep of every undecided
+   sublayer t ≥ s (`measurement.KnowledgeSums`) and the normal equations of sublayer s (`tuning.NormalEquations`);
+2. search, KPMS (§4.2): importance scores of every unit of t ≥ s, one threshold over them, sublayer s keeps its
+   units above it (`_scores`, `search.kpms_step`);
+3. tune, KPWT (§4.3): solve for the kept units' weights and write them; a sublayer with nothing left drops its bias
+   and becomes LayerNorm(X) (`tuning.kpwt_step`);
+4. advance to s + 1 (`schedules`: "naive" re-runs the student from the embeddings next time, "cached" moves its held
+   student input through the tuned sublayer s).
+
+Where the student's input, the teacher's targets and the advance come from is the schedule's business
+(`schedules.NaiveSchedule`, `schedules.CachedSchedule`); both give identical masks and bit-identical weights.
 While pruning, the model keeps its dense shapes (pruned projection columns are zeroed and masked);
 `physical.prune_physically` shrinks it afterwards.
 """
@@ -26,21 +28,18 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
-from .forward import attention_bias, projection_input, sublayer, sublayer_from_input
-from .masks import apply_masks, head_dims
-from .measurement import (PRED_KNOWLEDGE, curvature_projections, empirical_fisher, gold_loss, group_gradients, importance_scores, per_unit,
-                          predictive_knowledge, predictive_loss, representational_knowledge_increment, teacher_signal)
+from .forward import projection_input
+from .masks import head_dims
+from .measurement import PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives
+from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
 from .search import kpms_step
-from .tuning import NormalEquations
+from .tuning import NormalEquations, kpwt_step
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteScores(FloatingPointError):
     pass
-
-
-AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -94,15 +93,6 @@ class _Clock:
         return _Span()
 
 
-def _unpack(rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Real-token rows (n, d) of the teacher stream -> (B, T, d) with zero padding rows. The teacher's padding
-    rows never matter: its targets Y_s are taken on real tokens and attention gives padding keys exactly zero
-    weight, so its stream is held without them (a third less memory on MRPC)."""
-    x = rows.new_zeros(*token_mask.shape, rows.shape[-1])
-    x[token_mask.bool()] = rows
-    return x
-
-
 def _unit_width(arch: Arch, s: int) -> int:
     return arch.head_size if s % 2 == 0 else 1
 
@@ -113,20 +103,22 @@ def _dims(arch: Arch, s: int, keep_units: torch.Tensor) -> torch.Tensor:
     return dim_mask.nonzero().flatten()
 
 
-@torch.no_grad()
-def _teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_sums: bool):
-    """Soft targets of the unpruned model; with keep_sums also every sublayer's Y_s (naive schedule)."""
-    targets, sums = [], []
-    for b in batches:
-        bias = attention_bias(b["attention_mask"], arch.model.dtype)
-        x, ys = arch.embed(b["input_ids"], b.get("token_type_ids")), []
-        for s in range(2 * arch.num_layers):
-            x, y, _ = sublayer(arch, s, x, bias)
-            if keep_sums:
-                ys.append(y)
-        targets.append(teacher_signal(arch.head(x), problem, temperature))
-        sums.append(ys)
-    return targets, sums
+@dataclass
+class _Run:
+    """What every step of one pruning run reads."""
+
+    arch: Arch
+    schedule: Schedule  # also holds the problem, temperature and autocast setting
+    clock: _Clock
+    groups: SampleGroups
+    pred_knowledge: str
+    gold_first: bool
+    fixed: dict[int, torch.Tensor]  # {t: (w_t,)} decided dim masks (all ones while t is undecided)
+    progress: bool
+
+    @property
+    def n_sub(self) -> int:
+        return 2 * self.arch.num_layers
 
 
 def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
@@ -150,16 +142,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     measure predictive knowledge with the gold-label loss (batches need "labels") instead.
     damping: K-prune+ candidate: KPWT shrunk toward the current weights (`tuning.NormalEquations.solve`).
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if not batches:
-        raise ValueError("empty pruning sample: increase num_tokens")
-    if autocast not in AUTOCAST:
-        raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r}")
-    if pred_knowledge not in PRED_KNOWLEDGE:
-        raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {pred_knowledge!r}")
-    if gold_first and not all("labels" in b for b in batches):
-        raise ValueError("gold_first needs gold labels in the sample batches (a GLUE task)")
+    _validate(batches, schedule, autocast, pred_knowledge, gold_first)
     t_start = time.perf_counter()
     arch = Arch(model)
     model.eval()
@@ -171,144 +154,34 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     unit_flops = {s: fh if s % 2 == 0 else fn for s in range(n_sub)}
     flops_dense = model_flops([arch.num_heads] * L, [arch.ffn_size] * L, seq_len, d, arch.head_size)
     budget = (1.0 - constraint) * flops_dense
-    n_examples = sum(b["input_ids"].shape[0] for b in batches)
-    n_tokens = int(sum(b["attention_mask"].sum() for b in batches))
-    groups = [b["group"] if "group" in b else torch.full_like(b["input_ids"][:, 0], j) for j, b in enumerate(batches)]
-    n_groups = int(max(int(g.max()) for g in groups)) + 1
-    group_sizes = torch.bincount(torch.cat(groups), minlength=n_groups).to(device)
-    naive = schedule == "naive"
-    widths = {s: arch.out_proj(s).in_features for s in range(n_sub)}
-    fixed = {s: torch.ones(widths[s], device=device, dtype=model.dtype) for s in range(n_sub)}  # decided masks
+    fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(n_sub)}
     keep_units: dict[int, torch.Tensor] = {}
     records, target_scores, knowledge = [], {}, {}
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     try:
-        # Teacher = the unpruned model. Without autocast its signals come from iteration 0's own forward
-        # (at s = 0 the student is still the teacher, as in the reference); with autocast from a separate
-        # float32 pass, so that teacher signals never carry reduced precision.
+        sched = SCHEDULE_CLASSES[schedule](arch, batches, problem, temperature, autocast, clock)
+        run = _Run(arch, sched, clock, SampleGroups.of(batches, device), pred_knowledge, gold_first, fixed, progress)
         with clock("teacher"):
-            if autocast is not None:
-                targets, teacher_sums = _teacher_pass(arch, batches, problem, temperature, keep_sums=naive)
-            else:
-                targets, teacher_sums = [None] * len(batches), [[] for _ in batches]
-            # cached: residual streams of teacher and student at the current sublayer s (their input there). At
-            # s = 0 both are the embeddings, recomputed per batch rather than held: the first iteration, whose
-            # backward graph is the deepest, then holds no stream memory.
-            teacher_x, student_x = [None] * len(batches), [None] * len(batches)
-        biases = [attention_bias(b["attention_mask"], model.dtype) for b in batches]
+            sched.prepare_teacher()
         for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
-            k_pred = {t: torch.zeros(widths[t], device=device, dtype=torch.float64) for t in range(s, n_sub)}
-            grad_sums = {t: torch.zeros(n_groups, widths[t], device=device, dtype=torch.float64) for t in range(s, n_sub)}
-            k_rep = {t: torch.zeros(widths[t], device=device) for t in range(s, n_sub)}
-            eqs = NormalEquations.zeros(widths[s], d, device)
-            # cached, attention sublayer: keep its projection inputs (context vectors) so that the cache advance
-            # after tuning skips the Q/K/V and attention recompute (only the tuned output projection changes)
-            contexts = [None] * len(batches) if not naive and s % 2 == 0 else None
-            for j, b in enumerate(tqdm(batches, desc=f"sublayer {s}", leave=False, disable=not progress)):
-                tok = b["attention_mask"]
-                with clock("measure_forward_backward"):
-                    first = 0 if naive else s
-                    B = b["input_ids"].shape[0]
-                    leaves = {t: fixed[t].expand(B, -1).clone().requires_grad_(True) for t in range(first, n_sub)}
-                    h = arch.embed(b["input_ids"], b.get("token_type_ids")) if naive or s == 0 else student_x[j]
-                    feats, teacher_step = {}, None
-                    with apply_masks(arch, leaves), torch.autocast(device.type, AUTOCAST[autocast] or torch.float32,
-                                                                   enabled=autocast is not None):
-                        for t in range(first, n_sub):
-                            if t == s:
-                                x_s = h
-                            h, y, a = sublayer(arch, t, h, biases[j])
-                            if t >= s:
-                                feats[t] = a
-                            if naive and len(teacher_sums[j]) < n_sub:  # iteration 0: the teacher's Y_t
-                                teacher_sums[j].append(y.detach())
-                            if not naive and s == t == 0 and autocast is None:  # the student is the teacher here
-                                teacher_step = (h.detach(), y.detach())
-                        out = arch.head(h)
-                    if targets[j] is None:  # iteration 0: the teacher's soft targets
-                        targets[j] = teacher_signal(tuple(o.detach() for o in out) if problem == "qa" else out.detach(),
-                                                    problem, temperature)
-                    if gold_first and s == 0:  # K-prune+ candidate: a predictive signal that is not zero at s = 0
-                        objectives = [gold_loss(out, b["labels"], problem, reduction="sum")]
-                    elif pred_knowledge == "gauss-newton":  # K-prune+ candidate: curvature, one backward per direction
-                        objectives = curvature_projections(out, problem, temperature)
-                    else:  # summed over examples: row i of a leaf gets example i's own gradient
-                        objectives = [predictive_loss(out, targets[j], problem, temperature, reduction="sum")]
-                    grad_sets = [torch.autograd.grad(y, list(leaves.values()), retain_graph=k < len(objectives) - 1)
-                                 for k, y in enumerate(objectives)]  # naive: down to the bottom
-                with clock("knowledge_accumulate"):
-                    for i, t in enumerate(leaves):
-                        if t < s:
-                            continue
-                        for grads in grad_sets:
-                            if pred_knowledge == "batch":
-                                grad_sums[t] += group_gradients(grads[i], groups[j], n_groups)
-                            else:  # per-example forms, on the batch-mean loss's scale (summed over directions)
-                                k_pred[t] += empirical_fisher(grads[i], group_sizes[groups[j]])
-                        k_rep[t] += representational_knowledge_increment(feats[t], arch.out_proj(t).weight, tok)
-                with clock("tuning_accumulate"), torch.no_grad():
-                    if naive:
-                        y_teacher = teacher_sums[j][s]
-                    else:
-                        x_teacher = x_s if s == 0 else _unpack(teacher_x[j], tok)  # at s = 0: the embeddings
-                        x_next, y_teacher = teacher_step or sublayer(arch, s, x_teacher, biases[j])[:2]
-                        teacher_x[j] = x_next[tok.bool()]  # real tokens only (see _unpack)
-                    x_s = x_s.detach().float()
-                    a_s = feats[s] if autocast is None else projection_input(arch, s, x_s, biases[j])  # fp32 for KPWT
-                    eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
-                    if contexts is not None:
-                        contexts[j] = a_s.detach()
-                del feats, leaves, grad_sets, objectives, out, h, teacher_step
+            # 1. measure: knowledge of every sublayer t ≥ s, normal equations of s (one pass over the sample)
+            know, eqs = _measure(run, s)
+            # 2. search (KPMS): scores {t ≥ s: (units_t,)} -> keep (units_s,) bool, threshold τ, budget left
             with clock("score_search"):
-                if pred_knowledge == "batch":
-                    k_pred = {t: predictive_knowledge(grad_sums[t], group_sizes) for t in range(s, n_sub)}
-                scores = {}
-                for t in range(s, n_sub):
-                    w = _unit_width(arch, t)
-                    kr, kp = per_unit(k_rep[t] / n_tokens, w), per_unit((k_pred[t] / n_examples).float(), w)
-                    scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
-                    if record_knowledge:
-                        knowledge.setdefault(s, {})[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
-                    if not bool(torch.isfinite(scores[t]).all()):
-                        raise NonFiniteScores(f"non-finite importance scores at sublayer {t} while pruning sublayer {s}: "
-                                              "the model or the sample produces NaN/Inf; check the checkpoint and inputs")
+                scores = _scores(arch, s, know, unit_flops, lam_rep, lam_pred, mu,
+                                 knowledge.setdefault(s, {}) if record_knowledge else None)
                 keep, tau, budget = kpms_step(scores, unit_flops, s, budget)
-                keep_units[s] = keep
-                target_scores[s] = scores[s].cpu()
-            with clock("tuning_solve"), torch.no_grad():
-                proj = arch.out_proj(s)
+                keep_units[s], target_scores[s] = keep, scores[s].cpu()
+            # 3. tune (KPWT): solve on the kept dims idx (k,), write the weights (bias zeroed if k = 0)
+            with clock("tuning_solve"):
                 idx = _dims(arch, s, keep)
-                w_old = proj.weight[:, idx]
-                err_before = eqs.error(w_old, idx)
-                w_new, used_ridge = eqs.solve(idx, ridge, damping, w_old) if tuning else (w_old.double(), 0.0)
-                err_after = eqs.error(w_new, idx)
-                weight = torch.zeros_like(proj.weight)
-                weight[:, idx] = w_new.to(weight.dtype)
-                proj.weight.copy_(weight)
-                if len(idx) == 0 and proj.bias is not None:  # nothing survives: the sublayer becomes LayerNorm(X)
-                    proj.bias.zero_()
-                fixed[s] = torch.zeros_like(fixed[s])
-                fixed[s][idx] = 1.0
-            if not naive:
-                with clock("cache_advance"), torch.no_grad(), apply_masks(arch, {s: fixed[s]}):
-                    for j, b in enumerate(batches):
-                        x = arch.embed(b["input_ids"], b.get("token_type_ids")) if s == 0 else student_x[j]
-                        if contexts is not None:
-                            student_x[j] = sublayer_from_input(arch, s, x, contexts[j])[0]
-                            contexts[j] = None
-                        else:
-                            student_x[j] = sublayer(arch, s, x, biases[j])[0]
-            rr = float(eqs.rr) or 1.0
-            records.append({
-                "sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn",
-                "units": int(keep.numel()), "kept": int(keep.sum()), "tau": tau, "budget_left": budget,
-                "rel_error_before_tuning": err_before / rr, "rel_error_after_tuning": err_after / rr,
-                "tuned": tuning, "ridge": used_ridge, "seconds": time.perf_counter() - t_sub,
-            })
-            if used_ridge:
-                log.warning("sublayer %d: ridge fallback %.1e recorded", s, used_ridge)
+                tuned = kpwt_step(arch.out_proj(s), eqs, idx, tuning, ridge, damping)
+                fixed[s] = torch.zeros_like(fixed[s]).index_fill_(0, idx, 1.0)
+            # 4. advance to s + 1 with sublayer s decided
+            sched.advance(s, fixed[s])
+            records.append(_record(s, keep, tau, budget, eqs, tuned, tuning, time.perf_counter() - t_sub))
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
@@ -317,3 +190,94 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
                        flops_dense, flops_pruned, target_scores, knowledge)
+
+
+def _validate(batches, schedule, autocast, pred_knowledge, gold_first) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not batches:
+        raise ValueError("empty pruning sample: increase num_tokens")
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r}")
+    if pred_knowledge not in PRED_KNOWLEDGE:
+        raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {pred_knowledge!r}")
+    if gold_first and not all("labels" in b for b in batches):
+        raise ValueError("gold_first needs gold labels in the sample batches (a GLUE task)")
+
+
+# ---- 1. measure -----------------------------------------------------------------------------------------------------
+def _measure(run: _Run, s: int) -> tuple[KnowledgeSums, NormalEquations]:
+    """Step 1 of iteration s, one pass over the sample. Measures
+    - the knowledge of every undecided sublayer t ≥ s (paper §4.1): K_pred from per-example mask gradients (one
+      backward of the objective summed over examples), K_rep from the projection inputs a_t;
+    - the normal equations of sublayer s (paper §4.3): AᵀA, AᵀR with A = a_s (tokens, w_s) and
+      R = Y_s − X_s − b_s (tokens, d), Y_s the teacher's pre-LayerNorm sum. A does not depend on the output
+      projection being tuned, so this pass gives it: tuning needs no forward of its own."""
+    arch, n_sub = run.arch, run.n_sub
+    device = run.fixed[s].device
+    know = KnowledgeSums({t: arch.out_proj(t).in_features for t in range(s, n_sub)}, run.groups, run.pred_knowledge,
+                         device)
+    eqs = NormalEquations.zeros(arch.out_proj(s).in_features, arch.hidden, device)
+    for j, b in enumerate(tqdm(run.schedule.batches, desc=f"sublayer {s}", leave=False, disable=not run.progress)):
+        _measure_batch(run, s, j, b, know, eqs)
+    return know, eqs
+
+
+def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums, eqs: NormalEquations) -> None:
+    """Batch j's share of iteration s's measurement; its autograd graph and activations go on return."""
+    arch, sched, clock = run.arch, run.schedule, run.clock
+    tok = b["attention_mask"]  # (B, T)
+    with clock("measure_forward_backward"):
+        B = b["input_ids"].shape[0]
+        # mask leaves {t: (B, w_t)}, one row per example; naive: from t = 0 (decided masks too), cached: t ≥ s
+        leaves = {t: run.fixed[t].expand(B, -1).clone().requires_grad_(True)
+                  for t in range(sched.first_sublayer(s), run.n_sub)}
+        x_s, feats, out = sched.forward(j, s, leaves)  # X_s (B, T, d); feats {t ≥ s: a_t (B, T, w_t)}
+        target = sched.soft_target(j, out)
+        gold = b["labels"] if run.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
+        objs = objectives(out, target, sched.problem, sched.temperature, run.pred_knowledge, gold)
+        grad_sets = [torch.autograd.grad(y, list(leaves.values()), retain_graph=k < len(objs) - 1)
+                     for k, y in enumerate(objs)]  # per objective: {t: (B, w_t)} in leaves' order
+    with clock("knowledge_accumulate"):
+        for i, t in enumerate(leaves):
+            if t >= s:
+                know.add(j, t, [grads[i] for grads in grad_sets], feats[t], arch.out_proj(t).weight, tok)
+    with clock("tuning_accumulate"), torch.no_grad():
+        y_teacher = sched.teacher_target(j, s, x_s)  # Y_s (B, T, d)
+        x_s = x_s.detach().float()
+        a_s = feats[s] if sched.autocast is None else projection_input(arch, s, x_s, sched.biases[j])  # fp32 for KPWT
+        eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
+        sched.hold_context(j, s, a_s)
+
+
+# ---- 2. search ------------------------------------------------------------------------------------------------------
+def _scores(arch: Arch, s: int, know: KnowledgeSums, unit_flops: dict[int, float], lam_rep: float, lam_pred: float,
+            mu: float, record: dict | None) -> dict[int, torch.Tensor]:
+    """The importance scores (units_t,) of every undecided sublayer t ≥ s, KPMS's candidates (paper §4.2):
+    μ (λ_rep K_rep + λ_pred K_pred) / F_head for heads, (λ_rep K_rep + λ_pred K_pred) / F_neuron for neurons.
+    record: if given, receives {t: {"k_pred", "k_rep", "score"}} per-unit tensors on the CPU."""
+    scores = {}
+    for t in range(s, 2 * arch.num_layers):
+        kr, kp = know.per_unit(t, _unit_width(arch, t))
+        scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
+        if record is not None:
+            record[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
+        if not bool(torch.isfinite(scores[t]).all()):
+            raise NonFiniteScores(f"non-finite importance scores at sublayer {t} while pruning sublayer {s}: "
+                                  "the model or the sample produces NaN/Inf; check the checkpoint and inputs")
+    return scores
+
+
+# ---- the per-sublayer record ----------------------------------------------------------------------------------------
+def _record(s: int, keep: torch.Tensor, tau: float, budget: float, eqs: NormalEquations,
+            tuned: tuple[float, float, float], tuning: bool, seconds: float) -> dict:
+    err_before, err_after, used_ridge = tuned
+    if used_ridge:
+        log.warning("sublayer %d: ridge fallback %.1e recorded", s, used_ridge)
+    rr = float(eqs.rr) or 1.0
+    return {
+        "sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn",
+        "units": int(keep.numel()), "kept": int(keep.sum()), "tau": tau, "budget_left": budget,
+        "rel_error_before_tuning": err_before / rr, "rel_error_after_tuning": err_after / rr,
+        "tuned": tuning, "ridge": used_ridge, "seconds": seconds,
+    }

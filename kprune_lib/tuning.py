@@ -62,6 +62,26 @@ class NormalEquations:
         return solve_normal_equations(G, C, ridge)
 
 
+@torch.no_grad()
+def kpwt_step(proj: torch.nn.Linear, eqs: NormalEquations, idx: torch.Tensor, tune: bool = True,
+              ridge: float = 1e-6, damping: float = 0.0) -> tuple[float, float, float]:
+    """One KPWT step for the target sublayer: solve for the kept projection-input dims idx (k,) and write the
+    weights, W (d, w) with the solution W' (d, k) in the kept columns and zeros elsewhere. A sublayer with no dim
+    left drops its bias too and becomes LayerNorm(X) (the authors' rule). tune=False keeps the kept columns' old
+    weights (ablation); damping > 0 shrinks the solution toward them (`NormalEquations.solve`).
+    Returns (‖A Wᵀ − R‖² before, after, ridge used or 0.0)."""
+    w_old = proj.weight[:, idx]
+    err_before = eqs.error(w_old, idx)
+    w_new, used_ridge = eqs.solve(idx, ridge, damping, w_old) if tune else (w_old.double(), 0.0)
+    err_after = eqs.error(w_new, idx)
+    weight = torch.zeros_like(proj.weight)
+    weight[:, idx] = w_new.to(weight.dtype)
+    proj.weight.copy_(weight)
+    if len(idx) == 0 and proj.bias is not None:  # nothing survives: the sublayer becomes LayerNorm(X)
+        proj.bias.zero_()
+    return err_before, err_after, used_ridge
+
+
 def symmetric_gram(A: torch.Tensor, panel: int = 384) -> torch.Tensor:
     """AᵀA (n×n, float64) from its upper block-triangle: panels of `panel` columns times the columns to their right,
     mirrored. For n = 1536 this does 10/16 of the full product's work (faster than A.T @ A on CPU too)."""

@@ -1,0 +1,209 @@
+"""The two schedules of the K-prune loop: where iteration s gets the student's input, the teacher's targets, and
+how it moves on to s + 1. Both run the same operations on the same real-token inputs (identical masks, bit-identical
+tuned weights; `tests/test_schedule.py`).
+
+- `NaiveSchedule` (the reference's cost model): every iteration runs the student from the embeddings with the units
+  decided so far masked, and back-propagates to the bottom; the teacher's pre-LayerNorm sums Y_t of all 2L
+  sublayers are held (O(2L·N·d) memory). Nothing to advance.
+- `CachedSchedule` (the default): the frozen lower part is never re-run. The student's input X_s to the target
+  sublayer is held over the sample and advanced one sublayer per iteration; the teacher's residual stream is held
+  beside it, on real tokens only, and its sublayer s is streamed to give Y_s (O(N·d) memory).
+
+The iteration-0 special cases (the student is still the teacher at s = 0):
+- without autocast the teacher's soft targets come from iteration 0's own forward (as in the reference); with
+  autocast from a separate float32 pass before the loop (`teacher_pass`), so teacher signals never carry reduced
+  precision;
+- naive: iteration 0's forward also gives every Y_t; cached: it gives the teacher's step through sublayer 0;
+- cached: at s = 0 the embeddings are recomputed per batch instead of held, so the deepest backward graph
+  (iteration 0) coexists with no stream memory;
+- cached: an attention sublayer's advance reuses the context vectors of its measurement pass (only the tuned
+  output projection changed, so Q/K/V and the attention are not recomputed).
+
+Shapes: B examples × T padded tokens per batch, d hidden, w_t the projection-input width of sublayer t (H·d_h for
+attention, N for an FFN), n the batch's real tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from .arch import Arch
+from .forward import attention_bias, sublayer, sublayer_from_input
+from .masks import apply_masks
+from .measurement import teacher_signal
+
+AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@torch.no_grad()
+def teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_sums: bool):
+    """Soft targets of the unpruned model; with keep_sums also every sublayer's Y_t (B, T, d) (naive schedule)."""
+    targets, sums = [], []
+    for b in batches:
+        bias = attention_bias(b["attention_mask"], arch.model.dtype)
+        x, ys = arch.embed(b["input_ids"], b.get("token_type_ids")), []
+        for s in range(2 * arch.num_layers):
+            x, y, _ = sublayer(arch, s, x, bias)
+            if keep_sums:
+                ys.append(y)
+        targets.append(teacher_signal(arch.head(x), problem, temperature))
+        sums.append(ys)
+    return targets, sums
+
+
+def unpack(rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Real-token rows (n, d) of the teacher stream -> (B, T, d) with zero padding rows. The teacher's padding
+    rows never matter: its targets Y_s are taken on real tokens and attention gives padding keys exactly zero
+    weight, so its stream is held without them (a third less memory on MRPC)."""
+    x = rows.new_zeros(*token_mask.shape, rows.shape[-1])
+    x[token_mask.bool()] = rows
+    return x
+
+
+class Schedule:
+    """The student and teacher over the sample: the shared part of both schedules.
+
+    A schedule answers, for iteration s and batch j: where the measurement forward starts (`first_sublayer`) and
+    from which input (`student_input`), the forward itself (`forward`), the teacher's soft targets (`soft_target`)
+    and pre-LayerNorm sum Y_s (`teacher_target`); and after tuning, how to move on (`advance`)."""
+
+    def __init__(self, arch: Arch, batches: list[dict], problem: str, temperature: float, autocast: str | None,
+                 clock):
+        self.arch, self.batches, self.problem, self.temperature = arch, batches, problem, temperature
+        self.autocast, self.clock = autocast, clock
+        self.device = next(arch.model.parameters()).device
+        self.n_sub = 2 * arch.num_layers
+        self.targets: list = [None] * len(batches)  # soft targets per batch, filled by the teacher
+        self.biases = [attention_bias(b["attention_mask"], arch.model.dtype) for b in batches]  # (B, 1, 1, T)
+
+    # ---- teacher ------------------------------------------------------------------------------------------------
+    def prepare_teacher(self) -> None:
+        """Teacher = the unpruned model. With autocast its soft targets come from a float32 pass now; without, from
+        iteration 0's own forward (`soft_target`)."""
+        if self.autocast is not None:
+            self.targets, _ = teacher_pass(self.arch, self.batches, self.problem, self.temperature, keep_sums=False)
+
+    def soft_target(self, j: int, out):
+        """The teacher's soft targets of batch j ((B, C), (B,) or QA's pair of (B, T)); at iteration 0 without
+        autocast taken from `out`, that forward's output (the student is the teacher there)."""
+        if self.targets[j] is None:
+            out = tuple(o.detach() for o in out) if self.problem == "qa" else out.detach()
+            self.targets[j] = teacher_signal(out, self.problem, self.temperature)
+        return self.targets[j]
+
+    def teacher_target(self, j: int, s: int, x_s: torch.Tensor) -> torch.Tensor:
+        """Y_s (B, T, d), the teacher's pre-LayerNorm sum of sublayer s on batch j. x_s: the student's input X_s."""
+        raise NotImplementedError
+
+    # ---- student ------------------------------------------------------------------------------------------------
+    def first_sublayer(self, s: int) -> int:
+        """The lowest sublayer the measurement forward of iteration s runs (and back-propagates to)."""
+        raise NotImplementedError
+
+    def student_input(self, j: int, s: int) -> torch.Tensor:
+        """(B, T, d): the student's input to sublayer `first_sublayer(s)` on batch j."""
+        raise NotImplementedError
+
+    def forward(self, j: int, s: int, leaves: dict[int, torch.Tensor]):
+        """The measurement forward of batch j at iteration s, with the mask leaves {t: (B, w_t)} applied and under
+        autocast if asked: the student from `first_sublayer(s)` up to the task head.
+
+        Returns x_s (B, T, d) the student's input to sublayer s, feats {t ≥ s: a_t (B, T, w_t)} the projection
+        inputs, and the head's output (logits (B, C), (B, 1), or QA's start/end (B, T) each)."""
+        h, feats = self.student_input(j, s), {}
+        dtype = AUTOCAST[self.autocast] or torch.float32
+        with apply_masks(self.arch, leaves), torch.autocast(self.device.type, dtype, enabled=self.autocast is not None):
+            for t in range(self.first_sublayer(s), self.n_sub):
+                if t == s:
+                    x_s = h
+                h, y, a = sublayer(self.arch, t, h, self.biases[j])
+                if t >= s:
+                    feats[t] = a
+                self._observe(j, s, t, h, y)
+            out = self.arch.head(h)
+        return x_s, feats, out
+
+    def _observe(self, j: int, s: int, t: int, h: torch.Tensor, y: torch.Tensor) -> None:
+        """Sees each sublayer t of the measurement forward: its output LayerNorm(Y_t) h and its sum Y_t (B, T, d)."""
+
+    def hold_context(self, j: int, s: int, a_s: torch.Tensor) -> None:
+        """Sees sublayer s's float32 projection input a_s (B, T, w_s) of batch j, as used for tuning."""
+
+    def advance(self, s: int, mask: torch.Tensor) -> None:
+        """After sublayer s is searched and tuned (mask (w_s,): its kept dims): move on to s + 1."""
+
+
+class NaiveSchedule(Schedule):
+    """The reference's schedule: the whole student from the embeddings every iteration; all teacher sums held."""
+
+    def prepare_teacher(self) -> None:
+        """As the base; the teacher's Y_t of every sublayer are held too: from the float32 pass with autocast, else
+        from iteration 0's forward (`_observe`)."""
+        self.sums: list[list[torch.Tensor]] = [[] for _ in self.batches]  # sums[j][t]: Y_t (B, T, d)
+        if self.autocast is not None:
+            self.targets, self.sums = teacher_pass(self.arch, self.batches, self.problem, self.temperature,
+                                                   keep_sums=True)
+
+    def first_sublayer(self, s: int) -> int:
+        return 0  # the decided masks of t < s are leaves too: the backward goes to the bottom, as in the reference
+
+    def student_input(self, j: int, s: int) -> torch.Tensor:
+        b = self.batches[j]
+        return self.arch.embed(b["input_ids"], b.get("token_type_ids"))
+
+    def _observe(self, j, s, t, h, y):
+        if s == 0 and self.autocast is None:  # iteration 0: the student is the teacher, its Y_t are the teacher's
+            self.sums[j].append(y.detach())
+
+    def teacher_target(self, j, s, x_s):
+        return self.sums[j][s]
+
+
+class CachedSchedule(Schedule):
+    """Ours: the student's input X_s and the teacher's stream are held over the sample and advanced per iteration."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.batches)
+        self.student_x: list[torch.Tensor | None] = [None] * n  # X_s (B, T, d); None at s = 0 (embeddings recomputed)
+        self.teacher_x: list[torch.Tensor | None] = [None] * n  # the teacher's input to s on real tokens (n, d)
+        self.contexts: list[torch.Tensor | None] = [None] * n  # attention sublayer s: a_s (B, T, w_s) for `advance`
+        self._step: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # s = 0: the teacher's (LayerNorm(Y_0), Y_0)
+
+    def first_sublayer(self, s: int) -> int:
+        return s
+
+    def student_input(self, j: int, s: int) -> torch.Tensor:
+        if s == 0:  # the embeddings, recomputed rather than held
+            b = self.batches[j]
+            return self.arch.embed(b["input_ids"], b.get("token_type_ids"))
+        return self.student_x[j]
+
+    def _observe(self, j, s, t, h, y):
+        if s == t == 0 and self.autocast is None:  # the student is the teacher here: its step is the teacher's
+            self._step[j] = (h.detach(), y.detach())
+
+    def teacher_target(self, j, s, x_s):
+        """Streams the teacher through sublayer s (unmasked, not yet tuned) and keeps its output on real tokens."""
+        tok = self.batches[j]["attention_mask"]
+        x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
+        x_next, y_teacher = self._step.pop(j, None) or sublayer(self.arch, s, x_teacher, self.biases[j])[:2]
+        self.teacher_x[j] = x_next[tok.bool()]  # real tokens only (see `unpack`)
+        return y_teacher
+
+    def hold_context(self, j, s, a_s):
+        if s % 2 == 0:  # attention: the advance reuses the context vectors instead of recomputing Q/K/V
+            self.contexts[j] = a_s.detach()
+
+    def advance(self, s, mask):
+        """X_{s+1} = sublayer s of the tuned, masked student applied to X_s, for every batch."""
+        with self.clock("cache_advance"), torch.no_grad(), apply_masks(self.arch, {s: mask}):
+            for j in range(len(self.batches)):
+                x = self.student_input(j, s)
+                if s % 2 == 0:
+                    self.student_x[j] = sublayer_from_input(self.arch, s, x, self.contexts[j])[0]
+                    self.contexts[j] = None
+                else:
+                    self.student_x[j] = sublayer(self.arch, s, x, self.biases[j])[0]
+
+
+SCHEDULE_CLASSES = {"cached": CachedSchedule, "naive": NaiveSchedule}
