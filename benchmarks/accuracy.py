@@ -450,10 +450,12 @@ def render_report(rows: list[dict], failures: list[dict], *, methods: list[str],
     lines += main_table(rows, methods, n_seeds) if rows else ["No finished points."]
     if figure_path:
         lines += ["", f"![metric vs FLOPs removed]({figure_path})"]
-    title = f"{pair[0]} − {pair[1]}" if pair else "none"
-    lines += ["", f"## Paired differences ({title})", ""] + paired_section(rows, methods, pair)
-    lines += ["", "## Summary (constraint ≥ 0.6)", ""] + summary_section(rows, methods, pair)
-    lines += ["", "## Done when", ""] + done_section(rows, pair)
+    pairs = [pair] if isinstance(pair, tuple) else list(pair or [])  # one pair A,B or several
+    for p in pairs or [None]:
+        title = f"{p[0]} − {p[1]}" if p else "none"
+        lines += ["", f"## Paired differences ({title})", ""] + paired_section(rows, methods, p)
+        lines += ["", f"### Summary (constraint ≥ 0.6, {title})", ""] + summary_section(rows, methods, p)
+        lines += ["", f"### Done when ({title})", ""] + done_section(rows, p)
     lines += ["", f"## Failed points ({len(failures)})", ""] + failures_section(failures)
     return "\n".join(lines) + "\n"
 
@@ -530,7 +532,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="aggregate what exists under --out, run nothing")
     p.add_argument("--report", help="the Markdown report (default benchmarks/ACCURACY.md)")
     p.add_argument("--compare", default=",".join(DEFAULT_COMPARE),
-                   help="A,B: paired differences and done-when checks of A − B ('' for none)")
+                   help="A,B: paired differences and done-when checks of A − B; several pairs as 'A,B;C,D' ('' for none)")
     return p
 
 
@@ -547,10 +549,14 @@ def resolve(a: argparse.Namespace) -> dict:
         raise AccuracyError(f"--num-tokens must be positive, got {settings['num_tokens']}")
     if a.workers < 1:
         raise AccuracyError(f"--workers must be at least 1, got {a.workers}")
-    compare = [m.strip() for m in a.compare.split(",") if m.strip()]
-    if compare and (len(compare) != 2 or compare[0] == compare[1]):
-        raise AccuracyError(f"--compare takes two different methods A,B, got {a.compare!r}")
-    settings["pair"] = tuple(compare) if compare else None
+    pairs = []
+    for text in a.compare.split(";"):
+        compare = [m.strip() for m in text.split(",") if m.strip()]
+        if compare and (len(compare) != 2 or compare[0] == compare[1]):
+            raise AccuracyError(f"--compare takes two different methods A,B (pairs separated by ';'), got {a.compare!r}")
+        if compare:
+            pairs.append(tuple(compare))
+    settings["pair"] = (pairs[0] if len(pairs) == 1 else pairs) if pairs else None
     return settings
 
 

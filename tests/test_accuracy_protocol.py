@@ -259,3 +259,15 @@ def test_missing_shared_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert acc.main(["--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.md")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"accuracy: error: shared folder {tmp_path / 'absent'} is missing (set KPRUNE_SHARED)"
+
+
+def test_several_pairs_each_get_their_section(tmp_path):
+    for seed in range(3):
+        write(tmp_path, summary("mrpc", "kprune", 0.8, seed, 0.80))
+        write(tmp_path, summary("mrpc", "kprune-plus", 0.8, seed, 0.82))
+        write(tmp_path, summary("mrpc", "kprune-gn", 0.8, seed, 0.79))
+    methods = ("kprune", "kprune-plus", "kprune-gn")
+    rows = rows_of(tmp_path, methods=methods)
+    text = render(rows, methods=methods, pair=[("kprune-plus", "kprune"), ("kprune-gn", "kprune")])
+    assert "## Paired differences (kprune-plus − kprune)" in text and "## Paired differences (kprune-gn − kprune)" in text
+    assert "| mrpc | 0.8 | +2.00 | 0.00 | 3 |" in text and "| mrpc | 0.8 | -1.00 | 0.00 | 3 |" in text
