@@ -158,9 +158,37 @@ def run_point(point: Point, shared: Path, num_tokens: int, out: Path, workers: i
     return seconds, None
 
 
+def same_settings(method: str) -> str | None:
+    """The method whose points `method` shares: it runs exactly the same settings (kprune-plus and the K-prune+
+    candidate it is made of), so its finished points are reused rather than rerun."""
+    from kprune_lib.baselines import same_settings as library_same_settings
+
+    return library_same_settings(method)
+
+
+def finished(point: Point, out: Path) -> bool:
+    source = same_settings(point.method)
+    twins = [point] + ([Point(point.task, source, point.constraint, point.seed)] if source else [])
+    return any((p.out_dir(out) / "summary.json").exists() for p in twins)
+
+
 def unfinished(points: list[Point], out: Path) -> list[Point]:
-    """The points without a summary.json under OUT."""
-    return [p for p in points if not (p.out_dir(out) / "summary.json").exists()]
+    """The points without a summary.json under OUT (their own, or that of a method with the same settings)."""
+    return [p for p in points if not finished(p, out)]
+
+
+def with_shared_points(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Rows plus, for each requested method that shares another's settings, that method's rows under its name
+    (marked "shared_from") where it has no point of its own."""
+    out = list(rows)
+    for m in methods:
+        source = same_settings(m)
+        if source is None:
+            continue
+        own = {(r["task"], r["constraint"], r["seed"]) for r in rows if r["method"] == m}
+        out += [{**r, "method": m, "shared_from": source} for r in rows
+                if r["method"] == source and (r["task"], r["constraint"], r["seed"]) not in own]
+    return out
 
 
 def run_points(points: list[Point], shared: Path, num_tokens: int, out: Path, workers: int) -> list[dict]:
@@ -445,8 +473,11 @@ def render_report(rows: list[dict], failures: list[dict], *, methods: list[str],
              f"Command: `{command}`  ", f"Date: {date}  ",
              f"{tokens} sample tokens per point; metrics ×100 (accuracy; Spearman for STS-B); "
              f"mean ± sample sd over seeds, `(n=k)` when fewer than the {n_seeds} seeds asked finished.  ",
-             f"Per-point data: [{csv_path}]({csv_path}).", "",
-             "## Pruned metric per task and constraint", ""]
+             f"Per-point data: [{csv_path}]({csv_path}).", ""]
+    shared = sorted({(r["method"], r["shared_from"]) for r in rows if r.get("shared_from")})
+    lines += [f"**{m}** runs exactly the settings of **{src}**: its points are {src}'s (shared, not rerun).  "
+              for m, src in shared] + ([""] if shared else [])
+    lines += ["## Pruned metric per task and constraint", ""]
     lines += main_table(rows, methods, n_seeds) if rows else ["No finished points."]
     if figure_path:
         lines += ["", f"![metric vs FLOPs removed]({figure_path})"]
@@ -499,7 +530,8 @@ def aggregate(out: Path, report: Path, *, tasks: list[str], methods: list[str], 
               seeds: list[int], pair: tuple[str, str] | None, command: str, num_tokens: int,
               date: str | None = None) -> dict:
     """Read OUT, write the csv, the figure and the report; return {'rows', 'failures', 'csv', 'figure', 'report'}."""
-    rows = select_rows([point_row(s) for s in load_summaries(out)], tasks, methods, constraints, seeds)
+    rows = select_rows(with_shared_points([point_row(s) for s in load_summaries(out)], methods), tasks, methods,
+                       constraints, seeds)
     failures = select_failures(load_failures(out), rows, tasks, methods, constraints, seeds)
     csv_path, fig_path = output_paths(report)
     write_csv(rows, csv_path)

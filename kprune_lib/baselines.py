@@ -5,7 +5,8 @@ Methods (`PruneConfig.method`, `kprune prune --method`):
 - kprune-no-tuning  KPWT off (masks from KPMS, weights untouched).
 - kprune-pred-only  λ_rep = 0: scores from predictive knowledge only.
 - kprune-rep-only   λ_pred = 0: scores from representational knowledge only.
-- kprune-fisher / kprune-gn / kprune-gold: K-prune+ candidates (KPRUNE_PLUS_CANDIDATES).
+- kprune-fisher / kprune-gn / kprune-gold / kprune-damp: K-prune+ candidates (KPRUNE_PLUS_CANDIDATES).
+- kprune-plus       K-prune+: the paper's method with the candidates the accuracy protocol kept (KPRUNE_PLUS).
 - kwon-fisher       Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per
                     neuron, Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs;
                     no iteration, no weight tuning, no mask rescaling.
@@ -37,6 +38,20 @@ KPRUNE_PLUS_CANDIDATES = {
 }
 
 
+# K-prune+ = the candidates kept by the accuracy protocol (benchmarks/ACCURACY.md): damped KPWT only
+KPRUNE_PLUS = dict(KPRUNE_PLUS_CANDIDATES["kprune-damp"])
+
+
+def same_settings(method: str) -> str | None:
+    """The K-prune+ candidate that runs exactly `method`'s settings (kprune-plus -> its candidate), if any."""
+    if method != "kprune-plus":
+        return None
+    def settings(name: str) -> dict:
+        return {k: v for k, v in resolve_method(PruneConfig(method=name)).to_dict().items() if k != "method"}
+
+    return next((name for name in KPRUNE_PLUS_CANDIDATES if settings(name) == settings(method)), None)
+
+
 def resolve_method(config: PruneConfig) -> PruneConfig:
     """The hyper-parameters a method really runs with (e.g. kprune-pred-only -> λ_rep = 0)."""
     m = config.method
@@ -50,6 +65,8 @@ def resolve_method(config: PruneConfig) -> PruneConfig:
         return replace(config, lam_pred=0.0)
     if m in KPRUNE_PLUS_CANDIDATES:
         return replace(config, **KPRUNE_PLUS_CANDIDATES[m])
+    if m == "kprune-plus":
+        return replace(config, **KPRUNE_PLUS)
     raise ValueError(f"unknown method {m!r}")  # unreachable: PruneConfig validates the name
 
 

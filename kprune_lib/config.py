@@ -65,9 +65,9 @@ BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}  # default padded tokens per length-
 # kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);
 # K-prune+ candidates, each one change to the paper's method (kprune_lib.baselines.KPRUNE_PLUS_CANDIDATES):
 # kprune-fisher (per-example empirical Fisher), kprune-gn (Gauss-Newton curvature), kprune-gold (gold labels at
-# s = 0), kprune-damp (KPWT damped toward the current weights)
+# s = 0), kprune-damp (KPWT damped toward the current weights); kprune-plus: the candidates the protocol kept
 METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
-           "kprune-fisher", "kprune-gn", "kprune-gold", "kprune-damp")
+           "kprune-fisher", "kprune-gn", "kprune-gold", "kprune-damp", "kprune-plus")
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128

@@ -271,3 +271,18 @@ def test_several_pairs_each_get_their_section(tmp_path):
     text = render(rows, methods=methods, pair=[("kprune-plus", "kprune"), ("kprune-gn", "kprune")])
     assert "## Paired differences (kprune-plus − kprune)" in text and "## Paired differences (kprune-gn − kprune)" in text
     assert "| mrpc | 0.8 | +2.00 | 0.00 | 3 |" in text and "| mrpc | 0.8 | -1.00 | 0.00 | 3 |" in text
+
+
+def test_kprune_plus_shares_the_points_of_its_candidate(tmp_path):
+    """kprune-plus runs exactly a K-prune+ candidate's settings: that candidate's finished points are reused."""
+    from kprune_lib.baselines import same_settings
+
+    source = same_settings("kprune-plus")
+    assert source is not None and same_settings("kprune") is None
+    write(tmp_path, summary("mrpc", source, 0.8, 0, 0.81))
+    point = acc.Point("mrpc", "kprune-plus", 0.8, 0)
+    assert acc.unfinished([point], tmp_path) == []
+    rows = acc.select_rows(acc.with_shared_points([acc.point_row(s) for s in acc.load_summaries(tmp_path)],
+                                                  ["kprune-plus"]), ["mrpc"], ["kprune-plus"], [0.8], [0])
+    assert len(rows) == 1 and rows[0]["pruned"] == pytest.approx(81.0) and rows[0]["shared_from"] == source
+    assert f"runs exactly the settings of **{source}**" in render(rows, methods=("kprune-plus",), pair=None)
