@@ -86,7 +86,7 @@ def test_measured_seq_len(files):
     enc = tokenizer()([e.question.lstrip() for e in data.eval], [e.context for e in data.eval],
                       truncation="only_second", max_length=384, stride=128, return_overflowing_tokens=True)
     expected = sum(map(len, enc["input_ids"])) / len(enc["input_ids"])
-    assert seq_len == pytest.approx(expected) and n == round(NUM_TOKENS / expected)
+    assert seq_len == pytest.approx(expected) and n == int(NUM_TOKENS / expected)  # the authors' int(N / L_seq)
     assert pruning_data(get_task("squad"), tokenizer(), data, num_tokens=NUM_TOKENS, seed=0, max_length=384,
                         batch_size=12, seq_len=200)[1:3] == (5, 200.0)
 
