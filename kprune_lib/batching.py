@@ -6,6 +6,7 @@ import math
 import numpy as np
 import torch
 
+from .config import PAD_SLACK
 from .glue_data import DataError, Examples
 
 
@@ -78,19 +79,22 @@ def sample_batches(features: list[dict], batch_size: int, pad_id: int, device=No
 
     batch_tokens 0: compute on the sample batches themselves, as drawn (the reference's padding).
     batch_tokens > 0: compute on length-sorted batches of at most batch_tokens padded tokens (at least one example
-    each), so padding is a few percent; the sample and its grouping are unchanged."""
+    each), a batch closing early when its padding would exceed PAD_SLACK of its real tokens: padding is a few
+    percent. The sample and its grouping are unchanged."""
     groups = [i // batch_size for i in range(len(features))]
     if batch_tokens <= 0:
         chunks = [list(range(i, min(i + batch_size, len(features)))) for i in range(0, len(features), batch_size)]
     else:
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # stable: ties in draw order
-        chunks, current = [], []
+        chunks, current, real = [], [], 0
         for i in order:
             longest = len(features[i]["input_ids"])  # sorted ascending: the newcomer is the longest
-            if current and (len(current) + 1) * longest > batch_tokens:
+            padded = (len(current) + 1) * longest
+            if current and (padded > batch_tokens or padded > PAD_SLACK * (real + longest)):
                 chunks.append(current)
-                current = []
+                current, real = [], 0
             current.append(i)
+            real += longest
         if current:
             chunks.append(current)
     out = []

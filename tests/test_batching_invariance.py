@@ -40,6 +40,9 @@ def test_sorted_batches_keep_the_sample_and_its_grouping():
                              for g, ids, m in zip(b["group"], b["input_ids"], b["attention_mask"]))
     assert rows(drawn) == rows(sorted_)
     assert padded_tokens(sorted_) < padded_tokens(drawn)
+    from kprune_lib.config import PAD_SLACK  # each sorted batch pads at most PAD_SLACK of its real tokens
+    assert all(b["input_ids"].numel() <= PAD_SLACK * int(b["attention_mask"].sum()) or b["input_ids"].shape[0] == 1
+               for b in sorted_)
 
 
 def test_regrouped_example_gradients_equal_the_batch_gradient():
