@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=D.temperature, help="softmax temperature of the predictive KL")
     p.add_argument("--no-tuning", action="store_true", help="skip knowledge-preserving weight tuning (ablation)")
     p.add_argument("--method", choices=METHODS, default=D.method,
-                   help="kprune, an ablation (-no-tuning, -pred-only: λ_rep=0, -rep-only: λ_pred=0) "
-                        "or the kwon-fisher baseline (Fisher of the gold-label loss, no tuning)")
+                   help="kprune: the paper's method; kprune-plus: K-prune+ (damped weight tuning, +0.58 points on "
+                        "average in benchmarks/ACCURACY.md); K-prune+ candidates kprune-damp, kprune-gn, "
+                        "kprune-fisher, kprune-gold; ablations (-no-tuning, -pred-only: λ_rep=0, -rep-only: "
+                        "λ_pred=0); or the kwon-fisher baseline (Fisher of the gold-label loss, no tuning)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
