@@ -63,7 +63,9 @@ class Point:
         return f"{self.task} {self.method} c{self.constraint:g} seed{self.seed}"
 
     def out_dir(self, root: Path) -> Path:
-        return Path(root) / self.task / self.method / f"c{self.constraint:g}" / f"seed{self.seed}"
+        from kprune_lib.sweep import point_dir
+
+        return Path(root) / point_dir(self.task, self.method, self.constraint, self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

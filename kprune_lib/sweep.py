@@ -41,6 +41,11 @@ class GridError(ValueError):
     pass
 
 
+def point_dir(task: str, method: str, constraint: float, seed: int) -> Path:
+    """Where a point lives under a sweep's (or the accuracy protocol's) output folder."""
+    return Path(task) / method / f"c{constraint:g}" / f"seed{seed}"
+
+
 @dataclass(frozen=True)
 class Point:
     task: str
@@ -55,7 +60,7 @@ class Point:
 
     @property
     def relative_dir(self) -> Path:
-        return Path(self.task) / self.method / f"c{self.constraint:g}" / f"seed{self.seed}"
+        return point_dir(self.task, self.method, self.constraint, self.seed)
 
     def parameters(self, run_dir: Path) -> dict:
         return {**self.extra, "model": self.model, "task": self.task, "data_dir": self.data_dir,
