@@ -10,22 +10,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .hf.configuration_kprune import PREFIX
+from .hf.modeling_kprune import LAYOUTS, Layout, get_module as _get, set_module as _set
+from .hf.modeling_kprune import NoAttention  # noqa: F401  (re-exported: the zero-head attention stand-in)
+
 
 @dataclass(frozen=True)
-class ArchTable:
-    """Attribute paths of one architecture (relative to the task model, then to one layer)."""
+class ArchTable(Layout):
+    """Attribute paths of one architecture: the prunable modules (`Layout`, shared with the standalone model code
+    saved beside pruned models), plus what the sublayer forward and the heads need."""
 
-    base: str  # the encoder model inside the task model
-    layers: str  # ModuleList of transformer blocks, relative to base
-    attn: str  # self-attention module holding q/k/v (replaced by `NoAttention` when all heads go)
-    q: str
-    k: str
-    v: str
-    o: str  # MHA output projection  (d × H·d_h)
     attn_ln: str  # LayerNorm after the MHA residual sum
-    ffn_in: str  # FFN input projection (N × d)
     act: str  # FFN activation module / function
-    ffn_out: str  # FFN output projection (d × N)
     ffn_ln: str  # LayerNorm after the FFN residual sum
     heads_attr: str  # config field holding the head count
     ffn_attr: str  # config field holding the FFN width
@@ -33,77 +29,38 @@ class ArchTable:
     cls_head: str  # how the sequence-classification head reads the final hidden states (see `classify`)
 
 
+_BERT_LIKE = dict(attn_ln="attention.output.LayerNorm", act="intermediate.intermediate_act_fn",
+                  ffn_ln="output.LayerNorm", heads_attr="num_attention_heads", ffn_attr="intermediate_size")
+
 TABLES: dict[str, ArchTable] = {
-    "bert": ArchTable(
-        base="bert", layers="encoder.layer", attn="attention.self",
-        q="attention.self.query", k="attention.self.key", v="attention.self.value",
-        o="attention.output.dense", attn_ln="attention.output.LayerNorm",
-        ffn_in="intermediate.dense", act="intermediate.intermediate_act_fn",
-        ffn_out="output.dense", ffn_ln="output.LayerNorm",
-        heads_attr="num_attention_heads", ffn_attr="intermediate_size", token_types=True, cls_head="pooler",
-    ),
-    "roberta": ArchTable(
-        base="roberta", layers="encoder.layer", attn="attention.self",
-        q="attention.self.query", k="attention.self.key", v="attention.self.value",
-        o="attention.output.dense", attn_ln="attention.output.LayerNorm",
-        ffn_in="intermediate.dense", act="intermediate.intermediate_act_fn",
-        ffn_out="output.dense", ffn_ln="output.LayerNorm",
-        heads_attr="num_attention_heads", ffn_attr="intermediate_size", token_types=False, cls_head="roberta",
-    ),
-    "distilbert": ArchTable(
-        base="distilbert", layers="transformer.layer", attn="attention",
-        q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
-        o="attention.out_lin", attn_ln="sa_layer_norm",
-        ffn_in="ffn.lin1", act="ffn.activation", ffn_out="ffn.lin2", ffn_ln="output_layer_norm",
-        heads_attr="n_heads", ffn_attr="hidden_dim", token_types=False, cls_head="distilbert",
-    ),
+    "bert": ArchTable(**vars(LAYOUTS["bert"]), **_BERT_LIKE, token_types=True, cls_head="pooler"),
+    "roberta": ArchTable(**vars(LAYOUTS["roberta"]), **_BERT_LIKE, token_types=False, cls_head="hidden"),
+    "xlm-roberta": ArchTable(**vars(LAYOUTS["xlm-roberta"]), **_BERT_LIKE, token_types=False, cls_head="hidden"),
+    "electra": ArchTable(**vars(LAYOUTS["electra"]), **_BERT_LIKE, token_types=True, cls_head="hidden"),
+    "distilbert": ArchTable(**vars(LAYOUTS["distilbert"]), attn_ln="sa_layer_norm", act="ffn.activation",
+                            ffn_ln="output_layer_norm", heads_attr="n_heads", ffn_attr="hidden_dim",
+                            token_types=False, cls_head="distilbert"),
 }
+
+
+def base_type(model_type: str | None) -> str | None:
+    """The stock architecture of a model type: a pruned folder's "kprune-bert" is laid out as "bert"."""
+    return model_type[len(PREFIX):] if model_type and model_type.startswith(PREFIX) else model_type
 
 
 class UnsupportedArchitecture(ValueError):
     pass
 
 
-def _get(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _set(obj, path: str, value) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        obj = getattr(obj, part)
-    setattr(obj, last, value)
-
-
-class NoAttention(nn.Module):
-    """Stands in for a self-attention module whose heads were all pruned: no Q/K/V work at all.
-
-    Returns an empty context (…, 0) so that the output projection (d × 0) yields its bias only.
-    Where the architecture keeps the output projection inside the attention module (DistilBERT),
-    it is kept here under the same name and applied.
-    """
-
-    def __init__(self, out_name: str | None = None, out_proj: nn.Linear | None = None):
-        super().__init__()
-        self.out_name = out_name
-        if out_name is not None:
-            self.add_module(out_name, out_proj)
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
-        return (getattr(self, self.out_name)(empty) if self.out_name else empty), None
-
-
 class Arch:
     """A model seen through its architecture table."""
 
     def __init__(self, model: nn.Module):
-        model_type = getattr(model.config, "model_type", None)
+        model_type = base_type(getattr(model.config, "model_type", None))
         if model_type not in TABLES:
             raise UnsupportedArchitecture(
-                f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))}"
+                f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))} "
+                "(use a checkpoint of one of these)"
             )
         self.model = model
         self.table = TABLES[model_type]
@@ -116,11 +73,6 @@ class Arch:
         self.ffn_size = int(getattr(cfg, self.table.ffn_attr))  # neurons of the dense model
 
     # ---- modules -------------------------------------------------------------------------------
-    def o_inside_attn(self) -> str | None:
-        """Name of the output projection inside the attention module, if it lives there (DistilBERT)."""
-        prefix = self.table.attn + "."
-        return self.table.o[len(prefix):] if self.table.o.startswith(prefix) else None
-
     @property
     def base(self) -> nn.Module:
         return _get(self.model, self.table.base)
@@ -156,15 +108,18 @@ class Arch:
     # ---- inputs / outputs ----------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.table.token_types:
-            return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        return self.embeddings(input_ids=input_ids)
+            x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        else:
+            x = self.embeddings(input_ids=input_ids)
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA when embedding_size != hidden_size
+        return x if project is None else project(x)
 
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """Sequence-classification logits from the final hidden states (B, T, d) -> (B, C). Eval mode."""
         m, kind = self.model, self.table.cls_head
         if kind == "pooler":
             return m.classifier(self.base.pooler(hidden))
-        if kind == "roberta":
+        if kind == "hidden":  # the head reads hidden[:, 0] itself (RoBERTa, XLM-R: tanh; ELECTRA: gelu)
             return m.classifier(hidden)
         if kind == "distilbert":
             return m.classifier(torch.relu(m.pre_classifier(hidden[:, 0])))

@@ -12,6 +12,7 @@ import torch
 import transformers
 from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
 
+from . import hf
 from .arch import Arch
 from .physical import prune_physically, shape_masks
 
@@ -54,32 +55,57 @@ def pruned_shape(model) -> dict:
             "neurons_per_layer": [arch.neurons_in_layer(i) for i in range(arch.num_layers)]}
 
 
-def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
-    """Write a (physically pruned) model: model.safetensors, config.json, tokenizer files and kprune.json.
+def _stock_class_name(model) -> str:
+    """The stock transformers class a (possibly reloaded pruned) model is built on."""
+    return next(c.__name__ for c in type(model).__mro__ if c.__module__.startswith("transformers."))
 
+
+def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+    """Write a (physically pruned) model: model.safetensors, config.json, the model code, tokenizer files and
+    kprune.json.
+
+    config.json names a kprune model type with the per-layer shapes and an `auto_map`, and the code files
+    (`hf.CODE_FILES`) travel with it, so stock transformers loads the folder with `trust_remote_code=True`.
     info: extra provenance for kprune.json (kept unit indices, constraint, FLOPs, hyper-parameters …).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shape = pruned_shape(model)
     model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    model.config.save_pretrained(out_dir)
+    hf.pruned_config(model, shape["heads_per_layer"], shape["neurons_per_layer"]).save_pretrained(out_dir)
+    hf.copy_code(out_dir)
     save_safetensors(model, str(out_dir / WEIGHTS_FILE))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
-    meta = {"architecture": type(model).__name__, **pruned_shape(model), **(info or {})}
+    meta = {"architecture": _stock_class_name(model), **shape, **(info or {})}
     (out_dir / KPRUNE_FILE).write_text(json.dumps(meta, indent=2))
     return out_dir
 
 
 def load_pruned(model_dir: str | Path):
-    """Rebuild a model written by `save_pruned` (dense skeleton from the config, shrunk, then weights loaded)."""
+    """Rebuild a model written by `save_pruned`: through the same pruned-model classes that stock transformers
+    loads (`hf.modeling_kprune`); folders written before those existed (a stock config.json) are rebuilt from
+    their dense skeleton, shrunk to the shape in kprune.json."""
     model_dir = Path(model_dir)
     try:
         meta = json.loads((model_dir / KPRUNE_FILE).read_text())
         config = transformers.AutoConfig.from_pretrained(model_dir)
-        cls = getattr(transformers, meta["architecture"])
-    except (OSError, ValueError, KeyError, AttributeError) as e:
+        if hf.is_pruned_type(config.model_type):
+            cls = getattr(hf.modeling_kprune, config.architectures[0])
+        else:
+            cls = getattr(transformers, meta["architecture"])
+    except (OSError, ValueError, KeyError, AttributeError, IndexError, TypeError) as e:
         raise ModelLoadError(f"{model_dir} is not a pruned model folder written by kprune: {_first_line(e)}") from None
+    if hf.is_pruned_type(config.model_type):
+        try:
+            model, report = cls.from_pretrained(model_dir, config=config, dtype=torch.float32, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"could not load the pruned model {model_dir}: {_first_line(e)}") from None
+        bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            raise ModelLoadError(f"{model_dir}/{WEIGHTS_FILE} does not match its config.json ({bad}); "
+                                 "re-save the model with kprune")
+        return model.eval()
     model = cls(config).to(torch.float32)
     arch = Arch(model)
     prune_physically(model, *shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size))

@@ -28,6 +28,14 @@ def tiny_config(arch: str, num_labels: int = 2, **kw):
         return transformers.RobertaConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
                                           intermediate_size=f, max_position_embeddings=70, num_labels=num_labels,
                                           pad_token_id=1)
+    if arch == "xlm-roberta":
+        return transformers.XLMRobertaConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
+                                             intermediate_size=f, max_position_embeddings=70, num_labels=num_labels,
+                                             pad_token_id=1)
+    if arch == "electra":  # embedding_size != hidden_size: the embeddings are projected (embeddings_project)
+        return transformers.ElectraConfig(vocab_size=v, embedding_size=h // 2, hidden_size=h, num_attention_heads=n,
+                                          num_hidden_layers=L, intermediate_size=f, max_position_embeddings=64,
+                                          num_labels=num_labels)
     if arch == "distilbert":
         return transformers.DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f,
                                              max_position_embeddings=64, num_labels=num_labels)
@@ -66,7 +74,7 @@ def random_batches(n_batches: int = 3, batch: int = 4, max_len: int = 12, vocab:
     return out
 
 
-ARCHS = ["bert", "roberta", "distilbert"]
+ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra"]
 
 
 def needs_shared(path: Path):

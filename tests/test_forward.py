@@ -104,5 +104,5 @@ def test_unknown_architecture_is_named():
     import transformers
 
     cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
-    with pytest.raises(UnsupportedArchitecture, match="supported: bert, distilbert, roberta"):
+    with pytest.raises(UnsupportedArchitecture, match="supported: bert, distilbert, electra, roberta, xlm-roberta"):
         Arch(transformers.GPT2ForSequenceClassification(cfg))

@@ -20,7 +20,7 @@ def test_round_trip_logits(tmp_path, arch, qa):
     prune_physically(model, hm, nm)
     save_pruned(model, tmp_path / "m", info={"constraint": 0.5})
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert files == ["config.json", "kprune.json", "model.safetensors"]
+    assert files == ["config.json", "configuration_kprune.py", "kprune.json", "model.safetensors", "modeling_kprune.py"]
     meta = json.loads((tmp_path / "m" / "kprune.json").read_text())
     assert meta["heads_per_layer"] == [2, 0] and meta["constraint"] == 0.5
     loaded = load_pruned(tmp_path / "m")
