@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from .api import check_task_head, compute_batch_tokens, resolve_device
-from .arch import TABLES, Arch
+from .arch import TABLES, Arch, base_type
 from .baselines import run_method
 from .batching import make_batches, mean_length, sample_batches, sample_indices, tokenize
 from .config import GLUE_BATCH_SIZE, PruneConfig
@@ -325,7 +325,7 @@ def saved_masks(model_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / KPRUNE_FILE).read_text())
     config = json.loads((model_dir / "config.json").read_text())  # the dense model's config
-    table = TABLES[config["model_type"]]
+    table = TABLES[base_type(config["model_type"])]  # "kprune-bert" is laid out as "bert"
     L = len(meta["kept_heads"])
     hm = torch.zeros(L, int(config[table.heads_attr]), dtype=torch.bool)
     nm = torch.zeros(L, int(config[table.ffn_attr]), dtype=torch.bool)

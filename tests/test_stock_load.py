@@ -179,3 +179,16 @@ def test_inconsistent_config_is_one_clear_error(folders, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="2 head counts .* 3 layers"):
         load_pruned(folder)
+
+
+def test_workbook_reads_the_kept_units_of_a_new_folder(tmp_path):
+    from kprune_lib.workbook import saved_masks
+
+    model = tiny_model("electra", layers=2)
+    hm = torch.tensor([[True, False, True, False], [False] * 4])
+    nm = torch.arange(Arch(model).ffn_size).expand(2, -1) % 3 == 0
+    prune_physically(model, hm, nm)
+    kept = {"kept_heads": [r.nonzero().flatten().tolist() for r in hm],
+            "kept_neurons": [r.nonzero().flatten().tolist() for r in nm]}
+    h, n = saved_masks(save_pruned(model, tmp_path / "m", info=kept))
+    assert torch.equal(h, hm) and torch.equal(n, nm)
