@@ -208,3 +208,11 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, de
     return _finetune(model, task, output, data_dir=data_dir, config=cfg, device=resolve_device(device),
                      overwrite=overwrite, progress=progress, train_file=train_file, eval_file=eval_file,
                      split_articles=split_articles, split_seed=split_seed)
+
+def export_onnx(model: str, output: str, opset: int = 18, int8: bool = False, overwrite: bool = False,
+                check: bool = True) -> dict:
+    """Export a pruned OUT/model folder (or a dense checkpoint) to one ONNX file, checked in onnxruntime;
+    int8=True writes onnxruntime's dynamically quantized graph. See `kprune_lib.onnx_export.export_onnx`."""
+    from .onnx_export import export_onnx as _export  # onnx, onnxscript, onnxruntime: the `onnx` extra
+
+    return _export(model, output, opset=opset, int8=int8, overwrite=overwrite, check=check)
