@@ -1,6 +1,7 @@
 """The public API behind the CLI: `prune` and `evaluate` take the same names as the command options."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -18,6 +19,7 @@ from .evaluate import evaluate_glue
 from .flops import encoder_params
 from .glue_data import load_glue
 from .io import atomic_dir, load_model, save_pruned
+from .model_card import reproduction, write_model_card
 from .physical import prune_physically
 from .baselines import resolve_method, run_method
 from .finetune import FinetuneConfig, finetune as _finetune
@@ -106,8 +108,10 @@ def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "
 def prune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
           overwrite: bool = False, progress: bool = True, config: PruneConfig | None = None,
           train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
-          split_seed: int = 0, seq_len: float | str | None = None, **overrides) -> dict:
-    """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ and OUT/summary.json atomically.
+          split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None, **overrides) -> dict:
+    """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ (with its model card README.md)
+    and OUT/summary.json atomically. command: the command line that ran this, for the model card (default: the
+    equivalent `kprune prune …` and Python call are written).
 
     SQuAD only: train_file (the file the pruning sample is drawn from), eval_file, split_articles (take that
     fraction of the evaluation file's articles as the sample side, seeded by split_seed; evaluate on the rest),
@@ -117,7 +121,11 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
     Returns the summary dict.
     """
-    cfg = resolve_method(replace(config or PruneConfig(), **overrides))
+    requested = replace(config or PruneConfig(), **overrides)
+    cfg = resolve_method(requested)
+    call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
+            "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
+            "split_seed": split_seed, "seq_len": seq_len}
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
                split_seed=split_seed, seq_len=seq_len)
@@ -192,6 +200,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_pruned(m.cpu(), tmp / "model", tok, info)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items() if p.default is not p.empty}
+        write_model_card(tmp / "model", summary, *reproduction(call, requested, defaults, command))
     return summary
 
 
@@ -208,6 +218,7 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, de
     return _finetune(model, task, output, data_dir=data_dir, config=cfg, device=resolve_device(device),
                      overwrite=overwrite, progress=progress, train_file=train_file, eval_file=eval_file,
                      split_articles=split_articles, split_seed=split_seed)
+
 
 def export_onnx(model: str, output: str, opset: int = 18, int8: bool = False, overwrite: bool = False,
                 check: bool = True) -> dict:
