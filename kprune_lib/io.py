@@ -97,10 +97,15 @@ def load_pruned(model_dir: str | Path):
     except (OSError, ValueError, KeyError, AttributeError, IndexError, TypeError) as e:
         raise ModelLoadError(f"{model_dir} is not a pruned model folder written by kprune: {_first_line(e)}") from None
     if hf.is_pruned_type(config.model_type):
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # quiet, as before (one small file)
         try:
             model, report = cls.from_pretrained(model_dir, config=config, dtype=torch.float32, output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelLoadError(f"could not load the pruned model {model_dir}: {_first_line(e)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
             raise ModelLoadError(f"{model_dir}/{WEIGHTS_FILE} does not match its config.json ({bad}); "

@@ -192,3 +192,16 @@ def test_workbook_reads_the_kept_units_of_a_new_folder(tmp_path):
             "kept_neurons": [r.nonzero().flatten().tolist() for r in nm]}
     h, n = saved_masks(save_pruned(model, tmp_path / "m", info=kept))
     assert torch.equal(h, hm) and torch.equal(n, nm)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):
+    """from_pretrained would initialise a missing tensor at random; load_pruned refuses instead."""
+    import shutil
+
+    _, dirs, _ = folders
+    folder = shutil.copytree(dirs["roberta", False], tmp_path / "bad")
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    del tensors["classifier.out_proj.weight"]
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+    with pytest.raises(ModelLoadError, match="classifier.out_proj.weight.*re-save"):
+        load_pruned(folder)
