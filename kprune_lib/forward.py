@@ -35,6 +35,13 @@ def ffn_activations(arch: Arch, i: int, x: torch.Tensor) -> torch.Tensor:
     return arch.module(i, "act")(arch.module(i, "ffn_in")(x))
 
 
+def kept_ffn_activations(arch: Arch, i: int, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The activations of layer i's FFN neurons idx (k,) only: (B, T, d) -> (B, T, k), k of the N rows of its input
+    projection (the others are never formed)."""
+    lin = arch.module(i, "ffn_in")
+    return arch.module(i, "act")(F.linear(x, lin.weight[idx], None if lin.bias is None else lin.bias[idx]))
+
+
 def projection_input(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """a_s, the input of sublayer s's output projection."""
     return mha_context(arch, s // 2, x, bias) if s % 2 == 0 else ffn_activations(arch, s // 2, x)

@@ -28,19 +28,51 @@ def sublayer_masks(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tenso
     return masks
 
 
+class _Probe(torch.autograd.Function):
+    """x ↦ x · m for a mask m that is all ones: the forward is the identity, the backward passes x's gradient on
+    unchanged and gives m the gradient that multiplying by m would give, Σ_tokens ∂L/∂(x·m) ⊙ x — without forming
+    the two products. x: (B, T, w); m: (B, w) per-example rows or (w,)."""
+
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.save_for_backward(x)
+        ctx.per_example = m.dim() == 2
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return grad, None
+        prod = grad * x
+        return grad, (prod.sum(1) if ctx.per_example else prod.sum((0, 1)))
+
+
 def _drop_bias(module, _inputs, output):
     """Forward hook of a fully pruned sublayer: it contributes nothing, its bias goes with its units (spec)."""
     return output - module.bias.to(output.dtype)  # W·0 + b − b: exactly zero, and the mask stays in the graph
 
 
 @contextmanager
-def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor]) -> Iterator[None]:
+def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor],
+                probes: Mapping[int, torch.Tensor] | None = None) -> Iterator[None]:
     """Multiply the input of each sublayer's output projection by its mask; hooks always removed.
 
     A mask with no unit left makes the sublayer contribute nothing at all (its output projection's bias is
-    dropped too), so that it becomes LayerNorm(X), as in the spec and the physically pruned model."""
+    dropped too), so that it becomes LayerNorm(X), as in the spec and the physically pruned model.
+    probes: {s: all-ones mask leaf} whose gradient is wanted (the undecided sublayers of the pruning loop): the same
+    gradient as a mask of ones, without the multiplications (`_Probe`)."""
     handles = []
     try:
+        for s, m in (probes or {}).items():
+            proj = arch.out_proj(s)
+            if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:
+                raise ValueError(f"probe for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},) "
+                                 f"or (batch, {proj.in_features})")
+            if s in masks:
+                raise ValueError(f"sublayer {s} has both a mask and a probe")
+            handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (_Probe.apply(inp[0], m),)
+                                                          + tuple(inp[1:])))
         for s, m in masks.items():
             proj = arch.out_proj(s)
             if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:

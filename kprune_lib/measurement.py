@@ -101,8 +101,8 @@ def group_gradients(example_grads: torch.Tensor, groups: torch.Tensor, n_groups:
     """Per-example mask gradients (B, w) -> their sums per sample batch (n_groups, w), float64.
 
     groups: (B,) the draw-order batch of each example (the batch whose mean loss the paper differentiates)."""
-    out = torch.zeros(n_groups, example_grads.shape[-1], dtype=torch.float64, device=example_grads.device)
-    return out.index_add_(0, groups, example_grads.detach().double())
+    one_hot = F.one_hot(groups, n_groups).T.to(torch.float64)  # (n_groups, B)
+    return one_hot @ example_grads.detach().double()
 
 
 def predictive_knowledge(group_grad_sums: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
@@ -118,14 +118,23 @@ def empirical_fisher(example_grads: torch.Tensor, batch_sizes: torch.Tensor) -> 
     return 0.5 * ((example_grads.detach().double() / batch_sizes[:, None].double()) ** 2).sum(0)
 
 
+def squared_activation_sums(a: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Σ over real tokens of a_i², per input dim i of a projection: a (B, T, n), token_mask (B, T) -> (n,) float32."""
+    a = a.detach().float().reshape(-1, a.shape[-1])
+    return token_mask.reshape(1, -1).to(a.dtype).matmul(a * a).squeeze(0)
+
+
+def representational_knowledge(sq_sums: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """K_rep per input dim i of a projection: Σ_tokens a_i² · mean_j W_{j,i}² (sq_sums (n,); weight (d, n))."""
+    return sq_sums * weight.detach().to(sq_sums.dtype).pow(2).mean(dim=0)
+
+
 def representational_knowledge_increment(a: torch.Tensor, weight: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """One batch's contribution to K_rep per input dim i of a projection: Σ_tokens a_i² · mean_j W_{j,i}².
 
     a: (B, T, n) projection inputs; weight: (d, n); token_mask: (B, T) 1 for real tokens.
     """
-    a = a.detach().float()
-    sq = (a * a * token_mask[..., None].float()).sum(dim=(0, 1))  # (n,)
-    return sq * weight.detach().float().pow(2).mean(dim=0)
+    return representational_knowledge(squared_activation_sums(a, token_mask), weight)
 
 
 def per_unit(per_dim: torch.Tensor, width: int) -> torch.Tensor:
@@ -178,23 +187,23 @@ class KnowledgeSums:
             self.grad_sums = {t: torch.zeros(groups.n, w, **f64) for t, w in widths.items()}  # (n_groups, w_t)
         else:
             self.k_pred = {t: torch.zeros(w, **f64) for t, w in widths.items()}  # (w_t,)
-        self.k_rep = {t: torch.zeros(w, device=device) for t, w in widths.items()}  # (w_t,) float32
+        self.sq_sums = {t: torch.zeros(w, **f64) for t, w in widths.items()}  # (w_t,) Σ_tokens a², K_rep's sum
 
-    def add(self, j: int, t: int, grads: list[torch.Tensor], a: torch.Tensor, weight: torch.Tensor,
-            token_mask: torch.Tensor) -> None:
+    def add(self, j: int, t: int, grads: list[torch.Tensor], a: torch.Tensor, token_mask: torch.Tensor) -> None:
         """Compute batch j's share for sublayer t. grads: per objective, the mask gradients (B, w_t) (one row per
-        example); a: projection inputs (B, T, w_t); weight: the output projection (d, w_t); token_mask (B, T)."""
+        example); a: projection inputs (B, T, w_t); token_mask (B, T)."""
         rows = self.groups.rows[j]
         for g in grads:
             if self.form == "batch":
                 self.grad_sums[t] += group_gradients(g, rows, self.groups.n)
             else:  # per-example forms, on the batch-mean loss's scale (summed over directions)
                 self.k_pred[t] += empirical_fisher(g, self.groups.sizes[rows])
-        self.k_rep[t] += representational_knowledge_increment(a, weight, token_mask)
+        self.sq_sums[t] += squared_activation_sums(a, token_mask)
 
-    def per_unit(self, t: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_unit(self, t: int, width: int, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(K_rep, K_pred) of sublayer t per unit (heads: width d_h, neurons: 1), K_rep per real token and K_pred
-        per example, float32."""
+        per example, float32. weight: sublayer t's output projection (d, w_t), unchanged while t is undecided."""
         k_pred = predictive_knowledge(self.grad_sums[t], self.groups.sizes) if self.form == "batch" else self.k_pred[t]
-        return (per_unit(self.k_rep[t] / self.groups.n_tokens, width),
+        k_rep = representational_knowledge(self.sq_sums[t], weight).float()
+        return (per_unit(k_rep / self.groups.n_tokens, width),
                 per_unit((k_pred / self.groups.n_examples).float(), width))

@@ -1,12 +1,13 @@
 """The K-prune loop (paper Algorithm 1), bottom-up over the 2L sublayers (even s: attention of layer s/2, odd s:
 its FFN). For s = 0 … 2L−1:
 
-1. measure (§4.1, §4.3), one pass over the sample (`_measure`): the knowledge K_pred, K_rep of every undecided
-   sublayer t ≥ s (`measurement.KnowledgeSums`) and the normal equations of sublayer s (`tuning.NormalEquations`);
+1. measure (§4.1), one pass over the sample (`_measure`): the knowledge K_pred, K_rep of every undecided
+   sublayer t ≥ s (`measurement.KnowledgeSums`);
 2. search, KPMS (§4.2): importance scores of every unit of t ≥ s, one threshold over them, sublayer s keeps its
    units above it (`_scores`, `search.kpms_step`);
-3. tune, KPWT (§4.3): solve for the kept units' weights and write them; a sublayer with nothing left drops its bias
-   and becomes LayerNorm(X) (`tuning.kpwt_step`);
+3. tune, KPWT (§4.3): the normal equations of the kept units over the sample (`_normal_equations`, on what the
+   measurement pass held: no forward through the model), solve for their weights and write them; a sublayer with
+   nothing left drops its bias and becomes LayerNorm(X) (`tuning.kpwt_step`);
 4. advance to s + 1 (`schedules`: "naive" re-runs the student from the embeddings next time, "cached" moves its held
    student input through the tuned sublayer s).
 
@@ -28,7 +29,6 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
-from .forward import projection_input
 from .masks import head_dims
 from .measurement import PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives
 from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
@@ -166,17 +166,18 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
             sched.prepare_teacher()
         for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
-            # 1. measure: knowledge of every sublayer t ≥ s, normal equations of s (one pass over the sample)
-            know, eqs = _measure(run, s)
+            # 1. measure: knowledge of every sublayer t ≥ s (one pass over the sample)
+            know = _measure(run, s)
             # 2. search (KPMS): scores {t ≥ s: (units_t,)} -> keep (units_s,) bool, threshold τ, budget left
             with clock("score_search"):
                 scores = _scores(arch, s, know, unit_flops, lam_rep, lam_pred, mu,
                                  knowledge.setdefault(s, {}) if record_knowledge else None)
                 keep, tau, budget = kpms_step(scores, unit_flops, s, budget)
                 keep_units[s], target_scores[s] = keep, scores[s].cpu()
-            # 3. tune (KPWT): solve on the kept dims idx (k,), write the weights (bias zeroed if k = 0)
+            # 3. tune (KPWT): normal equations of the kept dims idx (k,), solve, write the weights (bias zeroed if k = 0)
+            idx = _dims(arch, s, keep)
+            eqs = _normal_equations(run, s, idx)
             with clock("tuning_solve"):
-                idx = _dims(arch, s, keep)
                 tuned = kpwt_step(arch.out_proj(s), eqs, idx, tuning, ridge, damping)
                 fixed[s] = torch.zeros_like(fixed[s]).index_fill_(0, idx, 1.0)
             # 4. advance to s + 1 with sublayer s decided
@@ -206,48 +207,41 @@ def _validate(batches, schedule, autocast, pred_knowledge, gold_first) -> None:
 
 
 # ---- 1. measure -----------------------------------------------------------------------------------------------------
-def _measure(run: _Run, s: int) -> tuple[KnowledgeSums, NormalEquations]:
-    """Step 1 of iteration s, one pass over the sample. Measures
-    - the knowledge of every undecided sublayer t ≥ s (paper §4.1): K_pred from per-example mask gradients (one
-      backward of the objective summed over examples), K_rep from the projection inputs a_t;
-    - the normal equations of sublayer s (paper §4.3): AᵀA, AᵀR with A = a_s (tokens, w_s) and
-      R = Y_s − X_s − b_s (tokens, d), Y_s the teacher's pre-LayerNorm sum. A does not depend on the output
-      projection being tuned, so this pass gives it: tuning needs no forward of its own."""
+def _measure(run: _Run, s: int) -> KnowledgeSums:
+    """Step 1 of iteration s, one pass over the sample: the knowledge of every undecided sublayer t ≥ s (paper §4.1),
+    K_pred from per-example mask gradients (one backward of the objective summed over examples), K_rep from the
+    projection inputs a_t. The schedule holds what tuning sublayer s will need (`Schedule.hold`)."""
     arch, n_sub = run.arch, run.n_sub
     device = run.fixed[s].device
     know = KnowledgeSums({t: arch.out_proj(t).in_features for t in range(s, n_sub)}, run.groups, run.pred_knowledge,
                          device)
-    eqs = NormalEquations.zeros(arch.out_proj(s).in_features, arch.hidden, device)
     for j, b in enumerate(tqdm(run.schedule.batches, desc=f"sublayer {s}", leave=False, disable=not run.progress)):
-        _measure_batch(run, s, j, b, know, eqs)
-    return know, eqs
+        _measure_batch(run, s, j, b, know)
+    return know
 
 
-def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums, eqs: NormalEquations) -> None:
+def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums) -> None:
     """Batch j's share of iteration s's measurement; its autograd graph and activations go on return."""
     arch, sched, clock = run.arch, run.schedule, run.clock
-    tok = b["attention_mask"]  # (B, T)
     with clock("measure_forward_backward"):
         B = b["input_ids"].shape[0]
-        # mask leaves {t: (B, w_t)}, one row per example; naive: from t = 0 (decided masks too), cached: t ≥ s
-        leaves = {t: run.fixed[t].expand(B, -1).clone().requires_grad_(True)
-                  for t in range(sched.first_sublayer(s), run.n_sub)}
-        x_s, feats, out = sched.forward(j, s, leaves)  # X_s (B, T, d); feats {t ≥ s: a_t (B, T, w_t)}
+        # per-example leaves, one row per example: all-ones probes on the undecided sublayers t ≥ s; naive also
+        # puts the decided masks t < s in as leaves (its backward goes to the bottom, as the reference's)
+        masks = {t: run.fixed[t].expand(B, -1).clone().requires_grad_(True)
+                 for t in range(sched.first_sublayer(s), s)}
+        probes = {t: run.fixed[t].new_ones(B, arch.out_proj(t).in_features).requires_grad_(True)
+                  for t in range(s, run.n_sub)}
+        x_s, feats, out = sched.forward(j, s, masks, probes)  # X_s (B, T, d); feats {t ≥ s: a_t (B, T, w_t)}
         target = sched.soft_target(j, out)
         gold = b["labels"] if run.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
         objs = objectives(out, target, sched.problem, sched.temperature, run.pred_knowledge, gold)
-        grad_sets = [torch.autograd.grad(y, list(leaves.values()), retain_graph=k < len(objs) - 1)
-                     for k, y in enumerate(objs)]  # per objective: {t: (B, w_t)} in leaves' order
+        leaves = list(masks.values()) + list(probes.values())
+        grad_sets = [torch.autograd.grad(y, leaves, retain_graph=k < len(objs) - 1)[len(masks):]
+                     for k, y in enumerate(objs)]  # per objective: the probes' gradients (B, w_t), t = s … 2L−1
     with clock("knowledge_accumulate"):
-        for i, t in enumerate(leaves):
-            if t >= s:
-                know.add(j, t, [grads[i] for grads in grad_sets], feats[t], arch.out_proj(t).weight, tok)
-    with clock("tuning_accumulate"), torch.no_grad():
-        y_teacher = sched.teacher_target(j, s, x_s)  # Y_s (B, T, d)
-        x_s = x_s.detach().float()
-        a_s = feats[s] if sched.autocast is None else projection_input(arch, s, x_s, sched.biases[j])  # fp32 for KPWT
-        eqs.add(a_s, y_teacher - x_s - arch.out_proj(s).bias, tok)
-        sched.hold_context(j, s, a_s)
+        for i, t in enumerate(probes):
+            know.add(j, t, [grads[i] for grads in grad_sets], feats[t], b["attention_mask"])
+    sched.hold(j, s, x_s, feats[s])
 
 
 # ---- 2. search ------------------------------------------------------------------------------------------------------
@@ -258,7 +252,7 @@ def _scores(arch: Arch, s: int, know: KnowledgeSums, unit_flops: dict[int, float
     record: if given, receives {t: {"k_pred", "k_rep", "score"}} per-unit tensors on the CPU."""
     scores = {}
     for t in range(s, 2 * arch.num_layers):
-        kr, kp = know.per_unit(t, _unit_width(arch, t))
+        kr, kp = know.per_unit(t, _unit_width(arch, t), arch.out_proj(t).weight)
         scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
         if record is not None:
             record[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
@@ -266,6 +260,24 @@ def _scores(arch: Arch, s: int, know: KnowledgeSums, unit_flops: dict[int, float
             raise NonFiniteScores(f"non-finite importance scores at sublayer {t} while pruning sublayer {s}: "
                                   "the model or the sample produces NaN/Inf; check the checkpoint and inputs")
     return scores
+
+
+# ---- 3. tune --------------------------------------------------------------------------------------------------------
+def _normal_equations(run: _Run, s: int, idx: torch.Tensor) -> NormalEquations:
+    """The normal equations of KPWT for sublayer s on its kept dims idx (k,) (paper §4.3): AᵀA, AᵀR with A the kept
+    projection inputs (tokens, k) and R = Y_s − X_s − b_s (tokens, d), Y_s the teacher's pre-LayerNorm sum, over the
+    sample's real tokens. Formed after the search, on the kept dims only: a fraction k/w of AᵀR's work and (k/w)²
+    of AᵀA's."""
+    arch, sched = run.arch, run.schedule
+    bias = arch.out_proj(s).bias
+    eqs = NormalEquations.zeros(len(idx), arch.hidden, run.fixed[s].device)
+    with run.clock("tuning_accumulate"), torch.no_grad():
+        for j, b in enumerate(sched.batches):
+            x_s = sched.tuning_input(j, s)  # X_s (B, T, d) float32
+            y_teacher = sched.teacher_target(j, s, x_s)  # Y_s (B, T, d)
+            residual = y_teacher - x_s if bias is None else y_teacher - x_s - bias
+            eqs.add(sched.kept_projection_input(j, s, x_s, idx), residual, b["attention_mask"])
+    return eqs
 
 
 # ---- the per-sublayer record ----------------------------------------------------------------------------------------

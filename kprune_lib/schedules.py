@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .arch import Arch
-from .forward import attention_bias, sublayer, sublayer_from_input
+from .forward import attention_bias, kept_ffn_activations, projection_input, sublayer, sublayer_from_input
 from .masks import apply_masks
 from .measurement import teacher_signal
 
@@ -74,6 +74,7 @@ class Schedule:
         self.n_sub = 2 * arch.num_layers
         self.targets: list = [None] * len(batches)  # soft targets per batch, filled by the teacher
         self.biases = [attention_bias(b["attention_mask"], arch.model.dtype) for b in batches]  # (B, 1, 1, T)
+        self.contexts: list[torch.Tensor | None] = [None] * len(batches)  # attention sublayer s: a_s (B, T, w_s)
 
     # ---- teacher ------------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
@@ -103,15 +104,17 @@ class Schedule:
         """(B, T, d): the student's input to sublayer `first_sublayer(s)` on batch j."""
         raise NotImplementedError
 
-    def forward(self, j: int, s: int, leaves: dict[int, torch.Tensor]):
-        """The measurement forward of batch j at iteration s, with the mask leaves {t: (B, w_t)} applied and under
-        autocast if asked: the student from `first_sublayer(s)` up to the task head.
+    def forward(self, j: int, s: int, masks: dict[int, torch.Tensor], probes: dict[int, torch.Tensor]):
+        """The measurement forward of batch j at iteration s, with the decided sublayers' mask leaves {t < s: (B, w_t)}
+        (naive) and the undecided ones' all-ones probes {t ≥ s: (B, w_t)} applied, under autocast if asked: the
+        student from `first_sublayer(s)` up to the task head.
 
         Returns x_s (B, T, d) the student's input to sublayer s, feats {t ≥ s: a_t (B, T, w_t)} the projection
         inputs, and the head's output (logits (B, C), (B, 1), or QA's start/end (B, T) each)."""
         h, feats = self.student_input(j, s), {}
         dtype = AUTOCAST[self.autocast] or torch.float32
-        with apply_masks(self.arch, leaves), torch.autocast(self.device.type, dtype, enabled=self.autocast is not None):
+        with apply_masks(self.arch, masks, probes), \
+                torch.autocast(self.device.type, dtype, enabled=self.autocast is not None):
             for t in range(self.first_sublayer(s), self.n_sub):
                 if t == s:
                     x_s = h
@@ -125,8 +128,28 @@ class Schedule:
     def _observe(self, j: int, s: int, t: int, h: torch.Tensor, y: torch.Tensor) -> None:
         """Sees each sublayer t of the measurement forward: its output LayerNorm(Y_t) h and its sum Y_t (B, T, d)."""
 
-    def hold_context(self, j: int, s: int, a_s: torch.Tensor) -> None:
-        """Sees sublayer s's float32 projection input a_s (B, T, w_s) of batch j, as used for tuning."""
+    def hold(self, j: int, s: int, x_s: torch.Tensor, a_s: torch.Tensor) -> None:
+        """After batch j's measurement forward at iteration s: keep what tuning needs once the kept dims are known.
+        x_s: the student's input X_s (B, T, d); a_s: sublayer s's projection input (B, T, w_s), as computed
+        (reduced precision under autocast). An attention sublayer's context vectors are held (float32): tuning takes
+        the kept heads' columns and the advance reuses them, so Q/K/V and the attention are never recomputed."""
+        if s % 2 == 0:
+            if self.autocast is not None:
+                a_s = projection_input(self.arch, s, x_s.detach().float(), self.biases[j])
+            self.contexts[j] = a_s.detach().float()
+        else:
+            self.contexts[j] = None
+
+    def tuning_input(self, j: int, s: int) -> torch.Tensor:
+        """X_s (B, T, d) of batch j, float32, for the normal equations of sublayer s."""
+        raise NotImplementedError
+
+    def kept_projection_input(self, j: int, s: int, x_s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The kept dims idx (k,) of sublayer s's projection input on batch j, (B, T, k) float32: the held context's
+        columns (attention), or the kept neurons' activations computed from X_s alone (FFN: k of the N input rows)."""
+        if s % 2 == 0:
+            return self.contexts[j][..., idx]
+        return kept_ffn_activations(self.arch, s // 2, x_s, idx)
 
     def advance(self, s: int, mask: torch.Tensor) -> None:
         """After sublayer s is searched and tuned (mask (w_s,): its kept dims): move on to s + 1."""
@@ -139,6 +162,7 @@ class NaiveSchedule(Schedule):
         """As the base; the teacher's Y_t of every sublayer are held too: from the float32 pass with autocast, else
         from iteration 0's forward (`_observe`)."""
         self.sums: list[list[torch.Tensor]] = [[] for _ in self.batches]  # sums[j][t]: Y_t (B, T, d)
+        self.inputs: list[torch.Tensor | None] = [None] * len(self.batches)  # X_s (B, T, d) of the current s
         if self.autocast is not None:
             self.targets, self.sums = teacher_pass(self.arch, self.batches, self.problem, self.temperature,
                                                    keep_sums=True)
@@ -157,6 +181,14 @@ class NaiveSchedule(Schedule):
     def teacher_target(self, j, s, x_s):
         return self.sums[j][s]
 
+    def hold(self, j, s, x_s, a_s):
+        """As the base, and X_s itself: this schedule holds no student stream."""
+        super().hold(j, s, x_s, a_s)
+        self.inputs[j] = x_s.detach().float()
+
+    def tuning_input(self, j, s):
+        return self.inputs[j]
+
 
 class CachedSchedule(Schedule):
     """Ours: the student's input X_s and the teacher's stream are held over the sample and advanced per iteration."""
@@ -166,7 +198,6 @@ class CachedSchedule(Schedule):
         n = len(self.batches)
         self.student_x: list[torch.Tensor | None] = [None] * n  # X_s (B, T, d); None at s = 0 (embeddings recomputed)
         self.teacher_x: list[torch.Tensor | None] = [None] * n  # the teacher's input to s on real tokens (n, d)
-        self.contexts: list[torch.Tensor | None] = [None] * n  # attention sublayer s: a_s (B, T, w_s) for `advance`
         self._step: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # s = 0: the teacher's (LayerNorm(Y_0), Y_0)
 
     def first_sublayer(self, s: int) -> int:
@@ -190,9 +221,8 @@ class CachedSchedule(Schedule):
         self.teacher_x[j] = x_next[tok.bool()]  # real tokens only (see `unpack`)
         return y_teacher
 
-    def hold_context(self, j, s, a_s):
-        if s % 2 == 0:  # attention: the advance reuses the context vectors instead of recomputing Q/K/V
-            self.contexts[j] = a_s.detach()
+    def tuning_input(self, j, s):
+        return self.student_input(j, s).float()  # held X_s (s = 0: the embeddings, recomputed)
 
     def advance(self, s, mask):
         """X_{s+1} = sublayer s of the tuned, masked student applied to X_s, for every batch."""

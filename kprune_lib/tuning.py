@@ -41,21 +41,24 @@ class NormalEquations:
         self.rr += (R.double() ** 2).sum()
         self.tokens += A.shape[0]
 
-    def error(self, weight: torch.Tensor, idx: torch.Tensor) -> float:
-        """‖A_idx Wᵀ − R‖² for weight (d, k) acting on the dims idx, from the accumulated sums."""
+    def _restricted(self, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.gram, self.cross) if idx is None else (self.gram[idx][:, idx], self.cross[idx])
+
+    def error(self, weight: torch.Tensor, idx: torch.Tensor | None = None) -> float:
+        """‖A_idx Wᵀ − R‖² for weight (d, k) acting on the dims idx (None: all of A's), from the accumulated sums."""
         W = weight.double()
-        G, C = self.gram[idx][:, idx], self.cross[idx]
+        G, C = self._restricted(idx)
         return float(torch.einsum("dk,kl,dl->", W, G, W) - 2.0 * torch.einsum("dk,kd->", W, C) + self.rr)
 
-    def solve(self, idx: torch.Tensor, ridge: float = 1e-6, damping: float = 0.0,
+    def solve(self, idx: torch.Tensor | None = None, ridge: float = 1e-6, damping: float = 0.0,
               prior: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R; returns (W', ridge used or 0.0).
+        """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R (idx None: all of A's dims); returns (W', ridge used or 0.0).
 
         damping > 0 (K-prune+ candidate): min ‖A W'ᵀ − R‖² + δ‖W' − prior‖² with δ = damping · mean diag(AᵀA),
         i.e. (AᵀA + δI) W'ᵀ = AᵀR + δ priorᵀ — shrinks the fit toward the current weights (the dampening of
         OBS-style solvers, e.g. SparseGPT's 1 %), against over-fitting the sample."""
-        G, C = self.gram[idx][:, idx], self.cross[idx]
-        if damping > 0 and len(idx):
+        G, C = self._restricted(idx)
+        if damping > 0 and G.shape[0]:
             delta = damping * float(G.diagonal().mean())
             G = G + delta * torch.eye(len(idx), dtype=G.dtype, device=G.device)
             C = C + delta * prior.double().T
@@ -66,14 +69,17 @@ class NormalEquations:
 def kpwt_step(proj: torch.nn.Linear, eqs: NormalEquations, idx: torch.Tensor, tune: bool = True,
               ridge: float = 1e-6, damping: float = 0.0) -> tuple[float, float, float]:
     """One KPWT step for the target sublayer: solve for the kept projection-input dims idx (k,) and write the
-    weights, W (d, w) with the solution W' (d, k) in the kept columns and zeros elsewhere. A sublayer with no dim
+    weights, W (d, w) with the solution W' (d, k) in the kept columns and zeros elsewhere. eqs: the normal equations
+    of the kept dims (A = the projection inputs' columns idx, k wide). A sublayer with no dim
     left drops its bias too and becomes LayerNorm(X) (the authors' rule). tune=False keeps the kept columns' old
     weights (ablation); damping > 0 shrinks the solution toward them (`NormalEquations.solve`).
     Returns (‖A Wᵀ − R‖² before, after, ridge used or 0.0)."""
+    if eqs.gram.shape[0] != len(idx):
+        raise ValueError(f"normal equations over {eqs.gram.shape[0]} dims for {len(idx)} kept dims")
     w_old = proj.weight[:, idx]
-    err_before = eqs.error(w_old, idx)
-    w_new, used_ridge = eqs.solve(idx, ridge, damping, w_old) if tune else (w_old.double(), 0.0)
-    err_after = eqs.error(w_new, idx)
+    err_before = eqs.error(w_old)
+    w_new, used_ridge = eqs.solve(None, ridge, damping, w_old) if tune else (w_old.double(), 0.0)
+    err_after = eqs.error(w_new)
     weight = torch.zeros_like(proj.weight)
     weight[:, idx] = w_new.to(weight.dtype)
     proj.weight.copy_(weight)
