@@ -205,3 +205,14 @@ def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):
     save_file(tensors, str(folder / WEIGHTS_FILE))
     with pytest.raises(ModelLoadError, match="classifier.out_proj.weight.*re-save"):
         load_pruned(folder)
+
+
+def test_a_model_loaded_through_kprune_resaves_with_its_code(folders, tmp_path):
+    """save_pretrained of a model built by the registered classes writes the code files and auto_map again."""
+    _, dirs, models = folders
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(dirs["distilbert", True])
+    model.save_pretrained(tmp_path / "again")
+    assert {"configuration_kprune.py", "modeling_kprune.py"} <= {p.name for p in (tmp_path / "again").iterdir()}
+    cfg = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert cfg["auto_map"] == json.loads((dirs["distilbert", True] / "config.json").read_text())["auto_map"]
+    assert cfg["heads_per_layer"] == HEADS and cfg["model_type"] == "kprune-distilbert"

@@ -65,11 +65,15 @@ def is_pruned_type(model_type: str | None) -> bool:
 
 
 def register() -> None:
-    """Make the auto classes build pruned models from kprune folders without remote code."""
+    """Make the auto classes build pruned models from kprune folders without remote code; and make
+    `save_pretrained` of such a model write the code files beside it again (register_for_auto_class), so that a
+    re-saved folder still loads with stock transformers."""
     for config_class in CONFIGS.values():
         transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
     for c in MODEL_CLASSES:
         getattr(transformers, _auto_name(c)).register(c.config_class, c, exist_ok=True)
+        c.register_for_auto_class(_auto_name(c))
 
 
 __all__ = ["CODE_FILES", "MODEL_CLASSES", "PREFIX", "auto_map", "copy_code", "is_pruned_type", "pruned_class",
