@@ -216,3 +216,19 @@ def test_a_model_loaded_through_kprune_resaves_with_its_code(folders, tmp_path):
     cfg = json.loads((tmp_path / "again" / "config.json").read_text())
     assert cfg["auto_map"] == json.loads((dirs["distilbert", True] / "config.json").read_text())["auto_map"]
     assert cfg["heads_per_layer"] == HEADS and cfg["model_type"] == "kprune-distilbert"
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_reloaded_pruned_model_prunes_again(folders, tmp_path, arch):
+    """Progressive pruning: load_pruned -> prune_physically (per-layer masks of the current widths) -> save -> load."""
+    root, dirs, _ = folders
+    model = load_pruned(dirs[arch, False])
+    head_masks = [torch.tensor([True, False]), torch.zeros(0, dtype=torch.bool), torch.tensor([False, True, True])]
+    neuron_masks = [torch.arange(8) < 5, torch.arange(24) < 0, torch.zeros(0, dtype=torch.bool)]
+    prune_physically(model, head_masks, neuron_masks)
+    again = load_pruned(save_pruned(model, tmp_path / "again"))
+    a = Arch(again)
+    assert [a.heads_in_layer(i) for i in range(3)] == [1, 0, 2] and [a.neurons_in_layer(i) for i in range(3)] == [5, 0, 0]
+    inputs = load_file(str(root / f"{arch}-inputs.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
