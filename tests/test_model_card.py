@@ -4,7 +4,6 @@ import json
 import re
 import shlex
 
-import pytest
 import yaml
 
 from kprune_lib.cli import build_parser

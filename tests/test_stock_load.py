@@ -3,7 +3,6 @@ gives load_pruned's outputs; without trust_remote_code transformers refuses it; 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
