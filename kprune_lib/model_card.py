@@ -93,36 +93,52 @@ def _rows(header: list[str], rows: list[list]) -> list[str]:
            ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
-def model_card(summary: dict, config: dict, command: str | None = None, python: str | None = None) -> str:
-    """The card's text. summary: OUT/summary.json; config: OUT/model/config.json (dense head / FFN counts)."""
+def _results(summary: dict) -> list[str]:
+    """FLOPs, parameters and every dev metric, dense and pruned; the measured speedup if the summary has one."""
     task, metric = summary["task"], summary["metric"]
-    table = TABLES[base_type(config["model_type"])]
-    heads, ffn = config[table.heads_attr], config[table.ffn_attr]
-    removed = 100 * summary["flops_removed"]
-    base = hub_id(summary["model"])
-    hp = summary.get("hyperparameters", {})
-    lines = ["---", yaml.safe_dump(_front_matter(summary), sort_keys=False).rstrip(), "---", "",
-             f"# {Path(summary['model']).name} on {task}, pruned with K-prune ({removed:.1f} % of FLOPs removed)", "",
-             f"`{summary['model']}` ({'a hub checkpoint' if base else 'a local checkpoint folder'}) fine-tuned on "
-             f"**{task}**, with attention heads and FFN neurons removed by kprune (`--method {summary['method']}`) "
-             "without retraining: no gradient step was taken" + (
-                 "; the surviving output projections were re-fitted by least squares on a small sample of the "
-                 "training data" if hp.get("tuning") else "") + ". The layers now have different widths (table "
-             "below), so the folder carries its own model code (`modeling_kprune.py`).", "",
-             "## Results (dev set)", ""]
     rows = [[f"encoder FLOPs per example (GFLOPs, L_seq = {summary['seq_len']:.2f})",
              f"{summary['flops_dense'] / 1e9:.4f}", f"{summary['flops_pruned'] / 1e9:.4f}"],
             ["parameters (whole model)", f"{summary['params_dense']:,}", f"{summary['params_pruned']:,}"]]
     scale = "" if task in _DATASETS else " (×100)"
     rows += [[f"{m}{scale}" + (" (main)" if m == metric else ""), _metric_value(task, summary["dense"][m]),
               _metric_value(task, summary["pruned"][m])] for m in summary["dense"]]
-    lines += _rows(["", "dense", "pruned"], rows) + [""]
+    lines = _rows(["", "dense", "pruned"], rows) + [""]
     if "latency_speedup" in summary:
-        lines += [f"Measured speedup: **{summary['latency_speedup']:.2f}×** (dev set, batch "
-                  f"{summary.get('latency_batch_size', '?')}, {summary.get('device', 'cpu')}).", ""]
-    else:
-        lines += ["Speedup: not measured when this model was written (FLOPs ratio "
-                  f"{summary['flops_dense'] / summary['flops_pruned']:.2f}×).", ""]
+        return lines + [f"Measured speedup: **{summary['latency_speedup']:.2f}×** (dev set, batch "
+                        f"{summary.get('latency_batch_size', '?')}, {summary.get('device', 'cpu')}).", ""]
+    return lines + ["Speedup: not measured when this model was written (FLOPs ratio "
+                    f"{summary['flops_dense'] / summary['flops_pruned']:.2f}×).", ""]
+
+
+def _usage(task: str) -> list[str]:
+    head = "QuestionAnswering" if task in _DATASETS else "SequenceClassification"
+    return ["## Use it", "", "With stock transformers (the model code in this folder runs, hence `trust_remote_code`):",
+            "", "```python", f"from transformers import AutoModelFor{head}, AutoTokenizer", "",
+            'path = "."  # this folder, or its hub repository id',
+            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
+            f"model = AutoModelFor{head}.from_pretrained(path, trust_remote_code=True)", "```", "",
+            "With kprune installed, `import kprune_lib` registers the model classes (no `trust_remote_code` "
+            "needed), and `kprune_lib.load_pruned(path)` or `kprune evaluate --model path` load it too. "
+            "`kprune.json` records the kept unit indices and the pruning provenance.", ""]
+
+
+def model_card(summary: dict, config: dict, command: str | None = None, python: str | None = None) -> str:
+    """The card's text. summary: OUT/summary.json; config: OUT/model/config.json (dense head / FFN counts)."""
+    task = summary["task"]
+    table = TABLES[base_type(config["model_type"])]
+    heads, ffn = config[table.heads_attr], config[table.ffn_attr]
+    removed = 100 * summary["flops_removed"]
+    base = hub_id(summary["model"])
+    hp = summary.get("hyperparameters", {})
+    lines = ["---", yaml.safe_dump(_front_matter(summary), sort_keys=False).rstrip(), "---", "",
+             f"# {Path(summary['model']).name} on {task}, pruned with kprune ({removed:.1f} % of FLOPs removed)", "",
+             f"`{summary['model']}` ({'a hub checkpoint' if base else 'a local checkpoint folder'}) fine-tuned on "
+             f"**{task}**, with attention heads and FFN neurons removed by kprune (`--method {summary['method']}`) "
+             "without retraining: no gradient step was taken" + (
+                 "; the surviving output projections were re-fitted by least squares on a small sample of the "
+                 "training data" if hp.get("tuning") else "") + ". The layers now have different widths (table "
+             "below), so the folder carries its own model code (`modeling_kprune.py`).", "",
+             "## Results (dev set)", ""] + _results(summary)
     lines += ["## Method and hyper-parameters", "",
               f"K-prune ({PAPER}): knowledge measurement, knowledge-preserving mask search and weight tuning, "
               f"sublayer by sublayer; `{summary['method']}` is "
@@ -140,17 +156,7 @@ def model_card(summary: dict, config: dict, command: str | None = None, python: 
         lines += ["```bash", command, "```", ""]
     if python:
         lines += ["The same run from Python:" if command else "From Python:", "", "```python", python, "```", ""]
-    lines += ["## Use it", "", "With stock transformers (the model code in this folder runs, hence `trust_remote_code`):",
-              "", "```python", "from transformers import AutoModelFor{}, AutoTokenizer".format(
-                  "QuestionAnswering" if task in _DATASETS else "SequenceClassification"), "",
-              'path = "."  # this folder, or its hub repository id',
-              "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
-              "model = AutoModelFor{}.from_pretrained(path, trust_remote_code=True)".format(
-                  "QuestionAnswering" if task in _DATASETS else "SequenceClassification"), "```", "",
-              "With kprune installed, `import kprune_lib` registers the model classes (no `trust_remote_code` "
-              "needed), and `kprune_lib.load_pruned(path)` or `kprune evaluate --model path` load it too. "
-              "`kprune.json` records the kept unit indices and the pruning provenance.", "",
-              "## Citation", "", "```bibtex", BIBTEX, "```", ""]
+    lines += _usage(task) + ["## Citation", "", "```bibtex", BIBTEX, "```", ""]
     return "\n".join(lines)
 
 
