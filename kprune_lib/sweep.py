@@ -17,20 +17,20 @@ import logging
 import os
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
 
+from . import executors
 from .config import METHODS
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 POINT_NOTEBOOK = "04_prune_and_evaluate.py"
 RESULTS_NOTEBOOK = "05_results.py"
 GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "data_dir_fallback", "num_tokens",
-             "device", "parameters", "output_dir", "results_dir"}
+             "device", "parameters", "output_dir", "results_dir", "executor", "slurm"}
 TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters"}
 HUB_GLUE = "nyu-mll/glue"  # where GLUE data come from without a data_dir (kprune_lib.glue_data.load_hub)
 NO_FALLBACK = object()  # data_dir_fallback not given: a missing data_dir stays as written (its points fail)
@@ -109,6 +109,8 @@ class Grid:
     output_dir: Path
     results_dir: Path
     sources: dict[str, Source] = field(default_factory=dict)  # task -> where its model and data come from
+    executor: str = "local"  # where points run: local worker processes or SLURM jobs (kprune_lib.executors)
+    slurm: dict = field(default_factory=dict)  # the grid's `slurm:` options (executors.SlurmOptions)
 
 
 def _local(path: str | None, base: Path, must_exist: bool) -> str | None:
@@ -195,8 +197,14 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
                 for seed in seeds:
                     points.append(Point(str(task), method, float(c), seed, src.model, src.data_dir, int(num_tokens),
                                         device, extra))
+    try:
+        executor = executors.check_executor(spec.get("executor", "local"))
+        executors.slurm_options(spec.get("slurm"))
+    except executors.ExecutorError as e:
+        raise GridError(f"{path}: {e}") from None
     return Grid(points, Path(_local(spec.get("output_dir", "papermill_runs"), base, True)),
-                Path(_local(spec.get("results_dir", "results"), base, True)), sources)
+                Path(_local(spec.get("results_dir", "results"), base, True)), sources, executor,
+                dict(spec.get("slurm") or {}))
 
 
 # ---- fallbacks need the hub: check it before running anything ---------------------------------------------------
@@ -312,15 +320,15 @@ def run_point(point: Point, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) 
         return "failed"
 
 
-def _init_worker(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by the kernels the worker starts
-        os.environ[var] = str(threads)
-
-
-def run_sweep(grid_path: str | Path, workers: int = 1, output_dir: str | Path | None = None,
+def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str | Path | None = None,
               results_dir: str | Path | None = None, report: bool = True, report_only: bool = False,
-              notebooks_dir: Path = NOTEBOOKS_DIR, log=print) -> dict[str, list[str]]:
-    """Run every unfinished point (in `workers` processes), aggregate results.csv, render the report."""
+              notebooks_dir: Path = NOTEBOOKS_DIR, log=print, executor: str | None = None,
+              slurm: dict | None = None) -> dict[str, list[str]]:
+    """Run every unfinished point, aggregate results.csv, render the report.
+
+    executor (default: the grid's `executor:`, else local): "local" runs `workers` worker processes (default: one
+    per GPU, else one); "slurm" submits one job per point with the grid's `slurm:` options, overridden by `slurm`
+    (see executors.SlurmOptions). Settings are checked before any point runs or is submitted."""
     grid = load_grid(grid_path)
     out = Path(output_dir) if output_dir else grid.output_dir
     res = Path(results_dir) if results_dir else grid.results_dir
@@ -328,34 +336,38 @@ def run_sweep(grid_path: str | Path, workers: int = 1, output_dir: str | Path | 
     if not report_only:
         todo = [p for p in grid.points if not (out / p.relative_dir / SUMMARY).exists()]
         check_fallbacks(grid, grid_path, {p.task for p in todo})  # before anything runs or is written
+        try:
+            kind = executors.check_executor(executor or grid.executor)
+            if kind == "slurm":
+                options = executors.slurm_options(grid.slurm, **(slurm or {}))
+                if todo:
+                    executors.check_slurm(options)
+            else:
+                gpus = executors.visible_gpus()
+                workers = workers or executors.default_workers(gpus)
+        except executors.ExecutorError as e:
+            raise GridError(str(e)) from None
         for source in grid.sources.values():
             log(source.describe())
         outcome["skipped"] = [p.label() for p in grid.points if p not in todo]
         for p in grid.points:  # finished points: only (re)render a missing HTML
             if p not in todo:
                 run_point(p, out / p.relative_dir, notebooks_dir)
-        log(f"sweep: {len(grid.points)} points, {len(outcome['skipped'])} finished, {len(todo)} to run, "
-            f"{workers} worker(s)")
-        if workers <= 1:
-            for k, p in enumerate(todo, 1):
-                status = run_point(p, out / p.relative_dir, notebooks_dir)
-                outcome[status].append(p.label())
-                log(f"[{k}/{len(todo)}] {p.label()}: {status}")
-        else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                     initargs=(threads,)) as pool:
-                futures = {pool.submit(run_point, p, out / p.relative_dir, notebooks_dir): p for p in todo}
-                for k, f in enumerate(as_completed(futures), 1):
-                    p = futures[f]
-                    try:
-                        status = f.result()
-                    except Exception as e:  # the worker process itself died (e.g. out of memory)
-                        (out / p.relative_dir).mkdir(parents=True, exist_ok=True)
-                        (out / p.relative_dir / ERROR).write_text(f"{p.label()}\n{type(e).__name__}: {e}\n")
-                        status = "failed"
+        how = (f"SLURM jobs ({', '.join(f'{k} {v}' for k, v in vars(options).items() if v is not None)})"
+               if kind == "slurm" else f"{workers} worker(s)")
+        log(f"sweep: {len(grid.points)} points, {len(outcome['skipped'])} finished, {len(todo)} to run, {how}")
+        if todo:
+            try:
+                runs = (executors.run_slurm(todo, out, options, notebooks_dir, log=log) if kind == "slurm" else
+                        executors.run_local(todo, out, workers, notebooks_dir, gpus=gpus, log=log))
+            except executors.ExecutorError as e:
+                raise GridError(str(e)) from None
+            with closing(runs), _progress(len(todo), kind) as bar:
+                for k, (p, status) in enumerate(_executor_errors(runs), 1):
                     outcome[status].append(p.label())
-                    log(f"[{k}/{len(todo)}] {p.label()}: {status}")
+                    bar.update()
+                    with bar.external_write_mode():
+                        log(f"[{k}/{len(todo)}] {p.label()}: {status}")
         for label in outcome["failed"]:
             log(f"FAILED {label}: see {out / label / ERROR}")
     rows = aggregate(out, res / "results.csv")
@@ -364,6 +376,21 @@ def run_sweep(grid_path: str | Path, workers: int = 1, output_dir: str | Path | 
         html = render_report(res, notebooks_dir)
         log(f"report: {html}")
     return outcome
+
+
+def _executor_errors(runs):
+    """The executor's (point, status) pairs; its settings errors (e.g. sbatch refused the jobs) as GridError."""
+    try:
+        yield from runs
+    except executors.ExecutorError as e:
+        raise GridError(str(e)) from None
+
+
+def _progress(total: int, kind: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"sweep ({kind})", unit="point", file=sys.stderr, dynamic_ncols=True,
+                disable=None)  # drawn on a terminal only; the per-point log lines say the same in a log file
 
 
 # ---- aggregation and report ----------------------------------------------------------------------------------
@@ -422,9 +449,10 @@ def render_report(results_dir: str | Path, notebooks_dir: Path = NOTEBOOKS_DIR) 
     return render_html(executed, results_dir / "report.html")
 
 
-def main_sweep(grid: str, workers: int = 1, output_dir: str | None = None, results_dir: str | None = None,
-               report: bool = True, report_only: bool = False) -> int:
+def main_sweep(grid: str, workers: int | None = None, output_dir: str | None = None, results_dir: str | None = None,
+               report: bool = True, report_only: bool = False, executor: str | None = None,
+               slurm: dict | None = None) -> int:
     outcome = run_sweep(grid, workers, output_dir, results_dir, report=report, report_only=report_only,
-                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                        log=lambda msg: print(msg, file=sys.stderr, flush=True), executor=executor, slurm=slurm)
     print(json.dumps({k: len(v) for k, v in outcome.items()}))
     return 1 if outcome["failed"] else 0
