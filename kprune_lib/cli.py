@@ -5,7 +5,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .config import METHODS, PRED_KNOWLEDGE, SCHEDULES, PruneConfig
 from .finetune import FinetuneConfig
@@ -147,11 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUTPUT/<task>/<method>/c<constraint>/seed<seed>/, aggregate RESULTS/results.csv "
                                    "and render RESULTS/report.html with notebooks/05. Resumable.")
     w.add_argument("grid", help="YAML grid, e.g. papermill_runs/grid_minilm.yaml")
-    w.add_argument("--workers", type=_positive_int, default=1, help="points run in parallel worker processes")
+    w.add_argument("--workers", type=_positive_int, default=argparse.SUPPRESS,
+                   help="local executor: points run in parallel worker processes, each on its own GPU "
+                        "(CUDA_VISIBLE_DEVICES) when there are GPUs (default: one per GPU, else 1)")
     w.add_argument("--output-dir", default=None, help="point folders (overrides the grid's output_dir)")
     w.add_argument("--results-dir", default=None, help="results.csv, report.html, figures/ (overrides the grid's results_dir)")
     w.add_argument("--no-report", action="store_true", help="aggregate results.csv but do not render the report")
     w.add_argument("--report-only", action="store_true", help="run no point; aggregate and render the report")
+    w.add_argument("--executor", choices=("local", "slurm"), default=argparse.SUPPRESS,
+                   help="where points run: local worker processes, or one SLURM job per point through submitit "
+                        "(default: the grid's executor:, else local)")
+    s = w.add_argument_group("SLURM (--executor slurm; each overrides the grid's slurm: key of the same name)")
+    s.add_argument("--partition", default=argparse.SUPPRESS, help="partition (default: the cluster's default)")
+    s.add_argument("--account", default=argparse.SUPPRESS, help="account to charge")
+    s.add_argument("--qos", default=argparse.SUPPRESS, help="quality of service")
+    s.add_argument("--time-min", type=_positive_int, default=argparse.SUPPRESS,
+                   help="time limit per point's job, minutes (60)")
+    s.add_argument("--gpus", type=int, default=argparse.SUPPRESS, help="GPUs per job (0)")
+    s.add_argument("--cpus-per-task", type=_positive_int, default=argparse.SUPPRESS,
+                   help="CPU cores per job, also its threads (4)")
+    s.add_argument("--mem-gb", type=float, default=argparse.SUPPRESS,
+                   help="memory per job in GB (16; 0: the partition's default)")
+    s.add_argument("--array-parallelism", type=_positive_int, default=argparse.SUPPRESS,
+                   help="at most this many points' jobs at once (32)")
 
     f = sub.add_parser("finetune", formatter_class=fmt, help="fine-tune a base encoder on a GLUE task or SQuAD",
                        description="Plain PyTorch fine-tuning (AdamW, linear warm-up/decay, grad clipping, dynamic "
@@ -191,15 +211,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends on pre-emption), raised where the program is, so that it unwinds like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C (or SIGTERM) prints one line and exits 130 (143): outputs are written atomically, so nothing is
+    half-written; a sweep keeps its finished points and cancels or stops the rest (a re-run resumes)."""
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as e:
+        if os.environ.get("KPRUNE_DEBUG"):
+            raise
+        terminated = isinstance(e, Terminated)
+        print(f"kprune: {'terminated' if terminated else 'interrupted'}; nothing written", file=sys.stderr, flush=True)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="kprune: %(message)s")
     if args.command == "sweep":
         from .sweep import GridError, main_sweep
 
         try:
-            return main_sweep(args.grid, args.workers, args.output_dir, args.results_dir, report=not args.no_report,
-                              report_only=args.report_only)
+            slurm = {k: getattr(args, k, None) for k in ("partition", "account", "qos", "time_min", "gpus",
+                                                         "cpus_per_task", "mem_gb", "array_parallelism")}
+            return main_sweep(args.grid, getattr(args, "workers", None), args.output_dir, args.results_dir,
+                              report=not args.no_report, report_only=args.report_only,
+                              executor=getattr(args, "executor", None), slurm=slurm)
         except GridError as e:
             print(f"kprune: error: {e}", file=sys.stderr)
             return 2
