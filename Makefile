@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -p no:cacheprovider
 
 # a small sweep on the default models (grid_demo.yaml: MRPC and STS-B × 3 constraints); DEMO_GRID=… to change.
 # Offline (HF_HUB_OFFLINE=1) only where the local fixtures exist; without them the grid's hub fallbacks need the hub.
