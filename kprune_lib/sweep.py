@@ -342,6 +342,8 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
                 options = executors.slurm_options(grid.slurm, **(slurm or {}))
                 if todo:
                     executors.check_slurm(options)
+                if workers:
+                    log("sweep: --workers applies to the local executor; on SLURM, array_parallelism jobs run at once")
             else:
                 gpus = executors.visible_gpus()
                 workers = workers or executors.default_workers(gpus)
