@@ -272,6 +272,24 @@ def test_slurm_sweep_records_failures_resumes_and_matches_local(tmp_path, fake_n
     same_results(results / "results.csv", tmp_path / "local-results" / "results.csv")
 
 
+def test_ctrl_c_cancels_the_slurm_jobs(tmp_path, fake_nb, on_cluster):
+    grid = fake_grid(tmp_path, rte={"sleep_s": 300}, executor="slurm",
+                     slurm={"partition": on_cluster["partition"], "cpus_per_task": 1, "mem_gb": 0.5, "time_min": 5})
+    runs = tmp_path / "runs"
+    slow = runs / "rte" / "kprune" / "c0.5" / "seed0"
+    proc = start_sweep(fake_nb, grid, "--no-report")
+    wait_for([runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "summary.json", slow / "started"], proc)
+    kernel = int((slow / "started").read_text())
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err, err
+    assert gone(kernel, 30), "the cancelled job's kernel is still running"
+    states = executors.slurm_states()
+    assert states and not set(states.values()) & executors.SLURM_ACTIVE, states  # the sleeping job was cancelled
+    assert "CANCELLED" in states.values() and not (tmp_path / "results").exists()
+    assert (runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "summary.json").exists()
+
+
 @needs_fixtures
 def test_slurm_tiny_grid_matches_local(tmp_path, on_cluster):
     """The 2-point tiny grid (real notebook 04 on a random 2-layer BERT) on SLURM gives the local results.csv."""
