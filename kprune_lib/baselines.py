@@ -144,6 +144,9 @@ def kwon_fisher(model: torch.nn.Module, batches: list[dict], problem: str, *, co
     t0 = time.perf_counter()
     arch = Arch(model)
     L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
+    if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
+        raise ValueError("kwon-fisher prunes dense models only and this one was pruned before: use --method kprune, "
+                         "or give kwon-fisher the original checkpoint")
     fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
     flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size)
     fisher_h, fisher_n = fisher_scores(model, batches, problem)

@@ -7,11 +7,25 @@ mask gives every example of the batch its own row (per-example mask gradients fr
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Union
 
 import torch
 
 from .arch import Arch
+
+
+UnitMasks = Union[torch.Tensor, list]  # (L, units) when every layer has as many units, else one (units_i,) row per layer
+
+
+def per_layer(rows: list[torch.Tensor]) -> UnitMasks:
+    """Per-layer unit masks: stacked (L, units) when every layer has the same width (a dense model), else the list of
+    rows (a model pruned before: its layers differ). Either is indexed by layer, `mask[i]`."""
+    return torch.stack(rows) if len({r.numel() for r in rows}) == 1 else list(rows)
+
+
+def kept_per_layer(mask: UnitMasks) -> list[int]:
+    """Units kept per layer of a (L, units) mask or a list of rows."""
+    return [int(r.sum()) for r in mask]
 
 
 def head_dims(head_mask_row: torch.Tensor, head_size: int) -> torch.Tensor:
@@ -20,7 +34,7 @@ def head_dims(head_mask_row: torch.Tensor, head_size: int) -> torch.Tensor:
 
 
 def sublayer_masks(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> dict[int, torch.Tensor]:
-    """(L, H) head mask and (L, N) neuron mask -> {sublayer s: per-dim mask vector}."""
+    """(L, H) head mask and (L, N) neuron mask (or per-layer rows, `per_layer`) -> {sublayer s: per-dim mask vector}."""
     masks = {}
     for i in range(arch.num_layers):
         masks[2 * i] = head_dims(head_mask[i], arch.head_size)

@@ -120,7 +120,7 @@ def empirical_fisher(example_grads: torch.Tensor, batch_sizes: torch.Tensor) -> 
 
 def squared_activation_sums(a: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """Σ over real tokens of a_i², per input dim i of a projection: a (B, T, n), token_mask (B, T) -> (n,) float32."""
-    a = a.detach().float().reshape(-1, a.shape[-1])
+    a = a.detach().float().reshape(token_mask.numel(), a.shape[-1])  # (B·T, n); n may be 0 (a sublayer pruned before)
     return token_mask.reshape(1, -1).to(a.dtype).matmul(a * a).squeeze(0)
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
-from .masks import head_dims
+from .masks import UnitMasks, head_dims, kept_per_layer, per_layer
 from .measurement import PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives
 from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
 from .search import kpms_step
@@ -44,8 +44,8 @@ class NonFiniteScores(FloatingPointError):
 
 @dataclass
 class PruneResult:
-    head_mask: torch.Tensor  # (L, H) bool, True = kept
-    neuron_mask: torch.Tensor  # (L, N) bool
+    head_mask: UnitMasks  # (L, H) bool, True = kept; a list of per-layer rows when the layers differ (`masks.per_layer`)
+    neuron_mask: UnitMasks  # (L, N) bool, likewise
     sublayers: list[dict]  # one record per sublayer: kept, tau, budget_left, errors, ridge, seconds
     timings: dict[str, float]  # seconds per stage
     seconds: float
@@ -58,11 +58,11 @@ class PruneResult:
 
     @property
     def heads_kept(self) -> list[int]:
-        return self.head_mask.sum(1).tolist()
+        return kept_per_layer(self.head_mask)
 
     @property
     def neurons_kept(self) -> list[int]:
-        return self.neuron_mask.sum(1).tolist()
+        return kept_per_layer(self.neuron_mask)
 
     @property
     def ridge_fallbacks(self) -> list[dict]:
@@ -126,7 +126,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
            record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
            gold_first: bool = False, damping: float = 0.0) -> PruneResult:
-    """Prune `model` in place (masked, dense shapes) to remove `constraint` of its FLOPs.
+    """Prune `model` in place (masked, its current shapes) to remove `constraint` of its FLOPs. A model pruned before
+    (layers of different widths) prunes further the same way: its FLOPs are those of its own units.
 
     batches: the pruning sample, padded (B, T) tensors on the model's device. A batch's optional "group" (B,) names
     each row's sample batch (`batching.sample_batches`), the unit of the paper's batch-mean gradient; without it
@@ -152,7 +153,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     n_sub = 2 * L
     fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
     unit_flops = {s: fh if s % 2 == 0 else fn for s in range(n_sub)}
-    flops_dense = model_flops([arch.num_heads] * L, [arch.ffn_size] * L, seq_len, d, arch.head_size)
+    # the given model's FLOPs: its own heads and neurons per layer (a model pruned before has fewer than its config's)
+    flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
+                              seq_len, d, arch.head_size)
     budget = (1.0 - constraint) * flops_dense
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(n_sub)}
     keep_units: dict[int, torch.Tensor] = {}
@@ -186,9 +189,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
-    head_mask = torch.stack([keep_units[2 * i] for i in range(L)]).cpu()
-    neuron_mask = torch.stack([keep_units[2 * i + 1] for i in range(L)]).cpu()
-    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
+    head_mask = per_layer([keep_units[2 * i].cpu() for i in range(L)])
+    neuron_mask = per_layer([keep_units[2 * i + 1].cpu() for i in range(L)])
+    flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, d, arch.head_size)
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
                        flops_dense, flops_pruned, target_scores, knowledge)
 

@@ -26,7 +26,7 @@ from .flops import head_flops, neuron_flops
 from .forward import encode
 from .glue_data import load_glue
 from .io import KPRUNE_FILE, load_model
-from .masks import apply_masks, masked_model
+from .masks import apply_masks, kept_per_layer, masked_model
 from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
                           representational_knowledge_increment, teacher_signal)
 from .prune import PruneResult
@@ -96,7 +96,8 @@ def evaluate(setup: Setup, model: torch.nn.Module | None = None, head_mask=None,
     if head_mask is None:
         return evaluate_glue(m, setup.tokenizer, setup.task, setup.eval_splits, setup.max_length)
     dtype = next(m.parameters()).dtype
-    with masked_model(Arch(m), head_mask.to(setup.device, dtype), neuron_mask.to(setup.device, dtype)):
+    hm, nm = ([r.to(setup.device, dtype) for r in mask] for mask in (head_mask, neuron_mask))
+    with masked_model(Arch(m), hm, nm):
         return evaluate_glue(m, setup.tokenizer, setup.task, setup.eval_splits, setup.max_length)
 
 
@@ -107,8 +108,8 @@ def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
 
 def mask_flops_removed(arch: Arch, seq_len: float, head_mask, neuron_mask) -> float:
     f = unit_flops(arch, seq_len)
-    dense = arch.num_layers * (arch.num_heads * f[0] + arch.ffn_size * f[1])
-    return 1.0 - (float(head_mask.sum()) * f[0] + float(neuron_mask.sum()) * f[1]) / dense
+    dense = sum(arch.heads_in_layer(i) * f[0] + arch.neurons_in_layer(i) * f[1] for i in range(arch.num_layers))
+    return 1.0 - (sum(kept_per_layer(head_mask)) * f[0] + sum(kept_per_layer(neuron_mask)) * f[1]) / dense
 
 
 # ---- 01 knowledge ---------------------------------------------------------------------------------------------
