@@ -27,9 +27,11 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,6 @@ from kprune_lib.glue_data import load_glue  # noqa: E402
 from kprune_lib.io import load_model  # noqa: E402
 from kprune_lib.physical import prune_physically  # noqa: E402
 from kprune_lib.tasks import get_glue_task  # noqa: E402
-from kprune_lib.workbook import time_forward  # noqa: E402
 
 SHARED = Path(os.environ.get("KPRUNE_SHARED", HERE.parent.parent / "shared"))
 GLUE = str(SHARED / "data" / "glue")
@@ -108,16 +109,34 @@ def mask_difference(a: dict, b: dict) -> int:
     return int((ha != hb).sum() + (na != nb).sum())
 
 
-def dev_latency(model, features: list[dict], pad_id: int, batch_size: int, repeats: int) -> float:
-    """Median seconds of one pass over the features in the given order: pre-tokenised, each batch padded to its
-    longest."""
-    batches = make_batches(features, batch_size, pad_id, next(model.parameters()).device)
-    return time_forward(model, batches, repeats)
+@torch.inference_mode()
+def interleaved_latency(models: dict, features: list[dict], pad_id: int, batch_size: int, repeats: int) -> dict:
+    """Median seconds of one pass over the features (in the given order, pre-tokenised, each batch padded to its
+    longest) per model, the models' passes interleaved (A B, B A, A B, …) after one warm-up pass each, so that a
+    change of the machine's load hits them alike."""
+    device = next(next(iter(models.values())).parameters()).device
+    batches = make_batches(features, batch_size, pad_id, device)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for m in models.values():
+        m.eval()
+        for b in batches:
+            m(**b)
+    for r in range(repeats):
+        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for b in batches:
+                models[name](**b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) -> dict:
     """Dense vs physically pruned latency on the task's dev set sorted by length: batch 32 over all of it, batch 1
-    over 64 examples spread evenly over the sorted lengths."""
+    over 64 examples spread evenly over the sorted lengths (`interleaved_latency`)."""
     task = get_glue_task(case.task)
     dense, tok = load_model(case.model)
     if case.shape:
@@ -132,19 +151,20 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
     step = max(1, len(feats) // 64)
     spread = feats[::step][:64]
     pruned = prune_physically(copy.deepcopy(dense), torch.tensor(head_mask).bool(), torch.tensor(neuron_mask).bool())
-    out = {"dev_examples": len(feats), "order": "length-sorted"}
-    for name, bs, fs in (("b32", 32, feats), ("b1", 1, spread)):
-        d = dev_latency(dense, fs, tok.pad_token_id, bs, repeats)
-        p = dev_latency(pruned, fs, tok.pad_token_id, bs, repeats)
-        out[name] = {"dense_s": d, "pruned_s": p, "speedup": d / p, "examples": len(fs)}
     # a fully pruned attention sublayer is skipped entirely: all heads of the upper half of layers removed
     L = len(head_mask)
     no_attn = torch.tensor(head_mask).bool().clone()
     no_attn[L // 2:] = False
     skipped = prune_physically(copy.deepcopy(dense), no_attn, torch.tensor(neuron_mask).bool())
-    p = dev_latency(skipped, feats, tok.pad_token_id, 32, repeats)
-    out["no_attention_upper_half_b32"] = {"pruned_s": p, "speedup": out["b32"]["dense_s"] / p,
-                                          "heads_kept": no_attn.sum(1).tolist()}
+    out = {"dev_examples": len(feats), "order": "length-sorted", "timing": f"median of {repeats} interleaved passes"}
+    for name, bs, fs in (("b32", 32, feats), ("b1", 1, spread)):
+        models = {"dense": dense, "pruned": pruned, **({"skipped": skipped} if name == "b32" else {})}
+        t = interleaved_latency(models, fs, tok.pad_token_id, bs, repeats)
+        out[name] = {"dense_s": t["dense"], "pruned_s": t["pruned"], "speedup": t["dense"] / t["pruned"],
+                     "examples": len(fs)}
+        if "skipped" in t:
+            out["no_attention_upper_half_b32"] = {"pruned_s": t["skipped"], "speedup": t["dense"] / t["skipped"],
+                                                  "heads_kept": no_attn.sum(1).tolist()}
     return out
 
 
@@ -318,7 +338,7 @@ def main() -> None:
     p.add_argument("--dense-repeats", type=int, default=3, help="timed dense passes per worker (median)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--autocast", default=None, choices=["bf16", "fp16"], help="measurement passes in lower precision")
-    p.add_argument("--repeats", type=int, default=5, help="latency repeats (median)")
+    p.add_argument("--repeats", type=int, default=7, help="latency repeats per model (median of interleaved passes)")
     a = p.parse_args()
     if a.batch_tokens is not None and a.batch_tokens <= 0:
         p.error("--batch-tokens must be > 0 (the drawn runs already use 0)")
