@@ -57,6 +57,12 @@ bench: setup
 bench-quick: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --quick $(BENCH_FLAGS)
 
+.PHONY: bench-onnx
+# ONNX export: MiniLM MRPC dense vs pruned (50 %, runs/onnx-bench, pruned if missing) vs int8 in onnxruntime, beside
+# PyTorch: accuracy, parity, latency at batch 32 and 1 (2 threads) -> benchmarks/RESULTS.md, benchmarks/results/
+bench-onnx: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/onnx_bench.py
+
 .PHONY: accuracy accuracy-quick
 # the accuracy protocol: mrpc,stsb,sst2 × 0.4,0.6,0.8 × seeds 0,1,2 × kprune,kprune-plus,kwon-fisher at 20 000
 # tokens (resumable, runs/accuracy) -> benchmarks/ACCURACY.md, results/accuracy.csv, figures/accuracy.png

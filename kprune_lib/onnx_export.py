@@ -12,8 +12,9 @@ Before the file is moved into place it is loaded in onnxruntime and run on two i
 traced one; the logits must match PyTorch's. The file is written to a temporary sibling and renamed at the end:
 on any failure nothing is left at the output path.
 
-With `int8=True` the checked float32 graph is quantized dynamically by onnxruntime (`quantize_dynamic`, int8
-weights of every MatMul, activations quantized on the fly) and the int8 graph is written instead.
+With `int8=True` the checked float32 graph is quantized dynamically by onnxruntime (`quantize_dynamic`: int8
+weights of every weight MatMul / Gemm, their activations quantized on the fly; the attention products stay float)
+and the int8 graph is written instead.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class OnnxExportError(ValueError):
 
 
 def max_opset() -> int:
-    """The highest opset both the installed onnx and onnxruntime accept (capped by what was verified here)."""
+    """The highest opset offered: the installed onnx's newest, capped at MAX_VERIFIED_OPSET (a newer opset that the
+    installed onnxruntime cannot load is still caught after the export)."""
     import onnx
 
     return min(onnx.defs.onnx_opset_version(), MAX_VERIFIED_OPSET)

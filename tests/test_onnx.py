@@ -16,6 +16,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
+import kprune_lib  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 from kprune_lib import cli  # noqa: E402
 from kprune_lib.arch import Arch, supported_architectures  # noqa: E402
@@ -139,7 +140,8 @@ def test_export_question_answering(tmp_path):
     folder = save(ragged_pruned("bert", qa=True), tmp_path / "model")
     model = load_pruned(folder)
     out = tmp_path / "qa.onnx"
-    export_onnx(folder, out)
+    record = kprune_lib.export_onnx(str(folder), str(out))  # the top-level API
+    assert record["outputs"] == ["start_logits", "end_logits"] and record["max_abs_diff"] <= TOL
     sess = session(out, threads=2)
     assert [o.name for o in sess.get_outputs()] == ["start_logits", "end_logits"]
     for seed, (b, s) in enumerate(SHAPES):
