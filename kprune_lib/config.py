@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+_DEFAULT_CONSTRAINT = 0.5  # PruneConfig.constraint's default (a latency budget leaves it there)
+
 
 @dataclass(frozen=True)
 class PruneConfig:
     """Hyper-parameters of one K-prune run."""
 
-    constraint: float = 0.5  # fraction of the dense model's FLOPs to REMOVE, in (0, 1)
+    constraint: float = _DEFAULT_CONSTRAINT  # fraction of the dense model's FLOPs to REMOVE, in (0, 1)
     num_tokens: int = 100_000  # sample size in tokens; #examples = num_tokens / L_seq
     seed: int = 0  # seeds the with-replacement draw of the sample
     lam_pred: float = 1.0  # weight of predictive knowledge
@@ -31,6 +33,13 @@ class PruneConfig:
     gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
     damping: float = 0.0  # K-prune+ candidate: KPWT shrunk toward the current weights, δ = damping·mean diag(AᵀA)
     method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
+    # latency budget (an alternative to `constraint`; README "Latency budgets"): prune until the latency model of the
+    # measured table (kprune_lib.latency) predicts at most this many milliseconds per forward of one batch
+    latency_budget_ms: float | None = None  # None: prune to `constraint` (FLOPs)
+    latency_batch: int = 32  # examples per batch of the latency budget
+    latency_seq: int = 128  # tokens per example (all real) of the latency budget
+    latency_device: str | None = None  # cpu | cuda; None: the pruning device
+    threads: int | None = None  # CPU threads of the latency measurements; None: torch's current setting
 
     def __post_init__(self) -> None:
         if not (0.0 < self.constraint < 1.0):
@@ -53,6 +62,18 @@ class PruneConfig:
             raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {self.pred_knowledge!r}")
         if self.lam_pred == 0 and self.lam_rep == 0:
             raise ValueError("lam_pred and lam_rep cannot both be 0: the scores would all be zero")
+        if self.latency_budget_ms is not None:
+            if not self.latency_budget_ms > 0:
+                raise ValueError(f"latency_budget_ms must be positive, got {self.latency_budget_ms}")
+            if self.constraint != _DEFAULT_CONSTRAINT:
+                raise ValueError("give either a FLOPs constraint or a latency budget, not both")
+        if self.latency_batch <= 0 or self.latency_seq <= 0:
+            raise ValueError(f"latency_batch and latency_seq must be positive, got {self.latency_batch}, "
+                             f"{self.latency_seq}")
+        if self.latency_device not in (None, "cpu", "cuda") and not str(self.latency_device).startswith("cuda:"):
+            raise ValueError(f"latency_device must be cpu or cuda, got {self.latency_device!r}")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError(f"threads must be positive, got {self.threads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,3 +94,9 @@ GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
+# latency tables (kprune_lib.latency): timing protocol, unit grids, where they are cached
+LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing
+LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the median per point is kept
+LATENCY_PER_UNIT_MAX = 256  # an FFN at most this wide is measured at every width 0…N; wider ones on a grid
+LATENCY_FFN_STEP = {"cpu": 64, "cuda": 128}  # FFN grid step (neurons) per device type, interpolated linearly
+LATENCY_CACHE_ENV = "KPRUNE_CACHE_DIR"  # overrides the cache folder ($XDG_CACHE_HOME/kprune, else ~/.cache/kprune)

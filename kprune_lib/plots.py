@@ -266,3 +266,35 @@ def pruning_time(times: pd.DataFrame) -> plt.Figure:
     times.plot.bar(ax=ax, color=[METHOD_STYLE.get(m, ("grey",))[0] for m in times.columns])
     ax.set(ylabel="pruning time (s)", title="Pruning time per method", xlabel="task")
     return fig
+
+
+def latency_table(rows: pd.DataFrame | list[dict], title: str = "") -> plt.Figure:
+    """Latency vs units, one panel per sublayer kind (attention: heads; FFN: neurons): the measured medians (dots) and
+    the monotone table the latency model uses (line). rows: `LatencyTable.rows()` (kind, units, measured_ms, cost_ms)."""
+    df = pd.DataFrame(rows)
+    kinds = [k for k in ("attention", "ffn") if k in set(df.kind)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False, constrained_layout=True)
+    for ax, kind in zip(axes.flat, kinds):
+        part = df[df.kind == kind].sort_values("units")
+        ax.plot(part.units, part.measured_ms, "o", ms=3, color="tab:grey", label="measured (median)")
+        ax.plot(part.units, part.cost_ms, "-", color="tab:red", label="monotone table")
+        ax.set(xlabel="heads" if kind == "attention" else "neurons", ylabel="ms per batch",
+               title=f"{'attention' if kind == 'attention' else 'FFN'} sublayer" + (f" · {title}" if title else ""))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def accuracy_vs_latency(points: pd.DataFrame, metric: str = "metric") -> plt.Figure:
+    """Dev metric (×100) vs measured latency, one curve per constraint kind (column `kind`: e.g. "latency budget",
+    "FLOPs constraint"); the dense model as a star where a row has kind "dense". points: kind, measured_ms, metric."""
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    styles = {"latency budget": ("tab:red", "o"), "FLOPs constraint": ("tab:blue", "s"), "dense": ("k", "*")}
+    for kind, g in points.groupby("kind", sort=False):
+        color, marker = styles.get(kind, (None, "x"))
+        g = g.sort_values("measured_ms")
+        ax.plot(g.measured_ms, 100 * g[metric], marker=marker, color=color, ms=9 if kind == "dense" else 6,
+                ls="none" if kind == "dense" else "-", label=kind)
+    ax.set(xlabel="measured latency (ms per batch)", ylabel=f"{metric} (×100)", title="Accuracy vs measured latency")
+    ax.legend(fontsize="small")
+    return fig

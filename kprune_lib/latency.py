@@ -1,0 +1,391 @@
+"""Latency tables: what one attention sublayer with h heads and one FFN sublayer with n neurons cost on a device.
+
+The table is measured on the target device with the model's own modules, physically shrunk
+(`hf.modeling_kprune.keep_rows` / `keep_columns`, the code `prune_physically` uses): the attention sublayer
+LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`)
+and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
+else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), on all-real
+inputs of the budget's batch and sequence length. Protocol: `LATENCY_WARMUP` untimed calls of every point, then
+`LATENCY_REPEATS` rounds that time every point once (alternating order, so that a change of the machine's load hits
+all points alike; CUDA synchronised around each call), the median per point, made monotone (`monotone`: isotonic
+regression over the units, so a wider sublayer never costs less). The whole model's forward is timed in the same rounds.
+
+Latency model: total(shape) = fixed + Σ_layers C_attn(h_i) + C_ffn(n_i), where fixed (embeddings, classifier, the
+rest of the forward) = the measured total of the given model − Σ of its own sublayers' table costs, so the model
+predicts the given shape's measured total exactly. Tables are cached as JSON per device (and its name), dtype,
+threads, batch, sequence length and architecture shape under `cache_dir()`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .arch import Arch
+from .config import (LATENCY_CACHE_ENV, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS, LATENCY_WARMUP)
+from .hf.modeling_kprune import keep_columns, keep_rows
+
+log = logging.getLogger(__name__)
+
+KINDS = ("attention", "ffn")  # sublayer s is KINDS[s % 2]
+TABLE_VERSION = 1  # bump when the measurement protocol changes: older cached tables are then not reused
+
+# timer(kind, units, fn) -> seconds of one call fn(); kind "attention" | "ffn" (units: int) or "model" (units: the
+# (heads_per_layer, neurons_per_layer) of the timed model). Tests inject a deterministic fake.
+Timer = Callable[[str, object, Callable[[], object]], float]
+
+
+def cache_dir() -> Path:
+    """$KPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/kprune, else ~/.cache/kprune."""
+    if os.environ.get(LATENCY_CACHE_ENV):
+        return Path(os.environ[LATENCY_CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kprune"
+
+
+def wall_timer(device: torch.device) -> Timer:
+    """Wall time of one call, CUDA synchronised before and after."""
+    cuda = device.type == "cuda"
+
+    def timer(kind, units, fn):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    return timer
+
+
+@contextmanager
+def num_threads(n: int | None):
+    """torch's intra-op threads set to n (None: unchanged) inside the block."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def shape_of(arch: Arch) -> tuple[list[int], list[int]]:
+    """(heads per layer, neurons per layer) of a model as it is now."""
+    L = arch.num_layers
+    return [arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)]
+
+
+def max_positions(model) -> int:
+    """Longest sequence the model's position embeddings take (RoBERTa-style ids start after the padding index)."""
+    cfg = model.config
+    n = int(getattr(cfg, "max_position_embeddings", 10**9))
+    if Arch(model).model_type in ("roberta", "xlm-roberta"):
+        n -= int(cfg.pad_token_id) + 1
+    return n
+
+
+def ffn_grid(width: int, device_type: str) -> list[int]:
+    """FFN widths measured: every width up to LATENCY_PER_UNIT_MAX, else 0, step, 2·step, …, and `width` itself."""
+    if width <= LATENCY_PER_UNIT_MAX:
+        return list(range(width + 1))
+    step = LATENCY_FFN_STEP.get(device_type, LATENCY_FFN_STEP["cpu"])
+    return sorted(set(range(0, width, step)) | {width})
+
+
+@dataclass
+class LatencyTable:
+    """Milliseconds per forward of one (batch, seq) input: per sublayer kind on a grid of units, and the fixed part."""
+
+    key: dict  # what the table is valid for (device, dtype, threads, batch, seq, architecture shape, …)
+    grid: dict[str, list[int]]  # kind -> units measured, ascending from 0
+    measured_ms: dict[str, list[float]]  # kind -> median per grid point
+    cost_ms: dict[str, list[float]]  # kind -> the monotone table: `monotone(measured_ms)`
+    total_ms: float  # measured forward of the whole model the table was measured on (its own shape)
+    fixed_ms: float  # total_ms − Σ its sublayers' costs: embeddings, classifier, the rest
+    seconds: float = 0.0  # wall time the measurement took
+    path: str | None = None  # where it is cached
+
+    def cost(self, kind: str, units: float) -> float:
+        """C_kind(units): the monotone table, linearly interpolated between grid points."""
+        grid = self.grid[kind]
+        if not 0 <= units <= grid[-1]:
+            raise ValueError(f"{kind} with {units} units is outside the latency table (0 … {grid[-1]})")
+        return float(np.interp(units, grid, self.cost_ms[kind]))
+
+    def sublayer_ms(self, heads_per_layer, neurons_per_layer) -> float:
+        return sum(self.cost("attention", h) + self.cost("ffn", n) for h, n in zip(heads_per_layer, neurons_per_layer))
+
+    def predict(self, heads_per_layer, neurons_per_layer) -> float:
+        """Predicted latency (ms) of a shape: fixed + Σ_layers C_attn(h_i) + C_ffn(n_i)."""
+        return self.fixed_ms + self.sublayer_ms(heads_per_layer, neurons_per_layer)
+
+    def floor_ms(self) -> float:
+        """The least any pruning reaches: fixed + every sublayer at zero units (LayerNorm(X) only)."""
+        L = self.key["layers"]
+        return self.fixed_ms + L * (self.cost("attention", 0) + self.cost("ffn", 0))
+
+    def average_unit_cost(self, kind: str, units: int) -> float:
+        """KPMS's score denominator for a sublayer at `units` units: (C(units) − C(0)) / units, the mean marginal
+        cost of its units (for a linear cost, the cost of one unit, as F_head / F_neuron). Floored at 1e-9 ms so that
+        a flat table cannot divide by zero."""
+        if units == 0:
+            return 1.0  # no unit to score
+        return max((self.cost(kind, units) - self.cost(kind, 0)) / units, 1e-9)
+
+    def rank_costs(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """Per-unit costs (units,) float64 for KPMS's budget walk: the unit ranked r-th by score within its sublayer
+        (r = 1 the highest; ties broken by index) costs C(r) − C(r−1) ≥ 0. Units above any threshold are a top-k of
+        their sublayer, so their costs sum to C(k) − C(0) exactly (a telescoping sum)."""
+        n = scores.numel()
+        c = torch.tensor([self.cost(kind, u) for u in range(n + 1)], dtype=torch.float64, device=scores.device)
+        order = torch.argsort(scores.double().flatten(), descending=True, stable=True)
+        out = torch.empty(n, dtype=torch.float64, device=scores.device)
+        out[order] = c[1:] - c[:-1]
+        return out
+
+    def feasible(self) -> tuple[float, float]:
+        return self.floor_ms(), self.total_ms
+
+    def check_budget(self, budget_ms: float) -> None:
+        """One-line ValueError unless floor < budget < dense."""
+        lo, hi = self.feasible()
+        k = self.key
+        if not lo < budget_ms < hi:
+            raise ValueError(
+                f"latency budget {budget_ms:.4g} ms is outside the feasible range ({lo:.4g}, {hi:.4g}) ms of this "
+                f"model at batch {k['batch']}, sequence length {k['seq']}, {k['device']} ({k['threads']} threads): "
+                f"{lo:.4g} ms is its fixed part with every head and neuron removed, {hi:.4g} ms its measured latency; "
+                "choose a budget in between")
+
+    def rows(self) -> list[dict]:
+        return [{"kind": kind, "units": u, "measured_ms": m, "cost_ms": c}
+                for kind in KINDS for u, m, c in zip(self.grid[kind], self.measured_ms[kind], self.cost_ms[kind])]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+
+def monotone(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in least squares (isotonic regression, pool-adjacent-
+    violators): a run that decreases is replaced by its mean. Unlike a cumulative maximum, one slow outlier does not
+    lift every wider grid point."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]
+
+
+def table_key(model, batch: int, seq: int, device: torch.device, threads: int) -> dict:
+    arch = Arch(model)
+    heads, neurons = shape_of(arch)
+    return {"version": TABLE_VERSION, "device": device.type, "device_name": device_name(device),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": threads,
+            "batch": batch, "seq": seq, "model_type": arch.model_type, "hidden": arch.hidden,
+            "heads": arch.num_heads, "head_size": arch.head_size, "ffn": arch.ffn_size, "layers": arch.num_layers,
+            "heads_per_layer": heads, "neurons_per_layer": neurons,
+            "ffn_grid": ffn_grid(max(neurons), device.type)[:3],  # the grid's step
+            "torch": torch.__version__}
+
+
+def cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "latency" / f"{key['model_type']}-{key['device']}-b{key['batch']}-t{key['seq']}-{digest}.json"
+
+
+def _load(path: Path, key: dict) -> LatencyTable | None:
+    try:
+        d = json.loads(path.read_text())
+        if d.get("key") != key:
+            return None
+        return LatencyTable(**d, path=str(path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """A cached table file (e.g. summary.json's latency.table) as a LatencyTable."""
+    return LatencyTable(**json.loads(Path(path).read_text()), path=str(path))
+
+
+def _write_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def latency_table(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
+                  *, timer: Timer | None = None, refresh: bool = False, progress: bool = True) -> LatencyTable:
+    """The latency table of `model` (its shape as it is now) on `device` (default: the model's) with `threads` CPU
+    threads (default: torch's), at `batch` examples × `seq` real tokens: from the cache when a table with the same
+    key is there (unless refresh), else measured and cached (written atomically)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    threads = threads or torch.get_num_threads()
+    if seq > max_positions(model):
+        raise ValueError(f"latency sequence length {seq} exceeds the model's {max_positions(model)} positions; "
+                         f"use --latency-seq {max_positions(model)} or less")
+    key = table_key(model, batch, seq, device, threads)
+    path = cache_path(key)
+    if not refresh and (table := _load(path, key)) is not None:
+        log.info("latency table from the cache: %s", path)
+        return table
+    table = measure_table(model, batch, seq, device, threads, timer=timer, progress=progress)
+    table.key = key
+    _write_atomic(path, table.to_json())
+    table.path = str(path)
+    log.info("latency table measured in %.1f s, cached at %s", table.seconds, path)
+    return table
+
+
+def random_inputs(model, batch: int, seq: int, device: torch.device) -> dict:
+    """A batch of `batch` examples × `seq` real tokens (random ids; no padding)."""
+    arch = Arch(model)
+    g = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq), generator=g)
+    inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
+    if arch.table.token_types:
+        inputs["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long, device=device)
+    return inputs
+
+
+def _attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Layer i's attention sublayer shrunk to its first `heads` heads, on x (B, T, d)."""
+    dh = arch.head_size
+    dims = torch.arange(heads * dh, device=x.device)
+    o = keep_columns(arch.module(i, "o"), dims)
+    ln = arch.module(i, "attn_ln")
+    B, T, _ = x.shape
+    if heads == 0:
+        return lambda: ln(x + o(x.new_zeros(B, T, 0)))
+    q, k, v = (keep_rows(arch.module(i, name), dims) for name in ("q", "k", "v"))
+
+    def fn():
+        qh, kh, vh = (lin(x).view(B, T, heads, dh).transpose(1, 2) for lin in (q, k, v))
+        ctx = F.scaled_dot_product_attention(qh, kh, vh)  # all tokens real: no mask
+        return ln(x + o(ctx.transpose(1, 2).reshape(B, T, heads * dh)))
+
+    return fn
+
+
+def _ffn_fn(arch: Arch, i: int, neurons: int, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Layer i's FFN sublayer shrunk to its first `neurons` neurons, on x (B, T, d)."""
+    keep = torch.arange(neurons, device=x.device)
+    w1, w2 = keep_rows(arch.module(i, "ffn_in"), keep), keep_columns(arch.module(i, "ffn_out"), keep)
+    act, ln = arch.module(i, "act"), arch.module(i, "ffn_ln")
+    return lambda: ln(x + w2(act(w1(x))))
+
+
+def measure_table(model, batch: int, seq: int, device: torch.device, threads: int, *, timer: Timer | None = None,
+                  progress: bool = True) -> LatencyTable:
+    """Measure the table (no cache): see the module docstring for the protocol."""
+    t_start = time.perf_counter()
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
+    model.eval()
+    arch = Arch(model)
+    heads, neurons = shape_of(arch)
+    timer = timer or wall_timer(device)
+    # the layers with the most heads / neurons are shrunk to every grid point
+    i_attn, i_ffn = int(np.argmax(heads)), int(np.argmax(neurons))
+    grid = {"attention": list(range(max(heads) + 1)), "ffn": ffn_grid(max(neurons), device.type)}
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(batch, seq, arch.hidden, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    inputs = random_inputs(model, batch, seq, device)
+    with torch.inference_mode(), num_threads(threads):
+        points = [("attention", h, _attention_fn(arch, i_attn, h, x)) for h in grid["attention"]]
+        points += [("ffn", n, _ffn_fn(arch, i_ffn, n, x)) for n in grid["ffn"]]
+        points.append(("model", (heads, neurons), lambda: model(**inputs)))
+        times = _timed_rounds(points, timer, f"latency table ({device.type}, batch {batch}, seq {seq})", progress)
+    medians = [1e3 * statistics.median(t) for t in times]
+    measured = {kind: [m for (k, _, _), m in zip(points, medians) if k == kind] for kind in KINDS}
+    cost = {kind: monotone(measured[kind]) for kind in KINDS}
+    table = LatencyTable({}, grid, measured, cost, total_ms=medians[-1], fixed_ms=0.0)
+    table.fixed_ms = table.total_ms - table.sublayer_ms(heads, neurons)
+    table.seconds = time.perf_counter() - t_start
+    return table
+
+
+def _timed_rounds(points: list[tuple], timer: Timer, desc: str, progress: bool,
+                  repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP) -> list[list[float]]:
+    """Warm-up calls of every point, then `repeats` rounds timing each point once (order alternating)."""
+    for _, _, fn in points:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in points]
+    order = list(range(len(points)))
+    for r in tqdm(range(repeats), desc=desc, unit="round", disable=not progress):
+        for j in (order if r % 2 == 0 else order[::-1]):
+            kind, units, fn = points[j]
+            times[j].append(timer(kind, units, fn))
+    return times
+
+
+def measure_latency(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
+                    *, timer: Timer | None = None, progress: bool = False) -> float:
+    """Median milliseconds of the model's whole forward on `batch` × `seq` real tokens (same protocol as the table)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
+    model.eval()
+    inputs = random_inputs(model, batch, seq, device)
+    shape = shape_of(Arch(model))
+    with torch.inference_mode(), num_threads(threads):
+        times = _timed_rounds([("model", shape, lambda: model(**inputs))], timer or wall_timer(device),
+                              f"latency ({device.type}, batch {batch}, seq {seq})", progress)
+    return 1e3 * statistics.median(times[0])
+
+
+def format_table(table: LatencyTable) -> str:
+    """The table as text; its last line is `dense: <X> ms`."""
+    k = table.key
+    lines = [f"latency table: {k['model_type']} (hidden {k['hidden']}, {k['layers']} layers, heads {k['heads']} × "
+             f"{k['head_size']}, FFN {k['ffn']}), {k['device']} ({k['device_name']}), {k['dtype']}, "
+             f"{k['threads']} threads, batch {k['batch']}, sequence length {k['seq']}",
+             f"cached at: {table.path}",
+             f"{'sublayer':<10} {'units':>6} {'median ms':>11} {'monotone ms':>12}"]
+    lines += [f"{r['kind']:<10} {r['units']:>6} {r['measured_ms']:>11.4f} {r['cost_ms']:>12.4f}" for r in table.rows()]
+    lines += [f"fixed: {table.fixed_ms:.4f} ms (embeddings, classifier, the rest: measured total − Σ sublayers)",
+              f"floor: {table.floor_ms():.4f} ms (every head and neuron removed)",
+              f"dense: {table.total_ms:.4f} ms"]
+    return "\n".join(lines)
+
