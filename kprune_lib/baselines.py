@@ -71,12 +71,18 @@ def resolve_method(config: PruneConfig) -> PruneConfig:
 
 
 def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
-               progress: bool = True, record_knowledge: bool = False) -> PruneResult:
-    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method`."""
+               progress: bool = True, record_knowledge: bool = False, latency=None) -> PruneResult:
+    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method`.
+    With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`)."""
     cfg = resolve_method(config)
+    by_latency = cfg.latency_budget_ms is not None
     if cfg.method == "kwon-fisher":
+        if by_latency:
+            raise ValueError("--method kwon-fisher takes a FLOPs --constraint only; latency budgets need a K-prune "
+                             "method")
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
-    return kprune(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, lam_pred=cfg.lam_pred,
+    return kprune(model, batches, problem, constraint=None if by_latency else cfg.constraint,
+                  latency=latency, latency_budget_ms=cfg.latency_budget_ms, seq_len=seq_len, lam_pred=cfg.lam_pred,
                   lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
                   schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge,
                   pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first, damping=cfg.damping)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .arch import Arch
 from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
+from .latency import KINDS, LatencyTable
 from .masks import UnitMasks, head_dims, kept_per_layer, per_layer
 from .measurement import PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives
 from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
@@ -55,6 +56,8 @@ class PruneResult:
     # with record_knowledge: knowledge[s][t] = {"k_pred", "k_rep", "score"} per-unit tensors of every
     # sublayer t >= s, as measured at iteration s (for the workbook's plots)
     knowledge: dict[int, dict[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    latency_budget_ms: float | None = None  # a latency-budget run: its budget, and the table's prediction for the
+    predicted_latency_ms: float | None = None  # kept shape (fixed + Σ sublayer costs)
 
     @property
     def heads_kept(self) -> list[int]:
@@ -121,11 +124,13 @@ class _Run:
         return 2 * self.arch.num_layers
 
 
-def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
+def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float | None = None,
+           seq_len: float,
            lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
            record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
-           gold_first: bool = False, damping: float = 0.0) -> PruneResult:
+           gold_first: bool = False, damping: float = 0.0, latency: LatencyTable | None = None,
+           latency_budget_ms: float | None = None) -> PruneResult:
     """Prune `model` in place (masked, its current shapes) to remove `constraint` of its FLOPs. A model pruned before
     (layers of different widths) prunes further the same way: its FLOPs are those of its own units.
 
@@ -142,8 +147,16 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     gold_first: K-prune+ candidate: at s = 0, where the student is the teacher and the predictive gradient is zero,
     measure predictive knowledge with the gold-label loss (batches need "labels") instead.
     damping: K-prune+ candidate: KPWT shrunk toward the current weights (`tuning.NormalEquations.solve`).
+    latency, latency_budget_ms: instead of `constraint`, prune until the latency model of the table (measured on this
+    model's shape, `latency.latency_table`) predicts less than latency_budget_ms. A unit's cost is then its marginal
+    latency (README "Latency budgets"): score denominator (C_t(U_t) − C_t(0)) / U_t, and in the budget walk the unit
+    ranked r-th in its sublayer costs C_t(r) − C_t(r−1); the budget is latency_budget_ms − fixed − Σ_t C_t(0).
     """
     _validate(batches, schedule, autocast, pred_knowledge, gold_first)
+    if (constraint is None) == (latency_budget_ms is None):
+        raise ValueError("give exactly one of constraint (FLOPs) and latency_budget_ms")
+    if latency_budget_ms is not None and latency is None:
+        raise ValueError("latency_budget_ms needs the model's latency table (kprune_lib.latency.latency_table)")
     t_start = time.perf_counter()
     arch = Arch(model)
     model.eval()
@@ -156,7 +169,13 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     # the given model's FLOPs: its own heads and neurons per layer (a model pruned before has fewer than its config's)
     flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
                               seq_len, d, arch.head_size)
-    budget = (1.0 - constraint) * flops_dense
+    units = {s: arch.heads_in_layer(s // 2) if s % 2 == 0 else arch.neurons_in_layer(s // 2) for s in range(n_sub)}
+    if latency_budget_ms is None:
+        budget = (1.0 - constraint) * flops_dense
+    else:  # latency costs: each unit's marginal latency from the table
+        latency.check_budget(latency_budget_ms)
+        unit_flops = {s: latency.average_unit_cost(KINDS[s % 2], units[s]) for s in range(n_sub)}
+        budget = latency_budget_ms - latency.fixed_ms - sum(latency.cost(KINDS[s % 2], 0) for s in range(n_sub))
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(n_sub)}
     keep_units: dict[int, torch.Tensor] = {}
     records, target_scores, knowledge = [], {}, {}
@@ -175,7 +194,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
             with clock("score_search"):
                 scores = _scores(arch, s, know, unit_flops, lam_rep, lam_pred, mu,
                                  knowledge.setdefault(s, {}) if record_knowledge else None)
-                keep, tau, budget = kpms_step(scores, unit_flops, s, budget)
+                costs = unit_flops if latency_budget_ms is None else \
+                    {t: latency.rank_costs(KINDS[t % 2], scores[t]) for t in scores}
+                keep, tau, budget = kpms_step(scores, costs, s, budget)
                 keep_units[s], target_scores[s] = keep, scores[s].cpu()
             # 3. tune (KPWT): normal equations of the kept dims idx (k,), solve, write the weights (bias zeroed if k = 0)
             idx = _dims(arch, s, keep)
@@ -192,8 +213,10 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     head_mask = per_layer([keep_units[2 * i].cpu() for i in range(L)])
     neuron_mask = per_layer([keep_units[2 * i + 1].cpu() for i in range(L)])
     flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, d, arch.head_size)
+    predicted = None if latency is None else \
+        latency.predict(kept_per_layer(head_mask), kept_per_layer(neuron_mask))
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
-                       flops_dense, flops_pruned, target_scores, knowledge)
+                       flops_dense, flops_pruned, target_scores, knowledge, latency_budget_ms, predicted)
 
 
 def _validate(batches, schedule, autocast, pred_knowledge, gold_first) -> None:

@@ -25,16 +25,22 @@ def kpms_threshold(scores: torch.Tensor, unit_flops: torch.Tensor, budget: float
     return float(s_sorted[int(fits.nonzero()[0])])
 
 
-def kpms_step(scores: dict[int, torch.Tensor], unit_flops: dict[int, float], target: int, budget: float):
+def kpms_step(scores: dict[int, torch.Tensor], unit_flops: dict[int, float | torch.Tensor], target: int,
+              budget: float):
     """One KPMS step for the target sublayer.
 
     scores: {sublayer t: (units_t,) scores} for every undecided sublayer t ≥ target.
-    unit_flops: {t: FLOPs of one unit of t}.
+    unit_flops: {t: cost of one unit of t}: a number when every unit of t costs the same (FLOPs: F_head, F_neuron),
+    or a (units_t,) tensor of per-unit costs (a latency budget: `latency.LatencyTable.rank_costs`).
     Returns (keep (units_target,) bool, τ, budget left after the target's kept units are paid for).
     """
     all_scores = torch.cat([scores[t].flatten() for t in sorted(scores)])
-    all_flops = torch.cat([torch.full((scores[t].numel(),), float(unit_flops[t]), dtype=torch.float64)
+    all_flops = torch.cat([unit_flops[t].double().flatten().to(all_scores.device) if torch.is_tensor(unit_flops[t])
+                           else torch.full((scores[t].numel(),), float(unit_flops[t]), dtype=torch.float64)
                            for t in sorted(scores)])
     tau = kpms_threshold(all_scores, all_flops, budget)
     keep = scores[target] > tau
-    return keep, tau, budget - int(keep.sum()) * unit_flops[target]
+    cost = unit_flops[target]
+    if torch.is_tensor(cost):
+        return keep, tau, budget - float(cost.double().flatten()[keep.flatten().to(cost.device)].sum())
+    return keep, tau, budget - int(keep.sum()) * cost
