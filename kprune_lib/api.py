@@ -18,6 +18,7 @@ from .config import BATCH_TOKENS, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import encoder_params
 from .glue_data import load_glue
+from .latency import latency_table, measure_latency
 from .io import atomic_dir, load_model, save_pruned
 from .model_card import reproduction, write_model_card
 from .physical import prune_physically
@@ -122,7 +123,11 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     Returns the summary dict.
     """
     requested = replace(config or PruneConfig(), **overrides)
+    if requested.latency_budget_ms is not None and "constraint" in overrides:
+        raise ValueError("give either constraint (FLOPs) or latency_budget_ms, not both")
     cfg = resolve_method(requested)
+    if cfg.method == "kwon-fisher" and cfg.latency_budget_ms is not None:
+        raise ValueError("--method kwon-fisher takes a FLOPs --constraint only; latency budgets need a K-prune method")
     call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
             "split_seed": split_seed, "seq_len": seq_len}
@@ -141,6 +146,11 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     torch.manual_seed(cfg.seed)
     m, tok = load_model(model, qa=t.problem == "qa", device=dev)
     check_task_head(m, t)
+    table, lat_dev = None, None
+    if cfg.latency_budget_ms is not None:  # the table first: a budget outside its feasible range stops before any work
+        lat_dev = resolve_device(cfg.latency_device or str(dev))
+        table = latency_table(m, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress)
+        table.check_budget(cfg.latency_budget_ms)
     max_length = cfg.max_length or t.max_length
     batch_size = cfg.batch_size or (SQUAD_BATCH_SIZE if t.problem == "qa" else GLUE_BATCH_SIZE)
     batch_tokens = compute_batch_tokens(cfg, dev)
@@ -170,13 +180,25 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
 
     dense_metrics = score(m)
     params_dense = encoder_params(m)
-    result = run_method(m, batches, t.problem, cfg, seq_len, progress=progress)
+    result = run_method(m, batches, t.problem, cfg, seq_len, progress=progress, latency=table)
     prune_physically(m, result.head_mask, result.neuron_mask)
     pruned_metrics = score(m)
+    latency_info = {}
+    if table is not None:  # the pruned model's real end-to-end latency at the budget's batch and sequence length
+        measured = measure_latency(m, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress)
+        latency_info = {
+            "latency_budget_ms": cfg.latency_budget_ms, "predicted_latency_ms": result.predicted_latency_ms,
+            "measured_latency_ms": measured, "dense_latency_ms": table.total_ms,
+            "latency": {"batch": cfg.latency_batch, "seq": cfg.latency_seq, "device": table.key["device"],
+                        "device_name": table.key["device_name"], "threads": table.key["threads"],
+                        "fixed_ms": table.fixed_ms, "floor_ms": table.floor_ms(), "table": table.path},
+        }
+    hyperparameters = cfg.to_dict() | ({"constraint": None} if table is not None else {})
 
     summary = {
         "task": t.name, "model": str(model), "method": cfg.method,
-        "constraint": cfg.constraint, "num_tokens": cfg.num_tokens, "seed": cfg.seed,
+        "constraint": None if table is not None else cfg.constraint, **latency_info,
+        "num_tokens": cfg.num_tokens, "seed": cfg.seed,
         "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len,
         "batch_tokens": batch_tokens, "padding_ratio_computed": computed_tokens / sample_tokens,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,
@@ -186,7 +208,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         "heads_kept": result.heads_kept, "neurons_kept": result.neurons_kept,
         "pruning_seconds": result.seconds, "stage_seconds": result.timings,
         "ridge_fallbacks": result.ridge_fallbacks, "sublayers": result.sublayers,
-        "hyperparameters": cfg.to_dict(), "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "hyperparameters": hyperparameters, "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "versions": {"kprune_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,4 +1,4 @@
-"""`kprune` command line: prune, evaluate, finetune, sweep, export."""
+"""`kprune` command line: prune, evaluate, finetune, sweep, export, latency-table."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,32 @@ def _split_fraction(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1) (fraction of the articles), got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _latency_options(p: argparse.ArgumentParser, budget: bool) -> None:
+    """The latency budget's setting (README "Latency budgets"); the budget itself only where `budget`."""
+    g = p.add_argument_group("latency" + (" budget (instead of --constraint)" if budget else ""))
+    if budget:
+        g.add_argument("--latency-budget", "--latency-budget-ms", dest="latency_budget_ms", type=_positive_float,
+                       default=D.latency_budget_ms, metavar="MS",
+                       help="prune until one forward of --latency-batch examples × --latency-seq tokens is predicted "
+                            "to take at most MS milliseconds on --latency-device (instead of --constraint)")
+    g.add_argument("--latency-batch", type=_positive_int, default=D.latency_batch, help="examples per batch")
+    g.add_argument("--latency-seq", type=_positive_int, default=D.latency_seq, help="tokens per example (all real)")
+    g.add_argument("--latency-device", choices=("cpu", "cuda"), default=D.latency_device,
+                   help="device the latency is measured on (default: the pruning --device)")
+    g.add_argument("--threads", type=_positive_int, default=D.threads,
+                   help="CPU threads of the latency measurements (default: torch's current setting)")
 
 
 def _seq_len(text: str) -> float | str:
@@ -99,11 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kprune", description="Retraining-free structured pruning (K-prune).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", formatter_class=fmt, help="prune a checkpoint to a FLOPs budget",
-                       description="Prune heads and FFN neurons bottom-up until the FLOPs budget is met; "
+    p = sub.add_parser("prune", formatter_class=fmt, help="prune a checkpoint to a FLOPs or latency budget",
+                       description="Prune heads and FFN neurons bottom-up until the FLOPs (or latency) budget is met; "
                                    "writes OUT/model/ and OUT/summary.json.")
     _common(p)
-    p.add_argument("--constraint", type=_fraction, default=D.constraint, help="fraction of FLOPs to remove, in (0, 1)")
+    p.add_argument("--constraint", type=_fraction, default=None,
+                   help=f"fraction of FLOPs to remove, in (0, 1) (default {D.constraint}; or --latency-budget)")
     p.add_argument("--num-tokens", type=_positive_int, default=D.num_tokens, help="sample size in tokens")
     p.add_argument("--seed", type=int, default=D.seed, help="seed of the sample draw")
     p.add_argument("--lam-pred", type=float, default=D.lam_pred, help="weight of predictive knowledge (0 = ablate)")
@@ -139,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
 
     _squad_options(p, "sample")
+    _latency_options(p, budget=True)
+
+    lt = sub.add_parser("latency-table", formatter_class=fmt, help="measure (or show the cached) latency table",
+                        description="Time the model's attention sublayer with 0…H heads and its FFN sublayer on a grid "
+                                    "of widths (physically shrunk, median of interleaved rounds, made monotone) and "
+                                    "its whole forward on the device; print the table (cached under "
+                                    "$KPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/kprune or ~/.cache/kprune); the last line "
+                                    "is 'dense: <X> ms'.")
+    lt.add_argument("--model", required=True, help="checkpoint: local folder, hub id, or a kprune output model/")
+    _latency_options(lt, budget=False)
+    lt.add_argument("--remeasure", action="store_true", help="measure again even if the table is cached")
+    lt.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("evaluate", formatter_class=fmt, help="print a checkpoint's dev metrics as JSON")
     _common(e)
@@ -291,18 +330,34 @@ def _run(argv: list[str] | None) -> int:
 
     try:
         if args.command == "prune":
-            cfg = PruneConfig(constraint=args.constraint, num_tokens=args.num_tokens, seed=args.seed,
+            if args.constraint is not None and args.latency_budget_ms is not None:
+                raise ValueError("give either --constraint or --latency-budget, not both")
+            constraint = D.constraint if args.constraint is None else args.constraint
+            cfg = PruneConfig(constraint=constraint, num_tokens=args.num_tokens, seed=args.seed,
                               lam_pred=args.lam_pred, lam_rep=args.lam_rep, mu=args.mu, temperature=args.temperature,
                               tuning=not args.no_tuning, schedule=args.schedule, batch_size=args.batch_size,
                               method=args.method, max_length=args.max_length, batch_tokens=args.batch_tokens,
                               pred_knowledge=args.pred_knowledge, gold_first=args.gold_first,
-                              damping=args.damping)
+                              damping=args.damping, latency_budget_ms=args.latency_budget_ms,
+                              latency_batch=args.latency_batch, latency_seq=args.latency_seq,
+                              latency_device=args.latency_device, threads=args.threads)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
                                 overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
                                 **_squad_args(args))
             m = summary["metric"]
-            print(json.dumps({k: summary[k] for k in ("task", "constraint", "flops_removed", "metric", "pruning_seconds")}
+            keys = ("task", "constraint", "latency_budget_ms", "predicted_latency_ms", "measured_latency_ms",
+                    "dense_latency_ms", "flops_removed", "metric", "pruning_seconds")
+            print(json.dumps({k: summary[k] for k in keys if k in summary}
                              | {"dense": summary["dense"][m], "pruned": summary["pruned"][m], "output": args.output}))
+        elif args.command == "latency-table":
+            from .io import load_model
+            from .latency import format_table, latency_table
+
+            device = api.resolve_device(args.latency_device or "auto")
+            model, _ = load_model(args.model, device=device)
+            table = latency_table(model, args.latency_batch, args.latency_seq, device, args.threads,
+                                  refresh=args.remeasure, progress=not args.quiet)
+            print(format_table(table))
         elif args.command == "finetune":
             ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                                 weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,

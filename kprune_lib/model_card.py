@@ -71,6 +71,16 @@ def command_line(opts: dict) -> str | None:
     return shlex.join(words)
 
 
+def _constraint_text(summary: dict) -> str:
+    """What the run was pruned to: a FLOPs fraction, or a latency budget (with the measured latency)."""
+    if summary.get("latency_budget_ms") is None:
+        return f"remove {100 * summary['constraint']:.0f} % of the FLOPs"
+    lat = summary.get("latency", {})
+    return (f"a latency budget of {summary['latency_budget_ms']:.4g} ms per batch of {lat.get('batch')} × "
+            f"{lat.get('seq')} tokens on {lat.get('device_name', lat.get('device'))} ({lat.get('threads')} threads; "
+            f"dense {summary['dense_latency_ms']:.4g} ms, pruned {summary['measured_latency_ms']:.4g} ms measured)")
+
+
 def _metric_value(task: str, value: float) -> str:
     return f"{value:.2f}" if task in _DATASETS else f"{100 * value:.2f}"  # SQuAD scores are percentages already
 
@@ -143,8 +153,7 @@ def model_card(summary: dict, config: dict, command: str | None = None, python: 
               f"K-prune ({PAPER}): knowledge measurement, knowledge-preserving mask search and weight tuning, "
               f"sublayer by sublayer; `{summary['method']}` is "
               + ("the paper's method" if summary["method"] == "kprune" else "a variant or baseline, see the kprune "
-                 "README") + ". Constraint: remove "
-              f"{100 * summary['constraint']:.0f} % of the FLOPs; sample: {summary['num_tokens']:,} tokens "
+                 "README") + f". Constraint: {_constraint_text(summary)}; sample: {summary['num_tokens']:,} tokens "
               f"({summary.get('sample_examples', '?')} examples), seed {summary['seed']}; pruning took "
               f"{summary.get('pruning_seconds', float('nan')):.0f} s on {summary.get('device', '?')}.", ""]
     lines += _rows(["hyper-parameter", "value"], [[k, f"`{v}`"] for k, v in hp.items()]) + [""]

@@ -29,7 +29,12 @@ task = "mrpc"  # GLUE task
 data_dir = "../../shared/data/glue"  # GLUE root in the official layout (None: the hub)
 output_dir = "../runs/notebook04"  # where pruned/model/ and summary.json go
 method = "kprune"  # kprune | kprune-no-tuning | kprune-pred-only | kprune-rep-only | kwon-fisher
-constraint = 0.5  # fraction of FLOPs to remove, in (0, 1)
+constraint = 0.5  # fraction of FLOPs to remove, in (0, 1) (ignored when latency_budget_ms is set)
+latency_budget_ms = None  # instead of constraint: ms per forward of latency_batch × latency_seq tokens
+latency_batch = 32  # examples per batch of the latency budget
+latency_seq = 128  # tokens per example of the latency budget
+latency_device = None  # cpu | cuda (None: the pruning device)
+threads = None  # CPU threads of the latency measurements (None: torch's)
 num_tokens = 100000  # sample size in tokens
 seed = 0  # seed of the sample draw
 device = "auto"  # auto | cpu | cuda
@@ -48,11 +53,13 @@ latency_repeats = 3  # timed passes over the dev set (median reported)
 # %%
 from pathlib import Path
 
-from kprune_lib import PruneConfig, api, plots, workbook
+from kprune_lib import PruneConfig, api, latency, plots, workbook
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule, batch_size=batch_size,
-                     max_length=max_length, ridge=ridge, method=method)
+                     max_length=max_length, ridge=ridge, method=method, latency_budget_ms=latency_budget_ms,
+                     latency_batch=latency_batch, latency_seq=latency_seq, latency_device=latency_device,
+                     threads=threads)
 pruned_dir = Path(output_dir) / "pruned"
 
 # %% [markdown]
@@ -65,6 +72,19 @@ summary = api.prune(model, task, str(pruned_dir), data_dir=data_dir, device=devi
                     config=config)
 print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%} of FLOPs removed "
       f"in {summary['pruning_seconds']:.1f} s; model saved to {pruned_dir / 'model'}")
+
+# %% [markdown]
+# ## Latency budget
+# With `latency_budget_ms`, the units were priced by the latency table measured on the device (README "Latency
+# budgets"): the table (measured medians and the monotone costs the search used), and the budget against the
+# table's prediction and the pruned model's measured latency.
+
+# %%
+if summary.get("latency_budget_ms") is not None:
+    print(f"budget {summary['latency_budget_ms']:.2f} ms: predicted {summary['predicted_latency_ms']:.2f} ms, "
+          f"measured {summary['measured_latency_ms']:.2f} ms (dense {summary['dense_latency_ms']:.2f} ms; batch "
+          f"{latency_batch}, sequence length {latency_seq}, {summary['latency']['threads']} threads)")
+    fig = plots.latency_table(latency.load_table(summary["latency"]["table"]).rows(), title=summary["task"])
 
 # %% [markdown]
 # ## Latency
