@@ -72,3 +72,14 @@ accuracy: setup
 # a few-minute smoke of it: mrpc, 0.8, seeds 0,1, 5000 tokens -> benchmarks/ACCURACY-quick.md
 accuracy-quick: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py --quick
+
+.PHONY: latency-budget latency-budget-quick
+# issue #14: MiniLM MRPC pruned to 60/45/30 % of its measured dense latency (CPU, 2 threads, batch 32 × 128 tokens,
+# 20 000 sample tokens) and FLOPs-constrained K-prune at the same measured latency (resumable, runs/latency-budget)
+# -> benchmarks/LATENCY.md, figures/latency_budget.png, results/*-latency-budget.json. Run on an idle machine.
+latency-budget: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/latency_budget.py
+
+# a few-minute smoke of it (batch 4 × 32 tokens, 1 000 sample tokens) -> runs/latency-budget-quick/
+latency-budget-quick: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/latency_budget.py --quick
