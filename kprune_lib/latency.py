@@ -375,6 +375,21 @@ def measure_latency(model, batch: int, seq: int, device: torch.device | str | No
     return 1e3 * statistics.median(times[0])
 
 
+def measure_latencies(models: dict, batch: int, seq: int, device: torch.device | str, threads: int | None = None,
+                      *, timer: Timer | None = None, progress: bool = False) -> dict[str, float]:
+    """Median milliseconds of each model's forward (name -> ms), the models timed in the same interleaved rounds so
+    that a change of the machine's load hits them alike (for comparisons at equal measured latency)."""
+    device = torch.device(device)
+    points = []
+    with torch.inference_mode(), num_threads(threads):
+        for name, model in models.items():
+            model = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
+            inputs = random_inputs(model.eval(), batch, seq, device)
+            points.append(("model", shape_of(Arch(model)), lambda m=model, x=inputs: m(**x)))
+        times = _timed_rounds(points, timer or wall_timer(device), f"latency of {len(models)} models", progress)
+    return {name: 1e3 * statistics.median(t) for name, t in zip(models, times)}
+
+
 def format_table(table: LatencyTable) -> str:
     """The table as text; its last line is `dense: <X> ms`."""
     k = table.key

@@ -118,6 +118,17 @@ def test_additive_model_predicts_random_shapes_exactly_with_the_fake_timer():
                                                      for h, n in zip(hm.sum(1), nm.sum(1))))
 
 
+def test_measure_latencies_times_every_model_in_the_same_rounds():
+    model = tiny_model("bert")
+    shrunk = prune_physically(copy.deepcopy(model), torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]).bool(),
+                              torch.arange(24).expand(2, -1) < 7)
+    timer = FakeTimer()
+    ms = lat.measure_latencies({"dense": model, "pruned": shrunk}, BATCH, SEQ, "cpu", 1, timer=timer)
+    assert timer.calls == 2 * lat.LATENCY_REPEATS
+    assert ms["dense"] == pytest.approx(FIXED + 2 * (attn_ms(4) + ffn_ms(24)))
+    assert ms["pruned"] == pytest.approx(FIXED + attn_ms(2) + attn_ms(0) + 2 * ffn_ms(7))
+
+
 def test_ffn_grid_interpolates_between_steps(monkeypatch):
     monkeypatch.setattr(lat, "LATENCY_PER_UNIT_MAX", 8)
     monkeypatch.setattr(lat, "LATENCY_FFN_STEP", {"cpu": 5})
