@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from .config import PAD_SLACK
+from .config import BATCH_OVERHEAD_TOKENS
 from .glue_data import DataError, Examples
 
 
@@ -72,31 +72,46 @@ def make_batches(features: list[dict], batch_size: int, pad_id: int, device=None
     return [pad_batch(features[i:i + batch_size], pad_id, device) for i in range(0, len(features), batch_size)]
 
 
+def length_partition(lengths: list[int], batch_tokens: int, overhead_tokens: int) -> list[tuple[int, int]]:
+    """Cut length-sorted (ascending) examples into consecutive batches [start, end) minimising the total cost
+    Σ_batches (overhead_tokens + size · longest), each batch at most batch_tokens padded tokens (a single longer
+    example is a batch of its own). overhead_tokens prices a batch's fixed cost (dispatch, small-matrix inefficiency)
+    in padded tokens: 0 gives one batch per distinct length, more trades a little padding for fewer batches.
+    Exact, by dynamic programming over the cut points."""
+    n = len(lengths)
+    lens = np.asarray(lengths, dtype=np.int64)
+    best = np.zeros(n + 1, dtype=np.float64)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        longest = int(lens[j - 1])
+        lo = max(0, j - max(1, batch_tokens // max(longest, 1)))
+        starts = np.arange(lo, j)
+        cost = best[lo:j] + overhead_tokens + (j - starts) * longest
+        k = int(np.argmin(cost))  # the first minimum: the largest batch among equals
+        best[j], cut[j] = cost[k], starts[k]
+    bounds, j = [], n
+    while j > 0:
+        bounds.append((int(cut[j]), j))
+        j = int(cut[j])
+    return bounds[::-1]
+
+
 def sample_batches(features: list[dict], batch_size: int, pad_id: int, device=None,
-                   batch_tokens: int = 0) -> list[dict[str, torch.Tensor]]:
+                   batch_tokens: int = 0, overhead_tokens: int = BATCH_OVERHEAD_TOKENS) -> list[dict[str, torch.Tensor]]:
     """The pruning sample (features in draw order) as compute batches, each row tagged with "group": its sample
     batch, i.e. the `batch_size` consecutive draws whose mean loss the method differentiates.
 
     batch_tokens 0: compute on the sample batches themselves, as drawn (the reference's padding).
     batch_tokens > 0: compute on length-sorted batches of at most batch_tokens padded tokens (at least one example
-    each), a batch closing early when its padding would exceed PAD_SLACK of its real tokens: padding is a few
-    percent. The sample and its grouping are unchanged."""
+    each), cut where padding and per-batch overhead cost least (`length_partition`): padding is a few percent.
+    The sample and its grouping are unchanged."""
     groups = [i // batch_size for i in range(len(features))]
     if batch_tokens <= 0:
         chunks = [list(range(i, min(i + batch_size, len(features)))) for i in range(0, len(features), batch_size)]
     else:
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # stable: ties in draw order
-        chunks, current, real = [], [], 0
-        for i in order:
-            longest = len(features[i]["input_ids"])  # sorted ascending: the newcomer is the longest
-            padded = (len(current) + 1) * longest
-            if current and (padded > batch_tokens or padded > PAD_SLACK * (real + longest)):
-                chunks.append(current)
-                current, real = [], 0
-            current.append(i)
-            real += longest
-        if current:
-            chunks.append(current)
+        bounds = length_partition([len(features[i]["input_ids"]) for i in order], batch_tokens, overhead_tokens)
+        chunks = [order[a:b] for a, b in bounds]
     out = []
     for chunk in chunks:
         b = pad_batch([features[i] for i in chunk], pad_id, device)

@@ -13,7 +13,8 @@ The iteration-0 special cases (the student is still the teacher at s = 0):
 - without autocast the teacher's soft targets come from iteration 0's own forward (as in the reference); with
   autocast from a separate float32 pass before the loop (`teacher_pass`), so teacher signals never carry reduced
   precision;
-- naive: iteration 0's forward also gives every Y_t; cached: it gives the teacher's step through sublayer 0;
+- naive: iteration 0's forward also gives every Y_t; cached: its Y_0 (held on real tokens; LayerNorm(Y_0) is the
+  teacher's next input);
 - cached: at s = 0 the embeddings are recomputed per batch instead of held, so the deepest backward graph
   (iteration 0) coexists with no stream memory;
 - cached: an attention sublayer's advance reuses the context vectors of its measurement pass (only the tuned
@@ -198,7 +199,7 @@ class CachedSchedule(Schedule):
         n = len(self.batches)
         self.student_x: list[torch.Tensor | None] = [None] * n  # X_s (B, T, d); None at s = 0 (embeddings recomputed)
         self.teacher_x: list[torch.Tensor | None] = [None] * n  # the teacher's input to s on real tokens (n, d)
-        self._step: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # s = 0: the teacher's (LayerNorm(Y_0), Y_0)
+        self._step: dict[int, torch.Tensor] = {}  # s = 0: the teacher's Y_0 on real tokens (n, d)
 
     def first_sublayer(self, s: int) -> int:
         return s
@@ -211,13 +212,17 @@ class CachedSchedule(Schedule):
 
     def _observe(self, j, s, t, h, y):
         if s == t == 0 and self.autocast is None:  # the student is the teacher here: its step is the teacher's
-            self._step[j] = (h.detach(), y.detach())
+            self._step[j] = y.detach()[self.batches[j]["attention_mask"].bool()]
 
     def teacher_target(self, j, s, x_s):
         """Streams the teacher through sublayer s (unmasked, not yet tuned) and keeps its output on real tokens."""
         tok = self.batches[j]["attention_mask"]
+        if j in self._step:  # s = 0, taken from iteration 0's forward: LayerNorm(Y_0) per token gives the same rows
+            y_rows = self._step.pop(j)
+            self.teacher_x[j] = self.arch.module(0, "attn_ln")(y_rows)
+            return unpack(y_rows, tok)
         x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
-        x_next, y_teacher = self._step.pop(j, None) or sublayer(self.arch, s, x_teacher, self.biases[j])[:2]
+        x_next, y_teacher = sublayer(self.arch, s, x_teacher, self.biases[j])[:2]
         self.teacher_x[j] = x_next[tok.bool()]  # real tokens only (see `unpack`)
         return y_teacher
 

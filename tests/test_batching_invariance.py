@@ -40,9 +40,36 @@ def test_sorted_batches_keep_the_sample_and_its_grouping():
                              for g, ids, m in zip(b["group"], b["input_ids"], b["attention_mask"]))
     assert rows(drawn) == rows(sorted_)
     assert padded_tokens(sorted_) < padded_tokens(drawn)
-    from kprune_lib.config import PAD_SLACK  # each sorted batch pads at most PAD_SLACK of its real tokens
-    assert all(b["input_ids"].numel() <= PAD_SLACK * int(b["attention_mask"].sum()) or b["input_ids"].shape[0] == 1
-               for b in sorted_)
+
+
+def _partition_cost(lengths, bounds, overhead):
+    return sum(overhead + (b - a) * lengths[b - 1] for a, b in bounds)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_length_partition_is_the_cheapest_cut(seed):
+    """The dynamic programme equals brute force over all 2^(n-1) cuts of a sorted length list, within the cap."""
+    import itertools
+    import random
+
+    from kprune_lib.batching import length_partition
+
+    rng = random.Random(seed)
+    lengths = sorted(rng.randint(3, 30) for _ in range(11))
+    cap, overhead = 64, rng.choice([0, 8, 40])
+    best = None
+    for cuts in itertools.product([False, True], repeat=len(lengths) - 1):
+        edges = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(lengths)]
+        bounds = list(zip(edges[:-1], edges[1:]))
+        if all((b - a) * lengths[b - 1] <= cap or b - a == 1 for a, b in bounds):
+            cost = _partition_cost(lengths, bounds, overhead)
+            best = cost if best is None else min(best, cost)
+    got = length_partition(lengths, cap, overhead)
+    assert [a for a, _ in got][1:] == [b for _, b in got][:-1] and got[0][0] == 0 and got[-1][1] == len(lengths)
+    assert all((b - a) * lengths[b - 1] <= cap or b - a == 1 for a, b in got)
+    assert _partition_cost(lengths, got, overhead) == best
+    if overhead == 0:  # nothing to save by merging: no padding at all
+        assert all(lengths[a] == lengths[b - 1] for a, b in got)
 
 
 def test_regrouped_example_gradients_equal_the_batch_gradient():
