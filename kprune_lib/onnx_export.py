@@ -187,24 +187,39 @@ def _atomic_file(target: Path, overwrite: bool):
         raise OnnxExportError(f"output {target} is a folder; pass a file path such as {target / 'model.onnx'}")
     if target.exists() and not overwrite:
         raise OnnxExportError(f"output {target} exists; choose another --output or pass --overwrite")
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # removed again on failure
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=".onnx", dir=target.parent)
     except OSError as e:
+        _remove_empty(created)
         raise OnnxExportError(f"cannot write {target}: {target.parent} is not a writable folder "
                               f"({e.strerror or _first_line(e)}); choose another --output") from None
     os.close(fd)
     tmp = Path(tmp)
+    done = False
     try:
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, target)
+        done = True
     finally:
         for leftover in (tmp, Path(str(tmp) + ".data")):
             if leftover.exists():
                 leftover.unlink()
+        if not done:
+            _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders an export created (deepest first), where they are still empty."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 # ---- export ---------------------------------------------------------------------------------------------------

@@ -192,9 +192,9 @@ def _one_error_line(capsys, argv, *needles) -> None:
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "README.md").write_text("not a model")
-    out = tmp_path / "out" / "m.onnx"
+    out = tmp_path / "out" / "sub" / "m.onnx"
     _one_error_line(capsys, ["--model", str(tmp_path / "notes"), "--output", str(out)], "not a loadable model")
-    assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # not even the folders made for the output
 
 
 def test_cli_refuses_a_pruned_folder_with_broken_weights(tmp_path, pruned_folder, capsys):
