@@ -342,6 +342,10 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     table = LatencyTable({}, grid, measured, cost, total_ms=medians[-1], fixed_ms=0.0)
     table.fixed_ms = table.total_ms - table.sublayer_ms(heads, neurons)
     table.seconds = time.perf_counter() - t_start
+    if table.fixed_ms < 0:
+        log.warning("the latency table's fixed part came out negative (%.3g ms: the sublayers timed slower than the "
+                    "whole model), so the machine's load changed while it was measured; measure again on an idle "
+                    "machine (kprune latency-table --remeasure)", table.fixed_ms)
     return table
 
 

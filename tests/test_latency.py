@@ -141,16 +141,25 @@ def test_ffn_grid_interpolates_between_steps(monkeypatch):
 
 
 def test_real_timing_prediction_within_a_factor_of_two():
-    """Loose on purpose (a shared, loaded machine): predicted vs measured latency of random pruned shapes."""
+    """Loose on purpose (a shared, loaded machine): the predicted latency of random pruned shapes relative to the
+    dense model's, against the measured one (pruned and dense timed in the same interleaved rounds, so that a change
+    of load between the table and this measurement cancels), within a factor of 2. A burst of load from other
+    processes can still upset one attempt, so the check passes if one of three (each with a fresh table) does; a
+    wrong latency model fails all three."""
     model = tiny_model("bert", hidden=128, heads=4, ffn=512, layers=2)
-    t = lat.latency_table(model, 8, 32, "cpu", 1, progress=False)
     g = torch.Generator().manual_seed(1)
+    shapes = [random_shape(model, g) for _ in range(3)]
+    models = {"dense": model} | {j: prune_physically(copy.deepcopy(model), hm, nm) for j, (hm, nm) in enumerate(shapes)}
+    attempts = []
     for _ in range(3):
-        hm, nm = random_shape(model, g)
-        pruned = prune_physically(copy.deepcopy(model), hm, nm)
-        measured = lat.measure_latency(pruned, 8, 32, "cpu", 1)
-        predicted = t.predict(hm.sum(1).tolist(), nm.sum(1).tolist())
-        assert 0.5 < predicted / measured < 2.0, (predicted, measured)
+        t = lat.latency_table(model, 8, 32, "cpu", 1, progress=False, refresh=True)
+        ms = lat.measure_latencies(models, 8, 32, "cpu", 1)
+        ratios = [(t.predict(hm.sum(1).tolist(), nm.sum(1).tolist()) / t.total_ms) / (ms[j] / ms["dense"])
+                  for j, (hm, nm) in enumerate(shapes)]
+        attempts.append(ratios)
+        if all(0.5 < r < 2.0 for r in ratios):
+            return
+    pytest.fail(f"predicted / measured (relative to dense) outside (0.5, 2) in every attempt: {attempts}")
 
 
 # ---- the cache ------------------------------------------------------------------------------------------------------
