@@ -298,3 +298,19 @@ def accuracy_vs_latency(points: pd.DataFrame, metric: str = "metric") -> plt.Fig
     ax.set(xlabel="measured latency (ms per batch)", ylabel=f"{metric} (×100)", title="Accuracy vs measured latency")
     ax.legend(fontsize="small")
     return fig
+
+
+def latency_budget_view(summary: dict):
+    """Notebook 04's view of a latency-budget run: the table its search used (`latency_table`), titled with the budget,
+    the prediction and the measured latency; a `Note` for a FLOPs-constrained run."""
+    if summary.get("latency_budget_ms") is None:
+        return Note("FLOPs-constrained run: no latency table (prune with `latency_budget_ms` to get one).")
+    from .latency import load_table
+
+    lat = summary["latency"]
+    title = (f"{summary['task']}: budget {summary['latency_budget_ms']:.4g} ms, predicted "
+             f"{summary['predicted_latency_ms']:.4g}, measured {summary['measured_latency_ms']:.4g} (dense "
+             f"{summary['dense_latency_ms']:.4g}); batch {lat['batch']} × {lat['seq']}, {lat['threads']} threads")
+    fig = latency_table(load_table(lat["table"]).rows())
+    fig.suptitle(title, fontsize="small")
+    return fig

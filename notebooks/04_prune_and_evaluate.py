@@ -53,7 +53,7 @@ latency_repeats = 3  # timed passes over the dev set (median reported)
 # %%
 from pathlib import Path
 
-from kprune_lib import PruneConfig, api, latency, plots, workbook
+from kprune_lib import PruneConfig, api, plots, workbook
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule, batch_size=batch_size,
@@ -80,11 +80,7 @@ print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%}
 # table's prediction and the pruned model's measured latency.
 
 # %%
-if summary.get("latency_budget_ms") is not None:
-    print(f"budget {summary['latency_budget_ms']:.2f} ms: predicted {summary['predicted_latency_ms']:.2f} ms, "
-          f"measured {summary['measured_latency_ms']:.2f} ms (dense {summary['dense_latency_ms']:.2f} ms; batch "
-          f"{latency_batch}, sequence length {latency_seq}, {summary['latency']['threads']} threads)")
-    fig = plots.latency_table(latency.load_table(summary["latency"]["table"]).rows(), title=summary["task"])
+plots.latency_budget_view(summary)
 
 # %% [markdown]
 # ## Latency

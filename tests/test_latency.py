@@ -403,3 +403,8 @@ def test_cli_prunes_to_a_latency_budget(capsys, small_glue, tmp_path):
     card = (tmp_path / "o" / "model" / "README.md").read_text()
     assert "latency budget of" in card and "--latency-budget-ms" in card
     assert math.isfinite(summary["pruned"]["accuracy"])
+    from kprune_lib import plots  # notebook 04's view: the table the search used, or a note for a FLOPs run
+
+    fig = plots.latency_budget_view(summary)
+    assert isinstance(fig, plots.plt.Figure) and len(fig.axes) == 2
+    assert isinstance(plots.latency_budget_view({**summary, "latency_budget_ms": None}), plots.Note)
