@@ -26,7 +26,8 @@ from .flops import head_flops, neuron_flops
 from .forward import encode
 from .glue_data import load_glue
 from .io import KPRUNE_FILE, load_model
-from .masks import apply_masks, kept_per_layer, masked_model
+from .masks import apply_masks, masked_model
+from .masks import kept_per_layer as units_per_layer
 from .measurement import (importance_scores, per_unit, predictive_knowledge_increment, predictive_loss,
                           representational_knowledge_increment, teacher_signal)
 from .prune import PruneResult
@@ -109,7 +110,7 @@ def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
 def mask_flops_removed(arch: Arch, seq_len: float, head_mask, neuron_mask) -> float:
     f = unit_flops(arch, seq_len)
     dense = sum(arch.heads_in_layer(i) * f[0] + arch.neurons_in_layer(i) * f[1] for i in range(arch.num_layers))
-    return 1.0 - (sum(kept_per_layer(head_mask)) * f[0] + sum(kept_per_layer(neuron_mask)) * f[1]) / dense
+    return 1.0 - (sum(units_per_layer(head_mask)) * f[0] + sum(units_per_layer(neuron_mask)) * f[1]) / dense
 
 
 # ---- 01 knowledge ---------------------------------------------------------------------------------------------
