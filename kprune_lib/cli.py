@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample batch size: consecutive draws whose mean loss is differentiated (default: 32 GLUE, "
                         "12 SQuAD)")
     p.add_argument("--batch-tokens", type=int, default=D.batch_tokens,
-                   help="padded tokens per length-sorted compute batch (default: 4096 CPU, 16384 CUDA); 0 computes "
+                   help="padded tokens per length-sorted compute batch (default: 2048 CPU, 16384 CUDA); 0 computes "
                         "on the sample batches as drawn; the masks do not depend on it")
     p.add_argument("--pred-knowledge", choices=PRED_KNOWLEDGE, default=D.pred_knowledge,
                    help="batch: the paper's ½(batch-mean gradient)²; example: per-example empirical Fisher; "
