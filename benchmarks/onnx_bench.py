@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,18 +45,7 @@ from kprune_lib.flops import encoder_params  # noqa: E402
 from kprune_lib.glue_data import load_glue  # noqa: E402
 from kprune_lib.onnx_export import export_onnx, load_for_export, session  # noqa: E402
 from kprune_lib.tasks import get_glue_task  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+from bench import machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def ensure_pruned(a) -> Path:
