@@ -79,3 +79,14 @@ ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra"]
 
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"shared fixture {path} not available")
+
+
+@pytest.fixture(scope="module")
+def small_glue(tmp_path_factory):
+    """A GLUE root with the first 40 MRPC train rows and 24 dev rows (real files, cut short)."""
+    root = tmp_path_factory.mktemp("glue")
+    (root / "MRPC").mkdir()
+    for name, n in (("train.tsv", 41), ("dev.tsv", 25)):
+        lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines()[:n]
+        (root / "MRPC" / name).write_text("\n".join(lines) + "\n")
+    return root

@@ -14,17 +14,6 @@ MRPC_MODEL = MODELS_DIR / "minilm-l6-mrpc"
 pytestmark = [needs_shared(MRPC_MODEL), needs_shared(GLUE_DIR)]
 
 
-@pytest.fixture(scope="module")
-def small_glue(tmp_path_factory):
-    """A GLUE root with the first 40 MRPC train rows and 24 dev rows (real files, cut short)."""
-    root = tmp_path_factory.mktemp("glue")
-    (root / "MRPC").mkdir()
-    for name, n in (("train.tsv", 41), ("dev.tsv", 25)):
-        lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines()[:n]
-        (root / "MRPC" / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
 def run_cli(capsys, *argv):
     code = main(list(argv))
     err = capsys.readouterr().err.strip().splitlines()

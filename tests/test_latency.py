@@ -320,16 +320,6 @@ MRPC_MODEL = MODELS_DIR / "minilm-l6-mrpc"
 LAT = ["--latency-batch", "2", "--latency-seq", "16", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def small_glue(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glue")
-    (root / "MRPC").mkdir()
-    for name, n in (("train.tsv", 41), ("dev.tsv", 25)):
-        lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines()[:n]
-        (root / "MRPC" / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
 def cli(capsys, *argv):
     """Exit code, stdout lines and the stderr lines that are kprune's own (its error lines; not the log or loading bars)."""
     code = main(list(argv))
