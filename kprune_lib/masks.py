@@ -67,6 +67,15 @@ def _drop_bias(module, _inputs, output):
     return output - module.bias.to(output.dtype)  # W·0 + b − b: exactly zero, and the mask stays in the graph
 
 
+def _projection(arch: Arch, s: int, m: torch.Tensor, what: str) -> torch.nn.Linear:
+    """Sublayer s's output projection, once the mask or probe m for it has a shape (w,) or (B, w) it can take."""
+    proj = arch.out_proj(s)
+    if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:
+        raise ValueError(f"{what} for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},) "
+                         f"or (batch, {proj.in_features})")
+    return proj
+
+
 @contextmanager
 def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor],
                 probes: Mapping[int, torch.Tensor] | None = None) -> Iterator[None]:
@@ -79,19 +88,13 @@ def apply_masks(arch: Arch, masks: Mapping[int, torch.Tensor],
     handles = []
     try:
         for s, m in (probes or {}).items():
-            proj = arch.out_proj(s)
-            if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:
-                raise ValueError(f"probe for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},) "
-                                 f"or (batch, {proj.in_features})")
+            proj = _projection(arch, s, m, "probe")
             if s in masks:
                 raise ValueError(f"sublayer {s} has both a mask and a probe")
             handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (_Probe.apply(inp[0], m),)
                                                           + tuple(inp[1:])))
         for s, m in masks.items():
-            proj = arch.out_proj(s)
-            if m.shape[-1:] != (proj.in_features,) or m.dim() > 2:
-                raise ValueError(f"mask for sublayer {s} has shape {tuple(m.shape)}, expected ({proj.in_features},) "
-                                 f"or (batch, {proj.in_features})")
+            proj = _projection(arch, s, m, "mask")
             m = m if m.dim() == 1 else m[:, None, :]  # (B, w): one row per example, broadcast over its tokens
             handles.append(proj.register_forward_pre_hook(lambda _mod, inp, m=m: (inp[0] * m,) + tuple(inp[1:])))
             if proj.bias is not None and not bool(m.detach().any()):

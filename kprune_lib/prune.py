@@ -125,8 +125,7 @@ class _Run:
 
 
 def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float | None = None,
-           seq_len: float,
-           lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
+           seq_len: float, lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
            schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
            record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
            gold_first: bool = False, damping: float = 0.0, latency: LatencyTable | None = None,
@@ -166,10 +165,9 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     n_sub = 2 * L
     fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
     unit_flops = {s: fh if s % 2 == 0 else fn for s in range(n_sub)}
-    # the given model's FLOPs: its own heads and neurons per layer (a model pruned before has fewer than its config's)
-    flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
-                              seq_len, d, arch.head_size)
+    # the given model's own units per sublayer (a model pruned before has fewer than its config's), and its FLOPs
     units = {s: arch.heads_in_layer(s // 2) if s % 2 == 0 else arch.neurons_in_layer(s // 2) for s in range(n_sub)}
+    flops_dense = model_flops(list(units.values())[0::2], list(units.values())[1::2], seq_len, d, arch.head_size)
     if latency_budget_ms is None:
         budget = (1.0 - constraint) * flops_dense
     else:  # latency costs: each unit's marginal latency from the table
