@@ -98,5 +98,6 @@ EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
 LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing
 LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the median per point is kept
 LATENCY_PER_UNIT_MAX = 256  # an FFN at most this wide is measured at every width 0…N; wider ones on a grid
+LATENCY_CALIBRATION = (0.25, 0.5, 0.75)  # uniform fractions of every layer's units timed whole, besides 0 and 1
 LATENCY_FFN_STEP = {"cpu": 64, "cuda": 128}  # FFN grid step (neurons) per device type, interpolated linearly
 LATENCY_CACHE_ENV = "KPRUNE_CACHE_DIR"  # overrides the cache folder ($XDG_CACHE_HOME/kprune, else ~/.cache/kprune)

@@ -10,9 +10,14 @@ inputs of the budget's batch and sequence length. Protocol: `LATENCY_WARMUP` unt
 all points alike; CUDA synchronised around each call), the median per point, made monotone (`monotone`: isotonic
 regression over the units, so a wider sublayer never costs less). The whole model's forward is timed in the same rounds.
 
-Latency model: total(shape) = fixed + Σ_layers C_attn(h_i) + C_ffn(n_i), where fixed (embeddings, classifier, the
-rest of the forward) = the measured total of the given model − Σ of its own sublayers' table costs, so the model
-predicts the given shape's measured total exactly. Tables are cached as JSON per device (and its name), dtype,
+Latency model: S(shape) = Σ_layers C_attn(h_i) + C_ffn(n_i), the sublayers' table costs, and
+total(shape) = G(S(shape)), where G is calibrated in situ: a sublayer timed alone runs faster than inside the whole
+forward (its weights stay in cache; the whole model's need not) and the difference shrinks with the model, so the whole
+model is also timed, in the same rounds, at uniform shapes keeping a fraction f ∈ {0} ∪ LATENCY_CALIBRATION ∪ {1} of
+every layer's heads and neurons (f = 0: every head and neuron removed, the floor). G interpolates those measured
+totals (made monotone) linearly in S; the model thus predicts the floor and the given model exactly, and its
+inverse turns a latency budget into a budget on S for KPMS. The fixed part reported (embeddings, classifier, the
+rest) is T_floor − S(floor). Tables are cached as JSON per device (and its name), dtype,
 threads, batch, sequence length and architecture shape under `cache_dir()`.
 """
 from __future__ import annotations
@@ -37,13 +42,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .arch import Arch
-from .config import (LATENCY_CACHE_ENV, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS, LATENCY_WARMUP)
+from .config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
+                     LATENCY_WARMUP)
 from .hf.modeling_kprune import keep_columns, keep_rows
+from .physical import prune_physically
 
 log = logging.getLogger(__name__)
 
 KINDS = ("attention", "ffn")  # sublayer s is KINDS[s % 2]
-TABLE_VERSION = 1  # bump when the measurement protocol changes: older cached tables are then not reused
+TABLE_VERSION = 2  # bump when the measurement protocol changes: older cached tables are then not reused
 
 # timer(kind, units, fn) -> seconds of one call fn(); kind "attention" | "ffn" (units: int) or "model" (units: the
 # (heads_per_layer, neurons_per_layer) of the timed model). Tests inject a deterministic fake.
@@ -130,7 +137,10 @@ class LatencyTable:
     measured_ms: dict[str, list[float]]  # kind -> median per grid point
     cost_ms: dict[str, list[float]]  # kind -> the monotone table: `monotone(measured_ms)`
     total_ms: float  # measured forward of the whole model the table was measured on (its own shape)
-    fixed_ms: float  # total_ms − Σ its sublayers' costs: embeddings, classifier, the rest
+    fixed_ms: float  # embeddings, classifier, the rest: T_floor − S(floor) (without calibration: total − S(model))
+    # G: {"fractions": [0, …, 1], "sublayer_ms": S of each uniform shape, "measured_ms": its measured total, made
+    # monotone}; None: the plain additive model total = fixed + S
+    calibration: dict | None = None
     seconds: float = 0.0  # wall time the measurement took
     path: str | None = None  # where it is cached
 
@@ -145,13 +155,28 @@ class LatencyTable:
         return sum(self.cost("attention", h) + self.cost("ffn", n) for h, n in zip(heads_per_layer, neurons_per_layer))
 
     def predict(self, heads_per_layer, neurons_per_layer) -> float:
-        """Predicted latency (ms) of a shape: fixed + Σ_layers C_attn(h_i) + C_ffn(n_i)."""
-        return self.fixed_ms + self.sublayer_ms(heads_per_layer, neurons_per_layer)
+        """Predicted latency (ms) of a shape: G(S(shape)), S = Σ_layers C_attn(h_i) + C_ffn(n_i) (module docstring);
+        without calibration fixed + S."""
+        return self.total_of(self.sublayer_ms(heads_per_layer, neurons_per_layer))
+
+    def total_of(self, sublayer_ms: float) -> float:
+        """G: the whole model's latency (ms) for sublayer costs summing to sublayer_ms."""
+        if self.calibration is None:
+            return self.fixed_ms + sublayer_ms
+        c = self.calibration
+        return float(np.interp(sublayer_ms, c["sublayer_ms"], c["measured_ms"]))
+
+    def sublayer_budget(self, budget_ms: float) -> float:
+        """G⁻¹: the largest Σ of sublayer costs whose predicted latency is budget_ms (KPMS walks against it)."""
+        if self.calibration is None:
+            return budget_ms - self.fixed_ms
+        c = self.calibration
+        return float(np.interp(budget_ms, c["measured_ms"], c["sublayer_ms"]))
 
     def floor_ms(self) -> float:
-        """The least any pruning reaches: fixed + every sublayer at zero units (LayerNorm(X) only)."""
+        """The least any pruning reaches: every sublayer at zero units (LayerNorm(X) only)."""
         L = self.key["layers"]
-        return self.fixed_ms + L * (self.cost("attention", 0) + self.cost("ffn", 0))
+        return self.total_of(L * (self.cost("attention", 0) + self.cost("ffn", 0)))
 
     def average_unit_cost(self, kind: str, units: int) -> float:
         """KPMS's score denominator for a sublayer at `units` units: (C(units) − C(0)) / units, the mean marginal
@@ -334,19 +359,34 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     with torch.inference_mode(), num_threads(threads):
         points = [("attention", h, _attention_fn(arch, i_attn, h, x)) for h in grid["attention"]]
         points += [("ffn", n, _ffn_fn(arch, i_ffn, n, x)) for n in grid["ffn"]]
-        points.append(("model", (heads, neurons), lambda: model(**inputs)))
+        fractions = [0.0, *LATENCY_CALIBRATION, 1.0]
+        shapes = [uniform_shape(heads, neurons, f) for f in fractions]
+        for f, shape in zip(fractions, shapes):
+            m = model if f == 1.0 else prune_physically(
+                copy.deepcopy(model), *[[torch.arange(u) < k for u, k in zip(full, kept)]
+                                        for full, kept in zip((heads, neurons), shape)])
+            points.append(("model", shape, lambda m=m: m(**inputs)))
         times = _timed_rounds(points, timer, f"latency table ({device.type}, batch {batch}, seq {seq})", progress)
     medians = [1e3 * statistics.median(t) for t in times]
     measured = {kind: [m for (k, _, _), m in zip(points, medians) if k == kind] for kind in KINDS}
     cost = {kind: monotone(measured[kind]) for kind in KINDS}
-    table = LatencyTable({}, grid, measured, cost, total_ms=medians[-1], fixed_ms=0.0)
-    table.fixed_ms = table.total_ms - table.sublayer_ms(heads, neurons)
+    totals = medians[-len(fractions):]
+    table = LatencyTable({}, grid, measured, cost, total_ms=totals[-1], fixed_ms=0.0)
+    table.calibration = {"fractions": fractions, "sublayer_ms": [table.sublayer_ms(*shape) for shape in shapes],
+                         "measured_ms": monotone(totals), "measured_raw_ms": totals}
+    table.total_ms = table.calibration["measured_ms"][-1]
+    table.fixed_ms = table.calibration["measured_ms"][0] - table.calibration["sublayer_ms"][0]
     table.seconds = time.perf_counter() - t_start
-    if table.fixed_ms < 0:
-        log.warning("the latency table's fixed part came out negative (%.3g ms: the sublayers timed slower than the "
-                    "whole model), so the machine's load changed while it was measured; measure again on an idle "
-                    "machine (kprune latency-table --remeasure)", table.fixed_ms)
+    if totals != table.calibration["measured_ms"] or table.fixed_ms < 0:
+        log.warning("the whole model timed faster at a larger shape than at a smaller one, or its fixed part came out "
+                    "negative (%.3g ms), so the machine's load changed while the latency table was measured; measure "
+                    "again on an idle machine (kprune latency-table --remeasure)", table.fixed_ms)
     return table
+
+
+def uniform_shape(heads: list[int], neurons: list[int], fraction: float) -> tuple[list[int], list[int]]:
+    """Each layer keeping round(fraction · its units) heads and neurons (a calibration shape of the table)."""
+    return [round(fraction * h) for h in heads], [round(fraction * n) for n in neurons]
 
 
 def _timed_rounds(points: list[tuple], timer: Timer, desc: str, progress: bool,
@@ -403,7 +443,11 @@ def format_table(table: LatencyTable) -> str:
              f"cached at: {table.path}",
              f"{'sublayer':<10} {'units':>6} {'median ms':>11} {'monotone ms':>12}"]
     lines += [f"{r['kind']:<10} {r['units']:>6} {r['measured_ms']:>11.4f} {r['cost_ms']:>12.4f}" for r in table.rows()]
-    lines += [f"fixed: {table.fixed_ms:.4f} ms (embeddings, classifier, the rest: measured total − Σ sublayers)",
+    if table.calibration is not None:
+        c = table.calibration
+        lines += [f"{'whole model':<10} {round(100 * f):>5}% {t:>11.4f}   (Σ sublayers {s:.4f} ms)"
+                  for f, s, t in zip(c["fractions"], c["sublayer_ms"], c["measured_raw_ms"])]
+    lines += [f"fixed: {table.fixed_ms:.4f} ms (embeddings, classifier, the rest: measured floor − Σ empty sublayers)",
               f"floor: {table.floor_ms():.4f} ms (every head and neuron removed)",
               f"dense: {table.total_ms:.4f} ms"]
     return "\n".join(lines)

@@ -287,14 +287,19 @@ def latency_table(rows: pd.DataFrame | list[dict], title: str = "") -> plt.Figur
 
 def accuracy_vs_latency(points: pd.DataFrame, metric: str = "metric") -> plt.Figure:
     """Dev metric (×100) vs measured latency, one curve per constraint kind (column `kind`: e.g. "latency budget",
-    "FLOPs constraint"); the dense model as a star where a row has kind "dense". points: kind, measured_ms, metric."""
+    "FLOPs constraint"), one line per seed where there is a `seed` column; the dense model as a star where a row has
+    kind "dense". points: kind, measured_ms, metric[, seed]."""
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     styles = {"latency budget": ("tab:red", "o"), "FLOPs constraint": ("tab:blue", "s"), "dense": ("k", "*")}
     for kind, g in points.groupby("kind", sort=False):
         color, marker = styles.get(kind, (None, "x"))
-        g = g.sort_values("measured_ms")
-        ax.plot(g.measured_ms, 100 * g[metric], marker=marker, color=color, ms=9 if kind == "dense" else 6,
-                ls="none" if kind == "dense" else "-", label=kind)
+        # one line per seed where a `seed` column is given (labelled once)
+        runs = g.groupby("seed", dropna=False, sort=True) if "seed" in g else [(None, g)]
+        for j, (_, r) in enumerate(runs):
+            r = r.sort_values("measured_ms")
+            ax.plot(r.measured_ms, 100 * r[metric], marker=marker, color=color, ms=9 if kind == "dense" else 6,
+                    ls="none" if kind == "dense" else "-", alpha=1.0 if j == 0 else 0.6,
+                    label=kind if j == 0 else None)
     ax.set(xlabel="measured latency (ms per batch)", ylabel=f"{metric} (×100)", title="Accuracy vs measured latency")
     ax.legend(fontsize="small")
     return fig

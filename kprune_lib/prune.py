@@ -149,7 +149,8 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     latency, latency_budget_ms: instead of `constraint`, prune until the latency model of the table (measured on this
     model's shape, `latency.latency_table`) predicts less than latency_budget_ms. A unit's cost is then its marginal
     latency (README "Latency budgets"): score denominator (C_t(U_t) − C_t(0)) / U_t, and in the budget walk the unit
-    ranked r-th in its sublayer costs C_t(r) − C_t(r−1); the budget is latency_budget_ms − fixed − Σ_t C_t(0).
+    ranked r-th in its sublayer costs C_t(r) − C_t(r−1); the budget is G⁻¹(latency_budget_ms) − Σ_t C_t(0) (G: the
+    table's in-situ calibration, `LatencyTable.sublayer_budget`).
     """
     _validate(batches, schedule, autocast, pred_knowledge, gold_first)
     if (constraint is None) == (latency_budget_ms is None):
@@ -173,7 +174,7 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     else:  # latency costs: each unit's marginal latency from the table
         latency.check_budget(latency_budget_ms)
         unit_flops = {s: latency.average_unit_cost(KINDS[s % 2], units[s]) for s in range(n_sub)}
-        budget = latency_budget_ms - latency.fixed_ms - sum(latency.cost(KINDS[s % 2], 0) for s in range(n_sub))
+        budget = latency.sublayer_budget(latency_budget_ms) - sum(latency.cost(KINDS[s % 2], 0) for s in range(n_sub))
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(n_sub)}
     keep_units: dict[int, torch.Tensor] = {}
     records, target_scores, knowledge = [], {}, {}

@@ -118,6 +118,58 @@ def test_additive_model_predicts_random_shapes_exactly_with_the_fake_timer():
                                                      for h, n in zip(hm.sum(1), nm.sum(1))))
 
 
+class InSituTimer(FakeTimer):
+    """Sublayers timed alone as FakeTimer; the whole model slower than the sum of its parts, more so the bigger it is
+    (as weights that no longer fit the cache): total = FIXED + S + 0.01·S², S = Σ of its sublayers' alone times."""
+
+    def __call__(self, kind, units, fn):
+        if kind != "model":
+            return super().__call__(kind, units, fn)
+        self.calls += 1
+        S = sum(attn_ms(h) + ffn_ms(n) for h, n in zip(*units))
+        return (FIXED + S + 0.01 * S * S) / 1e3
+
+
+def test_in_situ_calibration_predicts_the_timed_shapes_and_inverts():
+    model = tiny_model("bert", layers=3)
+    a = Arch(model)
+    t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=InSituTimer(), progress=False)
+    truth = InSituTimer()
+    whole = lambda h, n: 1e3 * truth("model", (h, n), None)  # noqa: E731
+    cal = t.calibration
+    assert cal["fractions"] == [0.0, *lat.LATENCY_CALIBRATION, 1.0]
+    for f in cal["fractions"]:  # every calibration shape, the floor and the dense model are predicted exactly
+        h, n = lat.uniform_shape([a.num_heads] * 3, [a.ffn_size] * 3, f)
+        assert t.predict(h, n) == pytest.approx(whole(h, n))
+    assert t.floor_ms() == pytest.approx(whole([0] * 3, [0] * 3))
+    assert t.total_ms == pytest.approx(whole([a.num_heads] * 3, [a.ffn_size] * 3))
+    assert t.fixed_ms == pytest.approx(t.floor_ms() - 3 * (attn_ms(0) + ffn_ms(0)))
+    # between calibration points G is a chord of the convex truth: never below it, and close
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        hm, nm = random_shape(model, g)
+        h, n = hm.sum(1).tolist(), nm.sum(1).tolist()
+        assert whole(h, n) - 1e-9 <= t.predict(h, n) <= 1.05 * whole(h, n)
+    # the budget walk's inverse: G(G⁻¹(b)) = b inside the feasible range
+    lo, hi = t.feasible()
+    for b in (lo + 0.1 * (hi - lo), 0.5 * (lo + hi), hi - 1e-6):
+        assert t.total_of(t.sublayer_budget(b)) == pytest.approx(b)
+
+
+def test_kprune_meets_a_budget_through_the_in_situ_calibration():
+    """The walk runs against G⁻¹(budget): the kept shape is predicted within the budget, and it is the largest such
+    (one more unit of the target's ranking would not fit): its predicted latency is close to the budget."""
+    model = tiny_model("bert", layers=3)
+    t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=InSituTimer(), progress=False)
+    lo, hi = t.feasible()
+    budget = lo + 0.5 * (hi - lo)
+    res = kprune(copy.deepcopy(model), random_batches(3), "classification", latency=t, latency_budget_ms=budget,
+                 seq_len=10.0, progress=False, **HP)
+    assert res.predicted_latency_ms == pytest.approx(t.predict(res.heads_kept, res.neurons_kept))
+    assert lo < res.predicted_latency_ms < budget
+    assert res.predicted_latency_ms > budget - 0.05 * (hi - lo)
+
+
 def test_measure_latencies_times_every_model_in_the_same_rounds():
     model = tiny_model("bert")
     shrunk = prune_physically(copy.deepcopy(model), torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]).bool(),
