@@ -234,7 +234,7 @@ def write_outputs(a, table, points: list[dict], ms: dict) -> None:
     plots.save(fig, figure)
     _write(Path(a.report), "\n".join(lines))
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
-    record = {"setting": setting, "date": date, "dense_ms": ms["dense"], "table": table.to_json(), "rows": rows,
+    record = {"setting": setting, "date": date, "dense_ms": ms["dense"], "dense_metric": dense_acc, "table": table.to_json(), "rows": rows,
               "means": summary_rows, "measured_ms": ms, "points": [{k: v for k, v in p.items() if k != "summary"} | {
                   "flops_tries": [{k: v for k, v in t.items() if k != "summary"} for t in p["flops_tries"]]}
                   for p in points],

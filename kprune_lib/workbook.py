@@ -573,3 +573,66 @@ def kept_fractions(df: pd.DataFrame, points_dir: str | Path | None = None,
                    constraint: float | None = None) -> pd.DataFrame:
     """The notebook's heatmap data: `mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)`."""
     return mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)
+
+
+
+def latency_budget_record(results_dir: str | Path):
+    """The newest full record `<date>-latency-budget.json` of benchmarks/latency_budget.py under results_dir (dict,
+    its path under "path"), or a Markdown `Note` saying how to make one."""
+    from .plots import Note
+
+    found = sorted(Path(results_dir).glob("*-latency-budget.json"))  # `--quick` runs end in -latency-budget-quick
+    if not found:
+        return Note(f"**Accuracy at equal latency skipped**: no `*-latency-budget.json` under `{results_dir}` — run "
+                    "`make latency-budget` (benchmarks/latency_budget.py, ~30 min on 2 cores) first.")
+    return json.loads(found[-1].read_text()) | {"path": str(found[-1])}
+
+
+def latency_budget_points(record: dict) -> pd.DataFrame:
+    """The latency-budget benchmark's models as points for `plots.accuracy_vs_latency`: kind ("dense", "latency
+    budget", "FLOPs constraint": the FLOPs-constrained model matched to each latency-budget one), seed, budget
+    fraction, measured_ms (all timed in the benchmark's final interleaved rounds) and metric (×1). The dense point
+    needs the record's `dense_metric` (records before 2026-11-26 lack it: no dense point)."""
+    rows = record["rows"]
+    if not rows:
+        raise ValueError(f"the latency-budget record {record.get('path', '')} has no rows; rerun "
+                         "benchmarks/latency_budget.py")
+    pts = [{"kind": "dense", "seed": None, "budget_fraction": 1.0, "measured_ms": record["dense_ms"],
+            "metric": record["dense_metric"]}] if record.get("dense_metric") is not None else []
+    pts += [{"kind": "latency budget", "seed": r["seed"], "budget_fraction": r["budget_fraction"],
+             "measured_ms": r["measured_ms"], "metric": r["accuracy"]} for r in rows]
+    pts += [{"kind": "FLOPs constraint", "seed": r["seed"], "budget_fraction": r["budget_fraction"],
+             "measured_ms": r["flops_measured_ms"], "metric": r["flops_accuracy"]} for r in rows]
+    return pd.DataFrame(pts)
+
+
+def latency_budget_figure(record):
+    """Accuracy vs measured latency of a latency-budget record, latency budgets against the FLOPs-constrained
+    models of the same measured latency, one line per seed (a `Note` is passed through)."""
+    from . import plots
+
+    if isinstance(record, plots.Note):
+        return record
+    fig = plots.accuracy_vs_latency(latency_budget_points(record))
+    fig.axes[0].set_title(f"Accuracy vs measured latency ({Path(record['path']).name})", fontsize="small")
+    return fig
+
+
+def latency_budget_means(record):
+    """Per budget fraction, the means over seeds: measured / budget (final interleaved rounds), the metric (×100) of
+    the latency-budget and FLOPs-constrained models of equal measured latency and their difference, n seeds."""
+    from .plots import Note
+
+    if isinstance(record, Note):
+        return record
+    rows = pd.DataFrame(record["rows"])
+    g = rows.groupby("budget_fraction", sort=False)
+    out = pd.DataFrame({"measured / budget": g.measured_over_budget.mean(),
+                        "worst measured / budget": g.measured_over_budget.max(),
+                        "latency budget (×100)": 100 * g.accuracy.mean(),
+                        "FLOPs-constrained (×100)": 100 * g.flops_accuracy.mean(),
+                        "Δ (points)": 100 * g.delta_accuracy.mean(),
+                        "sd of Δ (points)": 100 * g.delta_accuracy.std(),
+                        "n seeds": g.seed.nunique()})
+    out.index = [f"{100 * f:.0f} % of dense" for f in out.index]
+    return out.round(3)

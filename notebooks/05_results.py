@@ -35,6 +35,7 @@ high_constraint = 0.6  # the paired table's summary row: mean over (task, constr
 heatmap_constraint = None  # kept units per layer at this constraint; None: each task's largest
 ratio_of_dense = 0.97  # the horizontal reference line, as a fraction of the dense metric
 within_points = 0.03  # speedup table: best model within this many (metric ×1) points of dense
+latency_results_dir = "../benchmarks/results"  # where `make latency-budget` writes <date>-latency-budget.json
 dpi = 120  # PNG resolution
 
 # %%
@@ -100,3 +101,16 @@ times = workbook.pruning_time_table(results)
 fig = plots.pruning_time(times)
 fig.savefig(figures / "pruning_time.png", dpi=dpi)
 times.round(1)
+
+# %% [markdown]
+# ## Accuracy at equal measured latency
+# From the newest record of `make latency-budget` (benchmarks/latency_budget.py): models pruned to a latency budget
+# (60 / 45 / 30 % of the measured dense latency) against FLOPs-constrained K-prune models of the same measured
+# latency, all timed in the same final interleaved rounds; one line per seed. The table: means over seeds.
+
+# %%
+latency = workbook.latency_budget_record(latency_results_dir)
+plots.save(workbook.latency_budget_figure(latency), figures / "accuracy_vs_latency.png", dpi=dpi)
+
+# %%
+workbook.latency_budget_means(latency)

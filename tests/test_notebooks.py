@@ -249,16 +249,31 @@ def test_results_notebook_multi_seed_accuracy_table(tmp_path):
     figures = tmp_path / "figures"
     nb = execute(RESULTS_NOTEBOOK, tmp_path / "05.ipynb",
                  {"results_csv": str(csv_path), "figures_dir": str(figures), "points_dir": str(points),
-                  "compare": ["kprune-plus", "kprune"]})
+                  "compare": ["kprune-plus", "kprune"], "latency_results_dir": str(_latency_record(tmp_path))})
     _figures_rendered(nb)
-    for name in ("metric_vs_flops.png", "kept_per_layer.png", "pruning_time.png"):
+    for name in ("metric_vs_flops.png", "kept_per_layer.png", "pruning_time.png", "accuracy_vs_latency.png"):
         assert (figures / name).stat().st_size > 1000, name
-    assert _images(nb) == 3
+    assert _images(nb) == 4
     text = _text(nb)
     assert "accuracy format" in text and "82.00 ± 2.00 (n=3)" in text
     assert "kprune-plus − kprune: mean (points)" in text and "standard error (points)" in text
     assert "all tasks" in text and "≥ 0.6" in text and "(task, constraint) cells" in text
     assert "skipped" not in _markdown(nb) and "No per-layer heatmap" not in _markdown(nb)
+    # the latency-budget means: seed 0 Δ = +1.0, seed 1 Δ = −3.0 points at 30 % → mean −1.0, worst ratio 1.08
+    assert "30 % of dense" in text and "-1.0" in text and "1.08" in text
+
+
+def _latency_record(tmp_path):
+    """A two-seed, one-budget record of benchmarks/latency_budget.py (its row fields), plus an older one."""
+    out = tmp_path / "latency"
+    out.mkdir()
+    rows = [{"seed": s, "budget_fraction": 0.3, "measured_ms": ms, "measured_over_budget": ratio, "accuracy": acc,
+             "flops_measured_ms": fms, "flops_accuracy": facc, "delta_accuracy": acc - facc}
+            for s, ms, ratio, acc, fms, facc in [(0, 60.0, 1.0, 0.78, 61.0, 0.77), (1, 64.8, 1.08, 0.75, 63.0, 0.78)]]
+    (out / "2026-01-01-0000-latency-budget.json").write_text(json.dumps({"rows": [], "dense_ms": 1.0}))
+    (out / "2026-02-01-0000-latency-budget.json").write_text(json.dumps({"rows": rows, "dense_ms": 200.0,
+                                                                          "dense_metric": 0.8}))
+    return out
 
 
 def test_results_notebook_says_why_views_are_skipped(tmp_path):
@@ -269,9 +284,10 @@ def test_results_notebook_says_why_views_are_skipped(tmp_path):
     figures = tmp_path / "figures"
     nb = execute(RESULTS_NOTEBOOK, tmp_path / "05.ipynb",
                  {"results_csv": str(csv_path), "figures_dir": str(figures), "points_dir": str(tmp_path / "none"),
-                  "compare": ["kprune-gn", "kprune"]})
+                  "compare": ["kprune-gn", "kprune"], "latency_results_dir": str(tmp_path / "none")})
     _figures_rendered(nb)
     md = _markdown(nb)
     assert "Paired differences kprune-gn − kprune skipped" in md and "No per-layer heatmap" in md
+    assert "Accuracy at equal latency skipped" in md and "make latency-budget" in md
     assert (figures / "metric_vs_flops.png").exists() and not (figures / "kept_per_layer.png").exists()
     assert "sweep format" in _text(nb)
