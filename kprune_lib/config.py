@@ -82,6 +82,7 @@ class PruneConfig:
 SCHEDULES = ("cached", "naive")
 PRED_KNOWLEDGE = ("batch", "example", "gauss-newton")
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # default padded tokens per length-sorted compute batch, per device type
+TEACHER_SUMS_MAX_MB = 512  # cached schedule: hold the teacher's Y_t of all sublayers (2L·tokens·d) up to this size
 BATCH_OVERHEAD_TOKENS = 256  # a compute batch's fixed cost in padded tokens, where length-sorted batches are cut
 # kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
 # kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);

@@ -6,15 +6,17 @@ tuned weights; `tests/test_schedule.py`).
   decided so far masked, and back-propagates to the bottom; the teacher's pre-LayerNorm sums Y_t of all 2L
   sublayers are held (O(2L·N·d) memory). Nothing to advance.
 - `CachedSchedule` (the default): the frozen lower part is never re-run. The student's input X_s to the target
-  sublayer is held over the sample and advanced one sublayer per iteration; the teacher's residual stream is held
-  beside it, on real tokens only, and its sublayer s is streamed to give Y_s (O(N·d) memory).
+  sublayer is held over the sample and advanced one sublayer per iteration. The teacher's Y_t of every sublayer are
+  held from iteration 0's forward, on real tokens only, when they take at most `config.TEACHER_SUMS_MAX_MB`
+  (2L·n·d floats; 367 MB for MiniLM at 20 000 tokens); above that the teacher's residual stream is held instead
+  and its sublayer s is streamed to give Y_s (O(n·d) memory, one more forward over the sample in all).
 
 The iteration-0 special cases (the student is still the teacher at s = 0):
 - without autocast the teacher's soft targets come from iteration 0's own forward (as in the reference); with
   autocast from a separate float32 pass before the loop (`teacher_pass`), so teacher signals never carry reduced
   precision;
-- naive: iteration 0's forward also gives every Y_t; cached: its Y_0 (held on real tokens; LayerNorm(Y_0) is the
-  teacher's next input);
+- naive: iteration 0's forward also gives every Y_t; cached: every Y_t too, or only Y_0 (held on real tokens;
+  LayerNorm(Y_0) is the teacher's next input) when they do not fit;
 - cached: at s = 0 the embeddings are recomputed per batch instead of held, so the deepest backward graph
   (iteration 0) coexists with no stream memory;
 - cached: an attention sublayer's advance reuses the context vectors of its measurement pass (only the tuned
@@ -30,6 +32,7 @@ import torch
 from .arch import Arch
 from .forward import attention_bias, kept_ffn_activations, projection_input, sublayer, sublayer_from_input
 from .masks import apply_masks
+from .config import TEACHER_SUMS_MAX_MB
 from .measurement import teacher_signal
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -199,7 +202,22 @@ class CachedSchedule(Schedule):
         n = len(self.batches)
         self.student_x: list[torch.Tensor | None] = [None] * n  # X_s (B, T, d); None at s = 0 (embeddings recomputed)
         self.teacher_x: list[torch.Tensor | None] = [None] * n  # the teacher's input to s on real tokens (n, d)
-        self._step: dict[int, torch.Tensor] = {}  # s = 0: the teacher's Y_0 on real tokens (n, d)
+        self._held: dict[tuple[int, int], torch.Tensor] = {}  # (j, t): the teacher's Y_t on real tokens (n, d)
+        # every Y_t held from iteration 0 when they fit (no teacher streaming at all), else Y_0 only
+        tokens = sum(int(b["attention_mask"].sum()) for b in self.batches)
+        nbytes = self.n_sub * tokens * self.arch.hidden * torch.finfo(self.arch.model.dtype).bits // 8
+        self.hold_all_sums = nbytes <= TEACHER_SUMS_MAX_MB * 2 ** 20
+
+    def prepare_teacher(self) -> None:
+        """As the base; with autocast and `hold_all_sums`, the float32 pass's Y_t are held too."""
+        if self.autocast is not None and self.hold_all_sums:
+            self.targets, sums = teacher_pass(self.arch, self.batches, self.problem, self.temperature,
+                                              keep_sums=True)
+            for j, ys in enumerate(sums):
+                tok = self.batches[j]["attention_mask"].bool()
+                self._held.update({(j, t): y[tok] for t, y in enumerate(ys)})
+        else:
+            super().prepare_teacher()
 
     def first_sublayer(self, s: int) -> int:
         return s
@@ -211,15 +229,18 @@ class CachedSchedule(Schedule):
         return self.student_x[j]
 
     def _observe(self, j, s, t, h, y):
-        if s == t == 0 and self.autocast is None:  # the student is the teacher here: its step is the teacher's
-            self._step[j] = y.detach()[self.batches[j]["attention_mask"].bool()]
+        # iteration 0: the student is the teacher, its sums Y_t are the teacher's (all of them, or Y_0 only)
+        if s == 0 and self.autocast is None and (t == 0 or self.hold_all_sums):
+            self._held[j, t] = y.detach()[self.batches[j]["attention_mask"].bool()]
 
     def teacher_target(self, j, s, x_s):
-        """Streams the teacher through sublayer s (unmasked, not yet tuned) and keeps its output on real tokens."""
+        """The teacher's Y_s: held from iteration 0, else streamed through sublayer s (unmasked, not yet tuned) from
+        its input, whose output is kept on real tokens for s + 1."""
         tok = self.batches[j]["attention_mask"]
-        if j in self._step:  # s = 0, taken from iteration 0's forward: LayerNorm(Y_0) per token gives the same rows
-            y_rows = self._step.pop(j)
-            self.teacher_x[j] = self.arch.module(0, "attn_ln")(y_rows)
+        y_rows = self._held.pop((j, s), None)
+        if y_rows is not None:
+            if not self.hold_all_sums:  # s = 0: LayerNorm(Y_0) per token gives the teacher's next input rows
+                self.teacher_x[j] = self.arch.module(s // 2, "attn_ln" if s % 2 == 0 else "ffn_ln")(y_rows)
             return unpack(y_rows, tok)
         x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
         x_next, y_teacher = sublayer(self.arch, s, x_teacher, self.biases[j])[:2]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, random_batches, tiny_model
+from kprune_lib import schedules
 from kprune_lib.arch import Arch
 from kprune_lib.prune import kprune
 
@@ -17,8 +18,13 @@ def run(arch, schedule, problem="classification", qa=False, constraint=0.5, **kw
     return model, res
 
 
+@pytest.mark.parametrize("teacher", ["held", "streamed"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_equals_naive(arch):
+def test_cached_equals_naive(arch, teacher, monkeypatch):
+    """Both ways of the cached schedule to the teacher's Y_s — all held from iteration 0, or streamed one sublayer
+    per iteration (when they exceed TEACHER_SUMS_MAX_MB) — against the naive schedule, bit for bit."""
+    if teacher == "streamed":
+        monkeypatch.setattr(schedules, "TEACHER_SUMS_MAX_MB", 0)
     m1, cached = run(arch, "cached")
     m2, naive = run(arch, "naive")
     assert torch.equal(cached.head_mask, naive.head_mask)
@@ -93,6 +99,15 @@ def test_bf16_autocast_measurement_meets_budget(schedule):
     _, exact = run("bert", schedule)
     differing = int((res.head_mask != exact.head_mask).sum() + (res.neuron_mask != exact.neuron_mask).sum())
     assert differing <= 0.25 * (res.head_mask.numel() + res.neuron_mask.numel())
+
+
+def test_bf16_teacher_sums_held_or_streamed_agree(monkeypatch):
+    """With autocast the teacher's Y_t come from a float32 pass: held from it, or streamed, the same bits."""
+    held_model, held = run("bert", "cached", autocast="bf16")
+    monkeypatch.setattr(schedules, "TEACHER_SUMS_MAX_MB", 0)
+    streamed_model, streamed = run("bert", "cached", autocast="bf16")
+    assert torch.equal(held.head_mask, streamed.head_mask) and torch.equal(held.neuron_mask, streamed.neuron_mask)
+    assert all(torch.equal(p1, p2) for p1, p2 in zip(held_model.parameters(), streamed_model.parameters()))
 
 
 def test_unknown_autocast_is_refused():
