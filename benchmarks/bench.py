@@ -275,35 +275,45 @@ def write_results(rows: list[dict]) -> None:
         md.write_text("# Benchmark results\n\nWritten by `benchmarks/bench.py` (one row per case and run; newest "
                       "last).\n"
                       "Times are wall seconds of the whole K-prune loop; memory is the worker process's peak RSS.\n")
-    text = md.read_text()
-    last_header = [line for line in text.splitlines() if line.startswith("| date |")][-1:]
-    with md.open("a") as f:
-        if last_header != [header.splitlines()[0]]:
-            f.write(f"\n## From {stamp[:10]}: sorted compute batches, dense passes, padding ratios\n\n"
-                    "Each case runs three processes: `sorted` (cached schedule, length-sorted compute batches of the "
-                    "device's default `batch_tokens`), `drawn` (cached, the sample batches as drawn) and `naive` "
-                    "(naive schedule, as drawn). *dense pass s*: one dense forward + backward over the sample as drawn "
-                    "to all-ones mask leaves (stock HF forward, predictive loss against the model's own soft "
-                    "targets; median of 3 after a warm-up, sorted run's process); *dense passes* = pruning wall "
-                    "seconds / that run's dense pass. *padding*: padded / real tokens (drawn: the batches of 32 as "
-                    "drawn; computed: the sorted run's compute batches). *drawn/naive* is the old *cached/naive* "
-                    "(same batches). Latency on the dev set sorted by length.\n\n" + header)
-        for r in rows:
-            naive_mi = r["masks_identical_naive"]
-            mi = f"{r['masks_identical_drawn']}, {'–' if naive_mi is None else naive_mi}"
-            cells = [stamp, machine(), r["device"] + (" " + r["autocast"] if r["autocast"] else ""),
-                     f"torch {torch.__version__}, transformers {transformers.__version__}", r["label"],
-                     str(r["num_tokens"]), str(r["batch_tokens"]), _f(r["sorted_seconds"], ".1f"),
-                     _f(r["drawn_seconds"], ".1f"), _f(r["naive_seconds"], ".1f"), _f(r["dense_pass_seconds"], ".2f"),
-                     _f(r["dense_passes"], ".1f"), _f(r["dense_passes_drawn"], ".1f"),
-                     _f(r["dense_passes_naive"], ".1f"), _f(r["padding_ratio_drawn"], ".3f"),
-                     _f(r["padding_ratio_computed"], ".3f"), _f(r["cached_over_naive_time"], ".3f"),
-                     _f(r["sorted_over_naive_time"], ".3f"), _f(r["bound"], ".3f"), mi,
-                     _f(r["peak_mem_sorted_mb"], ".0f"), _f(r["peak_mem_drawn_mb"], ".0f"),
-                     _f(r["peak_mem_naive_mb"], ".0f"), _f(r["latency_speedup"], ".2f"),
-                     _f(r["latency_speedup_b1"], ".2f"), _f(r["flops_ratio"], ".2f"),
-                     _f(r["speedup_over_flops_ratio"], ".2f")]
-            f.write("| " + " | ".join(cells) + " |\n")
+    rows_md = []
+    for r in rows:
+        naive_mi = r["masks_identical_naive"]
+        mi = f"{r['masks_identical_drawn']}, {'–' if naive_mi is None else naive_mi}"
+        cells = [stamp, machine(), r["device"] + (" " + r["autocast"] if r["autocast"] else ""),
+                 f"torch {torch.__version__}, transformers {transformers.__version__}", r["label"],
+                 str(r["num_tokens"]), str(r["batch_tokens"]), _f(r["sorted_seconds"], ".1f"),
+                 _f(r["drawn_seconds"], ".1f"), _f(r["naive_seconds"], ".1f"), _f(r["dense_pass_seconds"], ".2f"),
+                 _f(r["dense_passes"], ".1f"), _f(r["dense_passes_drawn"], ".1f"),
+                 _f(r["dense_passes_naive"], ".1f"), _f(r["padding_ratio_drawn"], ".3f"),
+                 _f(r["padding_ratio_computed"], ".3f"), _f(r["cached_over_naive_time"], ".3f"),
+                 _f(r["sorted_over_naive_time"], ".3f"), _f(r["bound"], ".3f"), mi,
+                 _f(r["peak_mem_sorted_mb"], ".0f"), _f(r["peak_mem_drawn_mb"], ".0f"),
+                 _f(r["peak_mem_naive_mb"], ".0f"), _f(r["latency_speedup"], ".2f"),
+                 _f(r["latency_speedup_b1"], ".2f"), _f(r["flops_ratio"], ".2f"),
+                 _f(r["speedup_over_flops_ratio"], ".2f")]
+        rows_md.append("| " + " | ".join(cells) + " |\n")
+    lines = md.read_text().splitlines(keepends=True)
+    headers = [k for k, line in enumerate(lines) if line.startswith("| date |")]
+    if headers and lines[headers[-1]].rstrip("\n") == header.splitlines()[0]:
+        end = headers[-1] + 2  # the rows go at the end of that table, wherever later sections follow it
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines[end:end] = rows_md
+    else:
+        lines.append(f"\n## From {stamp[:10]}: sorted compute batches, dense passes, padding ratios\n\n"
+                     "Each case runs three processes: `sorted` (cached schedule, length-sorted compute batches of the "
+                     "device's default `batch_tokens`), `drawn` (cached, the sample batches as drawn) and `naive` "
+                     "(naive schedule, as drawn). *dense pass s*: one dense forward + backward over the sample as "
+                     "drawn to all-ones mask leaves (stock HF forward, predictive loss against the model's own soft "
+                     "targets; median of 3 after a warm-up, sorted run's process); *dense passes* = pruning wall "
+                     "seconds / that run's dense pass. *padding*: padded / real tokens (drawn: the batches of 32 as "
+                     "drawn; computed: the sorted run's compute batches). *drawn/naive* is the old *cached/naive* "
+                     "(same batches). Latency on the dev set sorted by length, each model with its faster attention "
+                     "kernel (SDPA or eager).\n\n" + header)
+        lines += rows_md
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, md)
 
 
 def print_table(rows: list[dict]) -> None:

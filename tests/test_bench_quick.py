@@ -35,3 +35,31 @@ def test_bench_check_only_masks_identical():
     for run in ("sorted", "drawn", "naive"):
         assert s[f"peak_mem_{run}_mb"] > 0
     assert s["latency_speedup"] is None  # --check-only: no latency
+
+
+def test_bench_rows_go_into_their_table_not_after_later_sections(tmp_path, monkeypatch):
+    """RESULTS.md holds other sections after the bench table (ONNX runs): a new run's rows join the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_module", ROOT / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "HERE", tmp_path)
+    row = {c: None for c in ("sorted_seconds", "drawn_seconds", "naive_seconds", "dense_pass_seconds", "dense_passes",
+                             "dense_passes_drawn", "dense_passes_naive", "padding_ratio_drawn",
+                             "padding_ratio_computed", "cached_over_naive_time", "sorted_over_naive_time", "bound",
+                             "peak_mem_sorted_mb", "peak_mem_drawn_mb", "peak_mem_naive_mb", "latency_speedup",
+                             "latency_speedup_b1", "flops_ratio", "speedup_over_flops_ratio", "masks_identical_naive")}
+    row.update(label="mrpc-20k", num_tokens=20000, batch_tokens=2048, device="cpu", autocast=None,
+               masks_identical_drawn=True, dense_passes=4.8)
+    bench.write_results([row])  # a fresh file: the section and its header, then the row
+    md = tmp_path / "RESULTS.md"
+    md.write_text(md.read_text() + "\n## ONNX\n\n| engine | model |\n|---|---|\n| onnxruntime | dense |\n")
+    bench.write_results([dict(row, label="stsb-20k")])
+    lines = md.read_text().splitlines()
+    table = [k for k, line in enumerate(lines) if line.startswith("| date |")]
+    assert len(table) == 1
+    rows = [line for line in lines[table[0] + 2:] if line.startswith("| ")][:2]
+    assert "mrpc-20k" in rows[0] and "stsb-20k" in rows[1] and "| 4.8 |" in rows[1]
+    assert lines[-1] == "| onnxruntime | dense |"
