@@ -362,9 +362,7 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
         fractions = [0.0, *LATENCY_CALIBRATION, 1.0]
         shapes = [uniform_shape(heads, neurons, f) for f in fractions]
         for f, shape in zip(fractions, shapes):
-            m = model if f == 1.0 else prune_physically(
-                copy.deepcopy(model), *[[torch.arange(u) < k for u, k in zip(full, kept)]
-                                        for full, kept in zip((heads, neurons), shape)])
+            m = model if f == 1.0 else _shrunk_copy(model, heads, neurons, *shape)
             points.append(("model", shape, lambda m=m: m(**inputs)))
         times = _timed_rounds(points, timer, f"latency table ({device.type}, batch {batch}, seq {seq})", progress)
     medians = [1e3 * statistics.median(t) for t in times]
@@ -387,6 +385,14 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
 def uniform_shape(heads: list[int], neurons: list[int], fraction: float) -> tuple[list[int], list[int]]:
     """Each layer keeping round(fraction · its units) heads and neurons (a calibration shape of the table)."""
     return [round(fraction * h) for h in heads], [round(fraction * n) for n in neurons]
+
+
+def _shrunk_copy(model, heads: list[int], neurons: list[int], keep_heads: list[int], keep_neurons: list[int]):
+    """A physically pruned copy of the model keeping the first keep_heads[i] of layer i's heads[i] heads and the
+    first keep_neurons[i] of its neurons[i] neurons."""
+    head_mask = [torch.arange(h) < k for h, k in zip(heads, keep_heads)]
+    neuron_mask = [torch.arange(n) < k for n, k in zip(neurons, keep_neurons)]
+    return prune_physically(copy.deepcopy(model), head_mask, neuron_mask)
 
 
 def _timed_rounds(points: list[tuple], timer: Timer, desc: str, progress: bool,

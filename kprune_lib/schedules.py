@@ -31,8 +31,8 @@ import torch
 
 from .arch import Arch
 from .forward import attention_bias, kept_ffn_activations, projection_input, sublayer, sublayer_from_input
-from .masks import apply_masks
 from .config import TEACHER_SUMS_MAX_MB
+from .masks import apply_masks
 from .measurement import teacher_signal
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -239,8 +239,8 @@ class CachedSchedule(Schedule):
         tok = self.batches[j]["attention_mask"]
         y_rows = self._held.pop((j, s), None)
         if y_rows is not None:
-            if not self.hold_all_sums:  # s = 0: LayerNorm(Y_0) per token gives the teacher's next input rows
-                self.teacher_x[j] = self.arch.module(s // 2, "attn_ln" if s % 2 == 0 else "ffn_ln")(y_rows)
+            if not self.hold_all_sums:  # only Y_0 held: LayerNorm(Y_0) per token gives the teacher's next input rows
+                self.teacher_x[j] = self.arch.module(0, "attn_ln")(y_rows)
             return unpack(y_rows, tok)
         x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
         x_next, y_teacher = sublayer(self.arch, s, x_teacher, self.biases[j])[:2]

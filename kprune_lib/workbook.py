@@ -575,7 +575,6 @@ def kept_fractions(df: pd.DataFrame, points_dir: str | Path | None = None,
     return mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)
 
 
-
 def latency_budget_record(results_dir: str | Path):
     """The newest full record `<date>-latency-budget.json` of benchmarks/latency_budget.py under results_dir (dict,
     its path under "path"), or a Markdown `Note` saying how to make one."""
