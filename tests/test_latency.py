@@ -84,7 +84,11 @@ def test_measured_table_is_monotone_and_covers_every_width(arch):
         c = table.cost_ms[kind]
         assert len(c) == len(table.grid[kind]) and all(x > 0 for x in c)
         assert all(y >= x for x, y in zip(c, c[1:])), (kind, c)
-    assert table.floor_ms() < table.total_ms
+    # the whole model timed at the calibration shapes, made monotone; on a model this small its time hardly depends
+    # on the shape, so pooling may make floor and total equal (never inverted)
+    g = table.calibration["measured_ms"]
+    assert len(g) == len(table.calibration["fractions"]) and all(y >= x for x, y in zip(g, g[1:])), g
+    assert table.floor_ms() <= table.total_ms
 
 
 def test_fake_timer_table_is_exact_and_monotone():
