@@ -25,7 +25,6 @@ def teacher_signal(output, problem: str, temperature: float):
 
 
 
-
 def _kl_t2(p_teacher: torch.Tensor, logits: torch.Tensor, temperature: float, reduction: str) -> torch.Tensor:
     """T² · KL(p_t ‖ softmax(z/T)): batch mean (reduction "mean") or sum over examples ("sum")."""
     log_q = F.log_softmax(logits / temperature, dim=-1)
@@ -45,6 +44,15 @@ def predictive_loss(output, teacher, problem: str, temperature: float, reduction
         return 0.5 * (_kl_t2(teacher[0], output[0], temperature, reduction)
                       + _kl_t2(teacher[1], output[1], temperature, reduction))
     raise ValueError(f"unknown problem type {problem!r}; expected one of {PROBLEMS}")
+
+
+def predictive_gradient_vanishes(s: int, pred_knowledge: str, gold_first: bool) -> bool:
+    """Whether iteration s's mask gradients are zero in exact arithmetic, so that its measurement needs the forward
+    only (K_rep) and K_pred = 0. At s = 0 the student is the teacher: the predictive loss against the teacher's own
+    soft targets (KL) or outputs (MSE) sits at its minimum, where its gradient vanishes. The reference
+    back-propagates anyway and gets rounding noise (README "Faithfulness"). Not so for the gold-label loss
+    (`gold_first`) or the curvature form ("gauss-newton"), which are not zero at the teacher."""
+    return s == 0 and not gold_first and pred_knowledge in ("batch", "example")
 
 
 def gold_loss(output: torch.Tensor, labels: torch.Tensor, problem: str, reduction: str = "mean") -> torch.Tensor:

@@ -31,7 +31,8 @@ from .config import SCHEDULES
 from .flops import head_flops, model_flops, neuron_flops
 from .latency import KINDS, LatencyTable
 from .masks import UnitMasks, head_dims, kept_per_layer, per_layer
-from .measurement import PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives
+from .measurement import (PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives,
+                          predictive_gradient_vanishes)
 from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
 from .search import kpms_step
 from .tuning import NormalEquations, kpwt_step
@@ -234,8 +235,9 @@ def _validate(batches, schedule, autocast, pred_knowledge, gold_first) -> None:
 # ---- 1. measure -----------------------------------------------------------------------------------------------------
 def _measure(run: _Run, s: int) -> KnowledgeSums:
     """Step 1 of iteration s, one pass over the sample: the knowledge of every undecided sublayer t ≥ s (paper §4.1),
-    K_pred from per-example mask gradients (one backward of the objective summed over examples), K_rep from the
-    projection inputs a_t. The schedule holds what tuning sublayer s will need (`Schedule.hold`)."""
+    K_pred from per-example mask gradients (one backward of the objective summed over examples; none at s = 0,
+    where they vanish: `predictive_gradient_vanishes`), K_rep from the projection inputs a_t. The schedule holds
+    what tuning sublayer s will need (`Schedule.hold`)."""
     arch, n_sub = run.arch, run.n_sub
     device = run.fixed[s].device
     know = KnowledgeSums({t: arch.out_proj(t).in_features for t in range(s, n_sub)}, run.groups, run.pred_knowledge,
@@ -249,24 +251,39 @@ def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums) -> N
     """Batch j's share of iteration s's measurement; its autograd graph and activations go on return."""
     arch, sched, clock = run.arch, run.schedule, run.clock
     with clock("measure_forward_backward"):
-        B = b["input_ids"].shape[0]
-        # per-example leaves, one row per example: all-ones probes on the undecided sublayers t ≥ s; naive also
-        # puts the decided masks t < s in as leaves (its backward goes to the bottom, as the reference's)
-        masks = {t: run.fixed[t].expand(B, -1).clone().requires_grad_(True)
-                 for t in range(sched.first_sublayer(s), s)}
-        probes = {t: run.fixed[t].new_ones(B, arch.out_proj(t).in_features).requires_grad_(True)
-                  for t in range(s, run.n_sub)}
-        x_s, feats, out = sched.forward(j, s, masks, probes)  # X_s (B, T, d); feats {t ≥ s: a_t (B, T, w_t)}
-        target = sched.soft_target(j, out)
-        gold = b["labels"] if run.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
-        objs = objectives(out, target, sched.problem, sched.temperature, run.pred_knowledge, gold)
-        leaves = list(masks.values()) + list(probes.values())
-        grad_sets = [torch.autograd.grad(y, leaves, retain_graph=k < len(objs) - 1)[len(masks):]
-                     for k, y in enumerate(objs)]  # per objective: the probes' gradients (B, w_t), t = s … 2L−1
+        if predictive_gradient_vanishes(s, run.pred_knowledge, run.gold_first):  # s = 0: the forward only
+            with torch.no_grad():
+                x_s, feats, out = sched.forward(j, s, {}, {})
+            sched.soft_target(j, out)
+            grads = {t: [] for t in range(s, run.n_sub)}  # K_pred = 0
+        else:
+            x_s, feats, grads = _forward_backward(run, s, j, b)
     with clock("knowledge_accumulate"):
-        for i, t in enumerate(probes):
-            know.add(j, t, [grads[i] for grads in grad_sets], feats[t], b["attention_mask"])
+        for t, g in grads.items():
+            know.add(j, t, g, feats[t], b["attention_mask"])
     sched.hold(j, s, x_s, feats[s])
+
+
+def _forward_backward(run: _Run, s: int, j: int, b: dict):
+    """The measurement forward of batch j with per-example mask leaves, and one backward per objective of the sum
+    over examples. Returns X_s (B, T, d), the projection inputs {t ≥ s: a_t (B, T, w_t)} and, per sublayer t ≥ s,
+    the list (one per objective) of mask gradients (B, w_t), one row per example."""
+    arch, sched = run.arch, run.schedule
+    B = b["input_ids"].shape[0]
+    # per-example leaves, one row per example: all-ones probes on the undecided sublayers t ≥ s; naive also
+    # puts the decided masks t < s in as leaves (its backward goes to the bottom, as the reference's)
+    masks = {t: run.fixed[t].expand(B, -1).clone().requires_grad_(True)
+             for t in range(sched.first_sublayer(s), s)}
+    probes = {t: run.fixed[t].new_ones(B, arch.out_proj(t).in_features).requires_grad_(True)
+              for t in range(s, run.n_sub)}
+    x_s, feats, out = sched.forward(j, s, masks, probes)
+    target = sched.soft_target(j, out)
+    gold = b["labels"] if run.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
+    objs = objectives(out, target, sched.problem, sched.temperature, run.pred_knowledge, gold)
+    leaves = list(masks.values()) + list(probes.values())
+    grad_sets = [torch.autograd.grad(y, leaves, retain_graph=k < len(objs) - 1)[len(masks):]
+                 for k, y in enumerate(objs)]  # per objective: the probes' gradients (B, w_t), t = s … 2L−1
+    return x_s, feats, {t: [grads[i] for grads in grad_sets] for i, t in enumerate(probes)}
 
 
 # ---- 2. search ------------------------------------------------------------------------------------------------------

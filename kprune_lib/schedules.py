@@ -17,10 +17,14 @@ The iteration-0 special cases (the student is still the teacher at s = 0):
   precision;
 - naive: iteration 0's forward also gives every Y_t; cached: every Y_t too, or only Y_0 (held on real tokens;
   LayerNorm(Y_0) is the teacher's next input) when they do not fit;
-- cached: at s = 0 the embeddings are recomputed per batch instead of held, so the deepest backward graph
-  (iteration 0) coexists with no stream memory;
-- cached: an attention sublayer's advance reuses the context vectors of its measurement pass (only the tuned
-  output projection changed, so Q/K/V and the attention are not recomputed).
+- both: iteration 0's mask gradients vanish (student = teacher), so its measurement is the forward only
+  (`measurement.predictive_gradient_vanishes`);
+- cached: at s = 0 the embeddings are recomputed per batch instead of held.
+
+Both schedules hold the target sublayer's projection inputs a_s from its measurement pass when they fit
+`config.HELD_INPUTS_MAX_MB` (`Schedule.holds_input`): tuning takes their kept columns, and the cached advance reuses
+them (only the tuned output projection changed, so neither the attention nor the FFN's input projection is
+recomputed); above it both recompute them from X_s.
 
 Shapes: B examples × T padded tokens per batch, d hidden, w_t the projection-input width of sublayer t (H·d_h for
 attention, N for an FFN), n the batch's real tokens.
@@ -31,7 +35,7 @@ import torch
 
 from .arch import Arch
 from .forward import attention_bias, kept_ffn_activations, projection_input, sublayer, sublayer_from_input
-from .config import TEACHER_SUMS_MAX_MB
+from .config import HELD_INPUTS_MAX_MB, TEACHER_SUMS_MAX_MB
 from .masks import apply_masks
 from .measurement import teacher_signal
 
@@ -78,7 +82,8 @@ class Schedule:
         self.n_sub = 2 * arch.num_layers
         self.targets: list = [None] * len(batches)  # soft targets per batch, filled by the teacher
         self.biases = [attention_bias(b["attention_mask"], arch.model.dtype) for b in batches]  # (B, 1, 1, T)
-        self.contexts: list[torch.Tensor | None] = [None] * len(batches)  # attention sublayer s: a_s (B, T, w_s)
+        self.held_inputs: list[torch.Tensor | None] = [None] * len(batches)  # a_s (B, T, w_s) of the target, if held
+        self._padded_tokens = sum(b["attention_mask"].numel() for b in batches)
 
     # ---- teacher ------------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
@@ -132,27 +137,34 @@ class Schedule:
     def _observe(self, j: int, s: int, t: int, h: torch.Tensor, y: torch.Tensor) -> None:
         """Sees each sublayer t of the measurement forward: its output LayerNorm(Y_t) h and its sum Y_t (B, T, d)."""
 
+    def holds_input(self, s: int) -> bool:
+        """Whether sublayer s's projection inputs over the sample (padded tokens × w_s floats: an attention
+        sublayer's context vectors, an FFN's activations) are held from its measurement pass: when they take at
+        most `config.HELD_INPUTS_MAX_MB` (MiniLM at 20 000 tokens: both kinds; at 100 000: neither)."""
+        return self._padded_tokens * self.arch.out_proj(s).in_features * 4 <= HELD_INPUTS_MAX_MB * 2 ** 20
+
     def hold(self, j: int, s: int, x_s: torch.Tensor, a_s: torch.Tensor) -> None:
         """After batch j's measurement forward at iteration s: keep what tuning needs once the kept dims are known.
         x_s: the student's input X_s (B, T, d); a_s: sublayer s's projection input (B, T, w_s), as computed
-        (reduced precision under autocast). An attention sublayer's context vectors are held (float32): tuning takes
-        the kept heads' columns and the advance reuses them, so Q/K/V and the attention are never recomputed."""
-        if s % 2 == 0:
-            if self.autocast is not None:
-                a_s = projection_input(self.arch, s, x_s.detach().float(), self.biases[j])
-            self.contexts[j] = a_s.detach().float()
-        else:
-            self.contexts[j] = None
+        (reduced precision under autocast). When `holds_input(s)`, a_s is held in float32: tuning takes the kept
+        columns and the advance reuses it, so neither the attention (Q/K/V, scores) nor the FFN's input projection
+        is computed again; else both recompute it from X_s."""
+        if self.holds_input(s) and self.autocast is not None:
+            a_s = projection_input(self.arch, s, x_s.detach().float(), self.biases[j])
+        self.held_inputs[j] = a_s.detach().float() if self.holds_input(s) else None
 
     def tuning_input(self, j: int, s: int) -> torch.Tensor:
         """X_s (B, T, d) of batch j, float32, for the normal equations of sublayer s."""
         raise NotImplementedError
 
     def kept_projection_input(self, j: int, s: int, x_s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The kept dims idx (k,) of sublayer s's projection input on batch j, (B, T, k) float32: the held context's
-        columns (attention), or the kept neurons' activations computed from X_s alone (FFN: k of the N input rows)."""
+        """The kept dims idx (k,) of sublayer s's projection input on batch j, (B, T, k) float32: the held input's
+        columns, else recomputed from X_s (attention: the context vectors; FFN: the kept neurons' activations only,
+        k of the N rows of its input projection)."""
+        if self.held_inputs[j] is not None:
+            return self.held_inputs[j][..., idx]
         if s % 2 == 0:
-            return self.contexts[j][..., idx]
+            return projection_input(self.arch, s, x_s, self.biases[j])[..., idx]
         return kept_ffn_activations(self.arch, s // 2, x_s, idx)
 
     def advance(self, s: int, mask: torch.Tensor) -> None:
@@ -254,12 +266,9 @@ class CachedSchedule(Schedule):
         """X_{s+1} = sublayer s of the tuned, masked student applied to X_s, for every batch."""
         with self.clock("cache_advance"), torch.no_grad(), apply_masks(self.arch, {s: mask}):
             for j in range(len(self.batches)):
-                x = self.student_input(j, s)
-                if s % 2 == 0:
-                    self.student_x[j] = sublayer_from_input(self.arch, s, x, self.contexts[j])[0]
-                    self.contexts[j] = None
-                else:
-                    self.student_x[j] = sublayer(self.arch, s, x, self.biases[j])[0]
+                x, a = self.student_input(j, s), self.held_inputs[j]
+                out = sublayer(self.arch, s, x, self.biases[j]) if a is None else sublayer_from_input(self.arch, s, x, a)
+                self.student_x[j], self.held_inputs[j] = out[0], None
 
 
 SCHEDULE_CLASSES = {"cached": CachedSchedule, "naive": NaiveSchedule}

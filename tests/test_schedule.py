@@ -1,4 +1,6 @@
 """The cached schedule gives the same masks (and tuned weights) as the reference's naive schedule."""
+import importlib
+
 import pytest
 import torch
 
@@ -18,13 +20,18 @@ def run(arch, schedule, problem="classification", qa=False, constraint=0.5, **kw
     return model, res
 
 
+@pytest.mark.parametrize("inputs", ["held", "recomputed"])
 @pytest.mark.parametrize("teacher", ["held", "streamed"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_equals_naive(arch, teacher, monkeypatch):
+def test_cached_equals_naive(arch, teacher, inputs, monkeypatch):
     """Both ways of the cached schedule to the teacher's Y_s — all held from iteration 0, or streamed one sublayer
-    per iteration (when they exceed TEACHER_SUMS_MAX_MB) — against the naive schedule, bit for bit."""
+    per iteration (when they exceed TEACHER_SUMS_MAX_MB) — and both ways to the target's projection inputs — held
+    from the measurement pass, or recomputed from X_s (above HELD_INPUTS_MAX_MB) — against the naive schedule, bit
+    for bit."""
     if teacher == "streamed":
         monkeypatch.setattr(schedules, "TEACHER_SUMS_MAX_MB", 0)
+    if inputs == "recomputed":
+        monkeypatch.setattr(schedules, "HELD_INPUTS_MAX_MB", 0)
     m1, cached = run(arch, "cached")
     m2, naive = run(arch, "naive")
     assert torch.equal(cached.head_mask, naive.head_mask)
@@ -34,6 +41,29 @@ def test_cached_equals_naive(arch, teacher, monkeypatch):
     assert all(torch.equal(p1, p2) for p1, p2 in zip(m1.parameters(), m2.parameters()))
     for r1, r2 in zip(cached.sublayers, naive.sublayers):
         assert r1["rel_error_after_tuning"] == pytest.approx(r2["rel_error_after_tuning"], rel=1e-4, abs=1e-9)
+
+
+def test_iteration_zero_runs_the_forward_only(monkeypatch):
+    """At s = 0 the student is the teacher and the mask gradients vanish: no backward, K_pred exactly 0, and the
+    same masks and weights as a run that back-propagates there (and gets rounding noise, as the reference does)."""
+    prune_module = importlib.import_module("kprune_lib.prune")
+    calls = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
+    m1, forward_only = run("bert", "cached", record_knowledge=True)
+    n_batches = len(calls) // 5  # 3 layers: backward passes at s = 1 … 5 only
+    assert len(calls) == 5 * n_batches and n_batches > 0
+    monkeypatch.setattr(prune_module, "predictive_gradient_vanishes", lambda *a: False)
+    m2, backward = run("bert", "cached", record_knowledge=True)
+    assert len(calls) == 5 * n_batches + 6 * n_batches
+    k0 = {name: torch.cat([r.knowledge[0][t]["k_pred"] for t in range(6)]) for name, r in
+          (("forward_only", forward_only), ("backward", backward))}
+    assert not k0["forward_only"].any()
+    assert float(k0["backward"].abs().max()) < 1e-12  # rounding noise
+    assert torch.equal(forward_only.head_mask, backward.head_mask)
+    assert torch.equal(forward_only.neuron_mask, backward.neuron_mask)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2)
 
 
 @pytest.mark.parametrize("problem,qa", [("regression", False), ("qa", True)])
