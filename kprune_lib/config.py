@@ -82,8 +82,8 @@ class PruneConfig:
 SCHEDULES = ("cached", "naive")
 PRED_KNOWLEDGE = ("batch", "example", "gauss-newton")
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # default padded tokens per length-sorted compute batch, per device type
-HELD_INPUTS_MAX_MB = 128  # hold the target sublayer's projection inputs (padded tokens × width) up to this size
-TEACHER_SUMS_MAX_MB = 512  # cached schedule: hold the teacher's Y_t of all sublayers (2L·tokens·d) up to this size
+TEACHER_SUMS_MAX_MB = 512  # the teacher's Y_t of all sublayers (2L·tokens·d) held up to this size; above it the
+#   loop runs lean: teacher streamed, projection inputs recomputed, CPU heap trimmed per batch (kprune_lib.schedules)
 BATCH_OVERHEAD_TOKENS = 256  # a compute batch's fixed cost in padded tokens, where length-sorted batches are cut
 # kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
 # kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);

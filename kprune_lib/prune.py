@@ -244,6 +244,7 @@ def _measure(run: _Run, s: int) -> KnowledgeSums:
                          device)
     for j, b in enumerate(tqdm(run.schedule.batches, desc=f"sublayer {s}", leave=False, disable=not run.progress)):
         _measure_batch(run, s, j, b, know)
+        run.schedule.trim()
     return know
 
 
@@ -319,6 +320,7 @@ def _normal_equations(run: _Run, s: int, idx: torch.Tensor) -> NormalEquations:
             y_teacher = sched.teacher_target(j, s, x_s)  # Y_s (B, T, d)
             residual = y_teacher - x_s if bias is None else y_teacher - x_s - bias
             eqs.add(sched.kept_projection_input(j, s, x_s, idx), residual, b["attention_mask"])
+            sched.trim()
     return eqs
 
 

@@ -21,22 +21,25 @@ The iteration-0 special cases (the student is still the teacher at s = 0):
   (`measurement.predictive_gradient_vanishes`);
 - cached: at s = 0 the embeddings are recomputed per batch instead of held.
 
-Both schedules hold the target sublayer's projection inputs a_s from its measurement pass when they fit
-`config.HELD_INPUTS_MAX_MB` (`Schedule.holds_input`): tuning takes their kept columns, and the cached advance reuses
-them (only the tuned output projection changed, so neither the attention nor the FFN's input projection is
-recomputed); above it both recompute them from X_s.
+Both schedules hold the target sublayer's projection inputs a_s from its measurement pass unless `lean` (the
+teacher's sums do not fit `config.TEACHER_SUMS_MAX_MB`): tuning takes their kept columns, and the cached advance
+reuses them (only the tuned output projection changed, so neither the attention nor the FFN's input projection is
+recomputed); lean, both recompute them from X_s.
 
 Shapes: B examples × T padded tokens per batch, d hidden, w_t the projection-input width of sublayer t (H·d_h for
 attention, N for an FFN), n the batch's real tokens.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .arch import Arch
 from .forward import attention_bias, kept_ffn_activations, projection_input, sublayer, sublayer_from_input
-from .config import HELD_INPUTS_MAX_MB, TEACHER_SUMS_MAX_MB
+from .config import TEACHER_SUMS_MAX_MB
 from .masks import apply_masks
+from .memory import HeapTrimmer
 from .measurement import teacher_signal
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,6 +70,15 @@ def unpack(rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def stream(shapes: list[tuple[int, ...]], like: torch.Tensor) -> list[torch.Tensor]:
+    """Per-batch tensors of the given shapes (dtype and device of `like`), views of one buffer allocated once. A
+    cached stream is overwritten in place, so its memory never moves: the per-batch temporaries of every pass reuse
+    the same free blocks instead of fragmenting the heap around freshly allocated stream tensors."""
+    sizes = [math.prod(shape) for shape in shapes]
+    buffer = like.new_empty(sum(sizes))
+    return [part.view(shape) for part, shape in zip(buffer.split(sizes), shapes)]
+
+
 class Schedule:
     """The student and teacher over the sample: the shared part of both schedules.
 
@@ -83,7 +95,14 @@ class Schedule:
         self.targets: list = [None] * len(batches)  # soft targets per batch, filled by the teacher
         self.biases = [attention_bias(b["attention_mask"], arch.model.dtype) for b in batches]  # (B, 1, 1, T)
         self.held_inputs: list[torch.Tensor | None] = [None] * len(batches)  # a_s (B, T, w_s) of the target, if held
-        self._padded_tokens = sum(b["attention_mask"].numel() for b in batches)
+        # lean: the teacher's sums Y_t of all sublayers (2L·n·d floats) exceed config.TEACHER_SUMS_MAX_MB (MiniLM:
+        # above ~29 000 tokens). Then memory comes first: the cached schedule streams the teacher, both recompute
+        # the target's projection inputs instead of holding them, and freed heap memory goes back to the OS after
+        # every batch on CPU (`memory.HeapTrimmer`)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        nbytes = self.n_sub * tokens * arch.hidden * torch.finfo(arch.model.dtype).bits // 8
+        self.lean = nbytes > TEACHER_SUMS_MAX_MB * 2 ** 20
+        self.trim = HeapTrimmer() if self.lean and self.device.type == "cpu" else (lambda: None)
 
     # ---- teacher ------------------------------------------------------------------------------------------------
     def prepare_teacher(self) -> None:
@@ -137,21 +156,15 @@ class Schedule:
     def _observe(self, j: int, s: int, t: int, h: torch.Tensor, y: torch.Tensor) -> None:
         """Sees each sublayer t of the measurement forward: its output LayerNorm(Y_t) h and its sum Y_t (B, T, d)."""
 
-    def holds_input(self, s: int) -> bool:
-        """Whether sublayer s's projection inputs over the sample (padded tokens × w_s floats: an attention
-        sublayer's context vectors, an FFN's activations) are held from its measurement pass: when they take at
-        most `config.HELD_INPUTS_MAX_MB` (MiniLM at 20 000 tokens: both kinds; at 100 000: neither)."""
-        return self._padded_tokens * self.arch.out_proj(s).in_features * 4 <= HELD_INPUTS_MAX_MB * 2 ** 20
-
     def hold(self, j: int, s: int, x_s: torch.Tensor, a_s: torch.Tensor) -> None:
         """After batch j's measurement forward at iteration s: keep what tuning needs once the kept dims are known.
         x_s: the student's input X_s (B, T, d); a_s: sublayer s's projection input (B, T, w_s), as computed
-        (reduced precision under autocast). When `holds_input(s)`, a_s is held in float32: tuning takes the kept
+        (reduced precision under autocast). Unless `lean`, a_s is held in float32: tuning takes the kept
         columns and the advance reuses it, so neither the attention (Q/K/V, scores) nor the FFN's input projection
         is computed again; else both recompute it from X_s."""
-        if self.holds_input(s) and self.autocast is not None:
+        if not self.lean and self.autocast is not None:
             a_s = projection_input(self.arch, s, x_s.detach().float(), self.biases[j])
-        self.held_inputs[j] = a_s.detach().float() if self.holds_input(s) else None
+        self.held_inputs[j] = None if self.lean else a_s.detach().float()
 
     def tuning_input(self, j: int, s: int) -> torch.Tensor:
         """X_s (B, T, d) of batch j, float32, for the normal equations of sublayer s."""
@@ -212,13 +225,10 @@ class CachedSchedule(Schedule):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         n = len(self.batches)
-        self.student_x: list[torch.Tensor | None] = [None] * n  # X_s (B, T, d); None at s = 0 (embeddings recomputed)
-        self.teacher_x: list[torch.Tensor | None] = [None] * n  # the teacher's input to s on real tokens (n, d)
+        self.student_x: list[torch.Tensor] | None = None  # X_s (B, T, d) per batch (`stream`); s = 0: recomputed
+        self.teacher_x: list[torch.Tensor] | None = None  # the teacher's input to s on real tokens (n, d) per batch
         self._held: dict[tuple[int, int], torch.Tensor] = {}  # (j, t): the teacher's Y_t on real tokens (n, d)
-        # every Y_t held from iteration 0 when they fit (no teacher streaming at all), else Y_0 only
-        tokens = sum(int(b["attention_mask"].sum()) for b in self.batches)
-        nbytes = self.n_sub * tokens * self.arch.hidden * torch.finfo(self.arch.model.dtype).bits // 8
-        self.hold_all_sums = nbytes <= TEACHER_SUMS_MAX_MB * 2 ** 20
+        self.hold_all_sums = not self.lean  # every Y_t held from iteration 0 (no teacher streaming), else Y_0 only
 
     def prepare_teacher(self) -> None:
         """As the base; with autocast and `hold_all_sums`, the float32 pass's Y_t are held too."""
@@ -252,23 +262,39 @@ class CachedSchedule(Schedule):
         y_rows = self._held.pop((j, s), None)
         if y_rows is not None:
             if not self.hold_all_sums:  # only Y_0 held: LayerNorm(Y_0) per token gives the teacher's next input rows
-                self.teacher_x[j] = self.arch.module(0, "attn_ln")(y_rows)
+                self._teacher_stream(j, y_rows).copy_(self.arch.module(0, "attn_ln")(y_rows))
             return unpack(y_rows, tok)
         x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
         x_next, y_teacher = sublayer(self.arch, s, x_teacher, self.biases[j])[:2]
-        self.teacher_x[j] = x_next[tok.bool()]  # real tokens only (see `unpack`)
+        x_next = x_next[tok.bool()]  # real tokens only (see `unpack`)
+        self._teacher_stream(j, x_next).copy_(x_next)
         return y_teacher
+
+    def _teacher_stream(self, j: int, like: torch.Tensor) -> torch.Tensor:
+        """Batch j's rows of the teacher stream (allocated for all batches at the first write)."""
+        if self.teacher_x is None:
+            self.teacher_x = stream([(int(b["attention_mask"].sum()), like.shape[-1]) for b in self.batches], like)
+        return self.teacher_x[j]
 
     def tuning_input(self, j, s):
         return self.student_input(j, s).float()  # held X_s (s = 0: the embeddings, recomputed)
 
     def advance(self, s, mask):
-        """X_{s+1} = sublayer s of the tuned, masked student applied to X_s, for every batch."""
+        """X_{s+1} = sublayer s of the tuned, masked student applied to X_s, for every batch, written over X_s.
+        Nothing reads X_2L: the last iteration does not advance."""
+        if s + 1 == self.n_sub:
+            self.held_inputs = [None] * len(self.batches)
+            return
         with self.clock("cache_advance"), torch.no_grad(), apply_masks(self.arch, {s: mask}):
             for j in range(len(self.batches)):
                 x, a = self.student_input(j, s), self.held_inputs[j]
                 out = sublayer(self.arch, s, x, self.biases[j]) if a is None else sublayer_from_input(self.arch, s, x, a)
-                self.student_x[j], self.held_inputs[j] = out[0], None
+                if self.student_x is None:  # after iteration 0: one buffer for the whole stream
+                    self.student_x = stream([tuple(b["attention_mask"].shape) + (out[0].shape[-1],)
+                                             for b in self.batches], out[0])
+                self.student_x[j].copy_(out[0])
+                self.held_inputs[j] = None
+                self.trim()
 
 
 SCHEDULE_CLASSES = {"cached": CachedSchedule, "naive": NaiveSchedule}

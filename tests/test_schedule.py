@@ -20,18 +20,14 @@ def run(arch, schedule, problem="classification", qa=False, constraint=0.5, **kw
     return model, res
 
 
-@pytest.mark.parametrize("inputs", ["held", "recomputed"])
 @pytest.mark.parametrize("teacher", ["held", "streamed"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_equals_naive(arch, teacher, inputs, monkeypatch):
-    """Both ways of the cached schedule to the teacher's Y_s — all held from iteration 0, or streamed one sublayer
-    per iteration (when they exceed TEACHER_SUMS_MAX_MB) — and both ways to the target's projection inputs — held
-    from the measurement pass, or recomputed from X_s (above HELD_INPUTS_MAX_MB) — against the naive schedule, bit
-    for bit."""
+def test_cached_equals_naive(arch, teacher, monkeypatch):
+    """Both ways of the cached schedule — everything held (the teacher's Y_s from iteration 0, the target's
+    projection inputs from its measurement pass), or lean (when the sums exceed TEACHER_SUMS_MAX_MB: the teacher
+    streamed one sublayer per iteration, the inputs recomputed from X_s) — against the naive schedule, bit for bit."""
     if teacher == "streamed":
         monkeypatch.setattr(schedules, "TEACHER_SUMS_MAX_MB", 0)
-    if inputs == "recomputed":
-        monkeypatch.setattr(schedules, "HELD_INPUTS_MAX_MB", 0)
     m1, cached = run(arch, "cached")
     m2, naive = run(arch, "naive")
     assert torch.equal(cached.head_mask, naive.head_mask)
@@ -132,12 +128,15 @@ def test_bf16_autocast_measurement_meets_budget(schedule):
 
 
 def test_bf16_teacher_sums_held_or_streamed_agree(monkeypatch):
-    """With autocast the teacher's Y_t come from a float32 pass: held from it, or streamed, the same bits."""
+    """With autocast the teacher's Y_t come from a float32 pass: held from it, or streamed (lean), the same masks;
+    lean also recomputes the tuning inputs from X_s (an FFN's kept rows only: another summation order, so the tuning
+    errors agree to rounding)."""
     held_model, held = run("bert", "cached", autocast="bf16")
     monkeypatch.setattr(schedules, "TEACHER_SUMS_MAX_MB", 0)
     streamed_model, streamed = run("bert", "cached", autocast="bf16")
     assert torch.equal(held.head_mask, streamed.head_mask) and torch.equal(held.neuron_mask, streamed.neuron_mask)
-    assert all(torch.equal(p1, p2) for p1, p2 in zip(held_model.parameters(), streamed_model.parameters()))
+    for r1, r2 in zip(held.sublayers, streamed.sublayers):
+        assert r1["rel_error_after_tuning"] == pytest.approx(r2["rel_error_after_tuning"], rel=1e-3, abs=1e-7)
 
 
 def test_unknown_autocast_is_refused():
