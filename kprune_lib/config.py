@@ -103,3 +103,4 @@ LATENCY_PER_UNIT_MAX = 256  # an FFN at most this wide is measured at every widt
 LATENCY_CALIBRATION = (0.25, 0.5, 0.75)  # uniform fractions of every layer's units timed whole, besides 0 and 1
 LATENCY_FFN_STEP = {"cpu": 64, "cuda": 128}  # FFN grid step (neurons) per device type, interpolated linearly
 LATENCY_CACHE_ENV = "KPRUNE_CACHE_DIR"  # overrides the cache folder ($XDG_CACHE_HOME/kprune, else ~/.cache/kprune)
+KERNEL_START_TRIES = 3  # sweeps: a notebook kernel that dies while starting (a port race between workers) is retried

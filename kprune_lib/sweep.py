@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from . import executors
-from .config import METHODS
+from .config import KERNEL_START_TRIES, METHODS
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 POINT_NOTEBOOK = "04_prune_and_evaluate.py"
@@ -279,8 +279,18 @@ def _execute(notebook: Path, output: Path, parameters: dict) -> None:
 
     logging.getLogger("papermill").setLevel(logging.WARNING)  # per-point progress is logged by run_sweep
     nb = jupytext.read(notebook)
-    papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name="python3", progress_bar=False,
-                               cwd=str(notebook.parent))
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try:
+            papermill.execute_notebook(nb, str(output), parameters=parameters, kernel_name="python3",
+                                       progress_bar=False, cwd=str(notebook.parent))
+            return
+        except RuntimeError as e:
+            # kernels started at the same moment by parallel workers can be handed the same free TCP port; the
+            # loser dies before it answers (ZMQError: Address already in use). Nothing ran yet: start another.
+            if "before replying to kernel_info" not in str(e) or attempt == KERNEL_START_TRIES:
+                raise
+            logging.getLogger(__name__).warning("%s: the kernel died while starting (%s); starting another",
+                                                notebook.name, e)
 
 
 def render_html(notebook: Path, html: Path) -> Path:

@@ -140,3 +140,44 @@ def _sweep_api(grid, **kw):
     from kprune_lib.sweep import run_sweep
 
     return run_sweep(grid, log=lambda msg: None, **kw)
+
+
+def test_a_kernel_that_dies_while_starting_is_replaced(tmp_path, monkeypatch):
+    """Parallel workers' kernels can race for a TCP port; the loser dies before kernel_info and is retried — any
+    other failure is not."""
+    import papermill
+
+    from kprune_lib import sweep
+
+    nb = tmp_path / "nb.py"
+    nb.write_text("# %%\nx = 1\n")
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    sweep._execute(nb, tmp_path / "out.ipynb", {})
+    assert len(calls) == 2
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("cell failed")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", broken)
+    with pytest.raises(RuntimeError, match="cell failed"):
+        sweep._execute(nb, tmp_path / "out.ipynb", {})
+    assert len(calls) == 1
+
+    def dead(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", dead)
+    with pytest.raises(RuntimeError, match="kernel_info"):
+        sweep._execute(nb, tmp_path / "out.ipynb", {})
+    assert len(calls) == sweep.KERNEL_START_TRIES
