@@ -24,7 +24,8 @@ The iteration-0 special cases (the student is still the teacher at s = 0):
 Both schedules hold the target sublayer's projection inputs a_s from its measurement pass unless `lean` (the
 teacher's sums do not fit `config.TEACHER_SUMS_MAX_MB`): tuning takes their kept columns, and the cached advance
 reuses them (only the tuned output projection changed, so neither the attention nor the FFN's input projection is
-recomputed); lean, both recompute them from X_s.
+recomputed); lean, both recompute them from X_s, and on CPU hand freed heap memory back to the OS after every
+batch (`memory.HeapTrimmer`).
 
 Shapes: B examples × T padded tokens per batch, d hidden, w_t the projection-input width of sublayer t (H·d_h for
 attention, N for an FFN), n the batch's real tokens.

@@ -151,33 +151,26 @@ def test_a_kernel_that_dies_while_starting_is_replaced(tmp_path, monkeypatch):
 
     nb = tmp_path / "nb.py"
     nb.write_text("# %%\nx = 1\n")
-    calls = []
+    died, calls = "Kernel died before replying to kernel_info", []
 
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("Kernel died before replying to kernel_info")
+    def papermill_raising(messages):
+        """A stand-in for papermill.execute_notebook that raises RuntimeError(m) for each message in turn, then runs."""
+        pending = list(messages)
 
-    monkeypatch.setattr(papermill, "execute_notebook", flaky)
-    sweep._execute(nb, tmp_path / "out.ipynb", {})
-    assert len(calls) == 2
+        def execute(*args, **kwargs):
+            calls.append(1)
+            if pending:
+                raise RuntimeError(pending.pop(0))
+        return execute
 
-    def broken(*args, **kwargs):
-        calls.append(1)
-        raise RuntimeError("cell failed")
-
-    calls.clear()
-    monkeypatch.setattr(papermill, "execute_notebook", broken)
-    with pytest.raises(RuntimeError, match="cell failed"):
-        sweep._execute(nb, tmp_path / "out.ipynb", {})
-    assert len(calls) == 1
-
-    def dead(*args, **kwargs):
-        calls.append(1)
-        raise RuntimeError("Kernel died before replying to kernel_info")
-
-    calls.clear()
-    monkeypatch.setattr(papermill, "execute_notebook", dead)
-    with pytest.raises(RuntimeError, match="kernel_info"):
-        sweep._execute(nb, tmp_path / "out.ipynb", {})
-    assert len(calls) == sweep.KERNEL_START_TRIES
+    cases = [([died], None, 2), (["cell failed"], "cell failed", 1),
+             ([died] * sweep.KERNEL_START_TRIES, "kernel_info", sweep.KERNEL_START_TRIES)]
+    for messages, raised, n_calls in cases:
+        calls.clear()
+        monkeypatch.setattr(papermill, "execute_notebook", papermill_raising(messages))
+        if raised is None:
+            sweep._execute(nb, tmp_path / "out.ipynb", {})
+        else:
+            with pytest.raises(RuntimeError, match=raised):
+                sweep._execute(nb, tmp_path / "out.ipynb", {})
+        assert len(calls) == n_calls
