@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 
 def _malloc_trim():
@@ -23,15 +22,6 @@ def _malloc_trim():
     try:
         return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
     except (OSError, AttributeError):
-        return None
-
-
-def resident_mb() -> float | None:
-    """This process's resident set in MiB (Linux /proc), or None where it cannot be read."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError, IndexError):
         return None
 
 

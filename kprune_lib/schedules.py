@@ -225,11 +225,14 @@ class CachedSchedule(Schedule):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        n = len(self.batches)
         self.student_x: list[torch.Tensor] | None = None  # X_s (B, T, d) per batch (`stream`); s = 0: recomputed
         self.teacher_x: list[torch.Tensor] | None = None  # the teacher's input to s on real tokens (n, d) per batch
         self._held: dict[tuple[int, int], torch.Tensor] = {}  # (j, t): the teacher's Y_t on real tokens (n, d)
-        self.hold_all_sums = not self.lean  # every Y_t held from iteration 0 (no teacher streaming), else Y_0 only
+
+    @property
+    def hold_all_sums(self) -> bool:
+        """Every Y_t held from iteration 0 (no teacher streaming); lean, Y_0 only."""
+        return not self.lean
 
     def prepare_teacher(self) -> None:
         """As the base; with autocast and `hold_all_sums`, the float32 pass's Y_t are held too."""
