@@ -14,7 +14,9 @@ The masks must be identical across the three. The unit of cost is one dense pass
 in each worker: a plain dense forward + backward over the sample as drawn, through the stock Hugging Face forward,
 to all-ones mask leaves; see prune_worker.py): dense_passes = pruning wall seconds / dense pass seconds, which
 does not depend on the machine's speed. Latency (dense vs physically pruned model) is measured on the task's dev
-set sorted by length and batched (batch 32, and batch 1 on 64 examples spread over the lengths), as deployed.
+set sorted by length and batched (batch 32, and batch 1 on 64 examples spread over the lengths), as deployed: the
+pruned model as kprune saves it (FFN widths padded to multiples of config.FFN_WIDTH_MULTIPLE with inert neurons),
+and the same masks at exactly the kept widths (`unaligned`), in the same interleaved rounds.
 
 Every run appends rows to benchmarks/RESULTS.md and writes benchmarks/results/<date>-<case>.json; the last line
 printed is one JSON object keyed by case name.
@@ -43,7 +45,8 @@ sys.path.insert(0, str(HERE))
 
 from kprune_lib.batching import make_batches, tokenize  # noqa: E402
 from kprune_lib.glue_data import load_glue  # noqa: E402
-from kprune_lib.io import load_model  # noqa: E402
+from kprune_lib.config import FFN_WIDTH_MULTIPLE  # noqa: E402
+from kprune_lib.io import load_model, pruned_shape  # noqa: E402
 from kprune_lib.physical import prune_physically  # noqa: E402
 from kprune_lib.tasks import get_glue_task  # noqa: E402
 
@@ -152,6 +155,9 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
     step = max(1, len(feats) // 64)
     spread = feats[::step][:64]
     pruned = prune_physically(copy.deepcopy(dense), torch.tensor(head_mask).bool(), torch.tensor(neuron_mask).bool())
+    # the same masks at exactly the kept widths (no padding with inert neurons): what the alignment buys
+    unaligned = prune_physically(copy.deepcopy(dense), torch.tensor(head_mask).bool(),
+                                 torch.tensor(neuron_mask).bool(), width_multiple=1)
     # a fully pruned attention sublayer is skipped entirely: all heads of the upper half of layers removed
     L = len(head_mask)
     no_attn = torch.tensor(head_mask).bool().clone()
@@ -160,22 +166,28 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
     # each model also with transformers' eager attention (matmul, softmax, matmul): on a CPU at short sequences it
     # beats the fused SDPA kernel, and a deployment runs each model with whichever kernel is faster for it
     eager = {}
-    for key, m in (("dense", dense), ("pruned", pruned)):
+    for key, m in (("dense", dense), ("pruned", pruned), ("unaligned", unaligned)):
         eager[key] = copy.deepcopy(m)
         eager[key].set_attn_implementation("eager")
     out = {"dev_examples": len(feats), "order": "length-sorted", "timing": f"median of {repeats} interleaved passes",
-           "speedup": "each model with its faster attention kernel (sdpa or eager)"}
+           "speedup": "each model with its faster attention kernel (sdpa or eager)",
+           "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": pruned_shape(pruned)["neurons_per_layer"],
+           "neurons_kept": pruned_shape(unaligned)["neurons_per_layer"]}
     for name, bs, fs in (("b32", 32, feats), ("b1", 1, spread)):
-        models = {"dense": dense, "pruned": pruned, "dense_eager": eager["dense"], "pruned_eager": eager["pruned"],
+        models = {"dense": dense, "pruned": pruned, "unaligned": unaligned, "dense_eager": eager["dense"],
+                  "pruned_eager": eager["pruned"], "unaligned_eager": eager["unaligned"],
                   **({"skipped": skipped} if name == "b32" else {})}
         t = interleaved_latency(models, fs, tok.pad_token_id, bs, repeats)
-        best = {k: min(("sdpa", t[k]), ("eager", t[f"{k}_eager"]), key=lambda x: x[1]) for k in ("dense", "pruned")}
+        best = {k: min(("sdpa", t[k]), ("eager", t[f"{k}_eager"]), key=lambda x: x[1])
+                for k in ("dense", "pruned", "unaligned")}
         out[name] = {"dense_s": best["dense"][1], "pruned_s": best["pruned"][1],
                      "speedup": best["dense"][1] / best["pruned"][1], "examples": len(fs),
                      "kernel": {k: v[0] for k, v in best.items()},
                      "sdpa": {"dense_s": t["dense"], "pruned_s": t["pruned"], "speedup": t["dense"] / t["pruned"]},
                      "eager": {"dense_s": t["dense_eager"], "pruned_s": t["pruned_eager"],
-                               "speedup": t["dense_eager"] / t["pruned_eager"]}}
+                               "speedup": t["dense_eager"] / t["pruned_eager"]},
+                     "unaligned": {"pruned_s": best["unaligned"][1], "kernel": best["unaligned"][0],
+                                   "speedup": best["dense"][1] / best["unaligned"][1]}}
         if "skipped" in t:
             out["no_attention_upper_half_b32"] = {"pruned_s": t["skipped"], "speedup": t["dense"] / t["skipped"],
                                                   "heads_kept": no_attn.sum(1).tolist()}
@@ -244,12 +256,15 @@ def bench_case(name: str, case: Case, tokens: int, a: argparse.Namespace, latenc
         "flops_ratio": flops_ratio, "threads": s["threads"],
         "latency_speedup": None, "latency_speedup_b1": None,
         "speedup_over_flops_ratio": None, "speedup_over_flops_ratio_b1": None,
+        "latency_speedup_unaligned": None, "speedup_over_flops_ratio_unaligned": None,
     }
     if latency:
         lat = latency_case(case, s["head_mask"], s["neuron_mask"], a.device, a.repeats)
         row.update(latency=lat, latency_speedup=lat["b32"]["speedup"], latency_speedup_b1=lat["b1"]["speedup"],
                    speedup_over_flops_ratio=lat["b32"]["speedup"] / flops_ratio,
-                   speedup_over_flops_ratio_b1=lat["b1"]["speedup"] / flops_ratio)
+                   speedup_over_flops_ratio_b1=lat["b1"]["speedup"] / flops_ratio,
+                   latency_speedup_unaligned=lat["b32"]["unaligned"]["speedup"],
+                   speedup_over_flops_ratio_unaligned=lat["b32"]["unaligned"]["speedup"] / flops_ratio)
     return row
 
 
@@ -257,7 +272,8 @@ COLUMNS = ["date", "machine", "device", "versions", "case", "tokens", "batch tok
            "naive s", "dense pass s", "dense passes sorted", "dense passes drawn", "dense passes naive",
            "padding drawn", "padding computed", "drawn/naive (cached/naive)", "sorted/naive", "bound",
            "masks identical (drawn, naive)", "peak RSS sorted MB", "peak RSS drawn MB", "peak RSS naive MB",
-           "latency speedup b32 (sorted dev)", "latency speedup b1", "FLOPs ratio", "speedup/FLOPs ratio b32"]
+           "latency speedup b32 (sorted dev)", "latency speedup b1", "FLOPs ratio", "speedup/FLOPs ratio b32",
+           "speedup/FLOPs ratio b32 unaligned"]
 
 
 def _f(x, spec: str) -> str:
@@ -290,7 +306,7 @@ def write_results(rows: list[dict]) -> None:
                  _f(r["peak_mem_sorted_mb"], ".0f"), _f(r["peak_mem_drawn_mb"], ".0f"),
                  _f(r["peak_mem_naive_mb"], ".0f"), _f(r["latency_speedup"], ".2f"),
                  _f(r["latency_speedup_b1"], ".2f"), _f(r["flops_ratio"], ".2f"),
-                 _f(r["speedup_over_flops_ratio"], ".2f")]
+                 _f(r["speedup_over_flops_ratio"], ".2f"), _f(r.get("speedup_over_flops_ratio_unaligned"), ".2f")]
         rows_md.append("| " + " | ".join(cells) + " |\n")
     lines = md.read_text().splitlines(keepends=True)
     headers = [k for k, line in enumerate(lines) if line.startswith("| date |")]
@@ -309,7 +325,10 @@ def write_results(rows: list[dict]) -> None:
                      "seconds / that run's dense pass. *padding*: padded / real tokens (drawn: the batches of 32 as "
                      "drawn; computed: the sorted run's compute batches). *drawn/naive* is the old *cached/naive* "
                      "(same batches). Latency on the dev set sorted by length, each model with its faster attention "
-                     "kernel (SDPA or eager).\n\n" + header)
+                     "kernel (SDPA or eager); the pruned model's FFN widths padded up to multiples of "
+                     f"{FFN_WIDTH_MULTIPLE} with inert neurons (`kprune_lib.physical.aligned_width`, as every saved "
+                     "model), *unaligned*: the same masks at exactly the kept widths, timed in the same rounds.\n\n"
+                     + header)
         lines += rows_md
     tmp = md.with_name(md.name + ".tmp")
     tmp.write_text("".join(lines))
@@ -339,7 +358,8 @@ SUMMARY_KEYS = ["task", "model", "num_tokens", "sample_tokens", "batch_tokens", 
                 "masks_identical_drawn", "masks_identical_naive", "mask_units_differing",
                 "mask_units_differing_drawn", "mask_units_differing_naive", "peak_mem_sorted_mb",
                 "peak_mem_drawn_mb", "peak_mem_naive_mb", "latency_speedup", "latency_speedup_b1", "flops_ratio",
-                "speedup_over_flops_ratio", "speedup_over_flops_ratio_b1"]
+                "speedup_over_flops_ratio", "speedup_over_flops_ratio_b1", "latency_speedup_unaligned",
+                "speedup_over_flops_ratio_unaligned"]
 
 
 def main() -> None:

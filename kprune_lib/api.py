@@ -15,9 +15,10 @@ import transformers
 
 from . import __version__
 from .batching import mean_length, padded_tokens, sample_batches, sample_indices, tokenize
-from .config import BATCH_TOKENS, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from .arch import Arch
+from .config import BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
-from .flops import encoder_params
+from .flops import encoder_params, model_flops
 from .glue_data import load_glue
 from .latency import latency_table, measure_latencies
 from .io import atomic_dir, load_model, save_pruned
@@ -201,6 +202,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
                         "fixed_ms": table.fixed_ms, "floor_ms": table.floor_ms(), "table": table.path},
         }
     hyperparameters = cfg.to_dict() | ({"constraint": None} if table is not None else {})
+    arch = Arch(m)
+    widths = [arch.neurons_in_layer(i) for i in range(arch.num_layers)]
 
     summary = {
         "task": t.name, "model": str(model), "method": cfg.method,
@@ -210,6 +213,10 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         "batch_tokens": batch_tokens, "padding_ratio_computed": computed_tokens / sample_tokens,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,
         "flops_removed": 1.0 - result.flops_pruned / result.flops_dense,
+        # the saved model's FFN widths: padded up to multiples of FFN_WIDTH_MULTIPLE with inert neurons (faster
+        # kernels), so it computes slightly more than flops_pruned, the FLOPs the constraint binds
+        "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": widths,
+        "flops_physical": model_flops(result.heads_kept, widths, seq_len, arch.hidden, arch.head_size),
         "params_dense": params_dense, "params_pruned": encoder_params(m),
         "metric": t.main_metric, "dense": dense_metrics, "pruned": pruned_metrics,
         "heads_kept": result.heads_kept, "neurons_kept": result.neurons_kept,
@@ -225,7 +232,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     info = {"kept_heads": [r.nonzero().flatten().tolist() for r in result.head_mask],
             "kept_neurons": [r.nonzero().flatten().tolist() for r in result.neuron_mask],
             **{k: summary[k] for k in ("task", "model", "constraint", "seq_len", "flops_dense", "flops_pruned",
-                                       "flops_removed", "hyperparameters", "ridge_fallbacks")}}
+                                       "flops_removed", "ffn_width_multiple", "flops_physical", "hyperparameters", "ridge_fallbacks")}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_pruned(m.cpu(), tmp / "model", tok, info)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))

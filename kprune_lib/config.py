@@ -95,6 +95,8 @@ METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", 
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128
+FFN_WIDTH_MULTIPLE = 16  # physically pruned FFN widths padded up to a multiple of this with inert zero neurons
+#   (kprune_lib.physical.aligned_width): 4-6 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons per layer
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
 # latency tables (kprune_lib.latency): timing protocol, unit grids, where they are cached
 LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing

@@ -113,7 +113,8 @@ def load_pruned(model_dir: str | Path):
         return model.eval()
     model = cls(config).to(torch.float32)
     arch = Arch(model)
-    prune_physically(model, *shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size))
+    shape = shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size)
+    prune_physically(model, *shape, width_multiple=1)  # the saved widths exactly (padding, if any, is in them)
     load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
     return model.eval()
 

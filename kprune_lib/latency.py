@@ -4,7 +4,8 @@ The table is measured on the target device with the model's own modules, physica
 (`hf.modeling_kprune.keep_rows` / `keep_columns`, the code `prune_physically` uses): the attention sublayer
 LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`)
 and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
-else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), on all-real
+else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), each n timed at
+the physical width a pruned model gets (`physical.aligned_width`: padded up to a multiple of 16), on all-real
 inputs of the budget's batch and sequence length. Protocol: `LATENCY_WARMUP` untimed calls of every point, then
 `LATENCY_REPEATS` rounds that time every point once (alternating order, so that a change of the machine's load hits
 all points alike; CUDA synchronised around each call), the median per point, made monotone (`monotone`: isotonic
@@ -45,14 +46,15 @@ from .arch import Arch
 from .config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
                      LATENCY_WARMUP)
 from .hf.modeling_kprune import keep_columns, keep_rows
-from .physical import prune_physically
+from .physical import aligned_width, prune_physically
 
 log = logging.getLogger(__name__)
 
 KINDS = ("attention", "ffn")  # sublayer s is KINDS[s % 2]
-TABLE_VERSION = 2  # bump when the measurement protocol changes: older cached tables are then not reused
+TABLE_VERSION = 3  # bump when the measurement protocol changes: older cached tables are then not reused
 
-# timer(kind, units, fn) -> seconds of one call fn(); kind "attention" | "ffn" (units: int) or "model" (units: the
+# timer(kind, units, fn) -> seconds of one call fn(); kind "attention" | "ffn" (units: int, heads or the FFN's
+# physical width, `physical.aligned_width`) or "model" (units: the
 # (heads_per_layer, neurons_per_layer) of the timed model). Tests inject a deterministic fake.
 Timer = Callable[[str, object, Callable[[], object]], float]
 
@@ -333,8 +335,9 @@ def _attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor) -> Callable[[
 
 
 def _ffn_fn(arch: Arch, i: int, neurons: int, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """Layer i's FFN sublayer shrunk to its first `neurons` neurons, on x (B, T, d)."""
-    keep = torch.arange(neurons, device=x.device)
+    """Layer i's FFN sublayer shrunk to its first `neurons` neurons, on x (B, T, d), at the physical width a pruned
+    model gets (`physical.aligned_width`: padded up to a multiple of FFN_WIDTH_MULTIPLE)."""
+    keep = torch.arange(aligned_width(neurons, arch.neurons_in_layer(i)), device=x.device)
     w1, w2 = keep_rows(arch.module(i, "ffn_in"), keep), keep_columns(arch.module(i, "ffn_out"), keep)
     act, ln = arch.module(i, "act"), arch.module(i, "ffn_ln")
     return lambda: ln(x + w2(act(w1(x))))
@@ -358,12 +361,13 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     inputs = random_inputs(model, batch, seq, device)
     with torch.inference_mode(), num_threads(threads):
         points = [("attention", h, _attention_fn(arch, i_attn, h, x)) for h in grid["attention"]]
-        points += [("ffn", n, _ffn_fn(arch, i_ffn, n, x)) for n in grid["ffn"]]
+        # an FFN point is timed at the physical width it gets (the timer is told that width)
+        points += [("ffn", aligned_width(n, neurons[i_ffn]), _ffn_fn(arch, i_ffn, n, x)) for n in grid["ffn"]]
         fractions = [0.0, *LATENCY_CALIBRATION, 1.0]
         shapes = [uniform_shape(heads, neurons, f) for f in fractions]
         for f, shape in zip(fractions, shapes):
             m = model if f == 1.0 else _shrunk_copy(model, heads, neurons, *shape)
-            points.append(("model", shape, lambda m=m: m(**inputs)))
+            points.append(("model", shape_of(Arch(m)), lambda m=m: m(**inputs)))  # its physical shape
         times = _timed_rounds(points, timer, f"latency table ({device.type}, batch {batch}, seq {seq})", progress)
     medians = [1e3 * statistics.median(t) for t in times]
     measured = {kind: [m for (k, _, _), m in zip(points, medians) if k == kind] for kind in KINDS}

@@ -1,4 +1,5 @@
 """The paper's FLOPs formula equals the matmul FLOPs counted by torch on one layer."""
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -21,20 +22,22 @@ def math_attention(q, k, v, attn_mask=None):
     return w @ v
 
 
-def test_formula_equals_counted_matmuls(monkeypatch):
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_formula_equals_counted_matmuls(monkeypatch, multiple):
+    """The formula over the kept units (multiple 1), and over the padded physical width (`flops_physical`)."""
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", math_attention)
     model = tiny_model("bert", hidden=48, heads=4, ffn=40, layers=2)
     hm = torch.tensor([[True, False, True, True], [False, False, False, False]])
     nm = torch.zeros(2, 40, dtype=torch.bool)
     nm[0, :17] = True
-    prune_physically(model, hm, nm)
+    prune_physically(model, hm, nm, width_multiple=multiple)
     a = Arch(model)
     T = 11
     x = torch.randn(1, T, a.hidden)
     bias = attention_bias(torch.ones(1, T), x.dtype)
     with torch.no_grad():
         total = sum(counted(lambda s=s: sublayer(a, s, x, bias)) for s in range(4))
-    expected = model_flops([3, 0], [17, 0], T, a.hidden, a.head_size)
+    expected = model_flops([3, 0], [17 if multiple == 1 else 32, 0], T, a.hidden, a.head_size)
     assert total == expected
     dense = Arch(tiny_model("bert", hidden=48, heads=4, ffn=40))
     with torch.no_grad():

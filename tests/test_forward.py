@@ -6,7 +6,8 @@ from conftest import ARCHS, random_batches, tiny_model
 from kprune_lib.arch import Arch, UnsupportedArchitecture
 from kprune_lib.forward import encode
 from kprune_lib.masks import masked_model
-from kprune_lib.physical import prune_physically
+from kprune_lib.config import FFN_WIDTH_MULTIPLE
+from kprune_lib.physical import aligned_width, prune_physically
 
 
 def hf_logits(model, batch):
@@ -36,7 +37,9 @@ def _masks(arch, seed=0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("qa", [False, True])
-def test_masked_equals_physically_pruned(arch, qa):
+@pytest.mark.parametrize("multiple", [1, 4, FFN_WIDTH_MULTIPLE])
+def test_masked_equals_physically_pruned(arch, qa, multiple):
+    """Outputs equal, the FFN widths padded up to the multiple with inert neurons (multiple 1: exactly the mask)."""
     model = tiny_model(arch, qa=qa)
     a = Arch(model)
     hm, nm = _masks(a)
@@ -47,15 +50,29 @@ def test_masked_equals_physically_pruned(arch, qa):
     assert not any(h.hooks for h in [a.out_proj(s)._forward_pre_hooks for s in range(4)] if hasattr(h, "hooks"))
     assert all(len(a.out_proj(s)._forward_pre_hooks) == 0 for s in range(2 * a.num_layers))  # hooks removed
     params_before = sum(p.numel() for p in model.parameters())
-    prune_physically(model, hm, nm)
+    prune_physically(model, hm, nm, width_multiple=multiple)
     assert sum(p.numel() for p in model.parameters()) < params_before
     assert [a.heads_in_layer(i) for i in range(a.num_layers)] == hm.sum(1).tolist()
-    assert [a.neurons_in_layer(i) for i in range(a.num_layers)] == nm.sum(1).tolist()
+    widths = [aligned_width(int(k), a.ffn_size, multiple) for k in nm.sum(1)]
+    assert [a.neurons_in_layer(i) for i in range(a.num_layers)] == widths
+    if multiple == 1:
+        assert widths == nm.sum(1).tolist()
+    for i, k in enumerate(nm.sum(1).tolist()):  # the kept neurons first, then the padding: zero in and out
+        assert a.module(i, "ffn_in").weight[k:].abs().sum() == 0 and a.module(i, "ffn_out").weight[:, k:].abs().sum() == 0
+        assert a.module(i, "ffn_in").weight[:k].abs().sum(1).min() > 0 if k else True
     with torch.no_grad():
         pruned = [model(**{k: b[k] for k in keys}) for b in batches]
     for m, p in zip(masked, pruned):
         for key in (["start_logits", "end_logits"] if qa else ["logits"]):
             torch.testing.assert_close(p[key], m[key], rtol=1e-4, atol=1e-5)
+
+
+def test_aligned_width():
+    assert [aligned_width(k, 1536, 16) for k in (0, 1, 15, 16, 17, 477, 1530, 1536)] == [0, 16, 16, 16, 32, 480, 1536, 1536]
+    assert aligned_width(30, 37, 16) == 32 and aligned_width(33, 37, 16) == 37  # never wider than the layer
+    assert aligned_width(477, 1536, 1) == 477
+    with pytest.raises(ValueError, match="multiple must be ≥ 1"):
+        aligned_width(3, 8, 0)
 
 
 def test_masks_change_the_output():

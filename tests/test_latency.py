@@ -15,7 +15,7 @@ from kprune_lib import latency as lat
 from kprune_lib.arch import Arch
 from kprune_lib.cli import main
 from kprune_lib.flops import head_flops, model_flops, neuron_flops
-from kprune_lib.physical import prune_physically
+from kprune_lib.physical import aligned_width, prune_physically
 from kprune_lib.prune import kprune
 from kprune_lib.search import kpms_step
 
@@ -92,19 +92,20 @@ def test_measured_table_is_monotone_and_covers_every_width(arch):
 
 
 def test_fake_timer_table_is_exact_and_monotone():
-    model = tiny_model("bert")
-    timer = FakeTimer(blip={("ffn", 5): 10.0})  # one slow outlier: the monotone table must not keep it
+    model = tiny_model("bert", ffn=64)  # FFN points timed at physical widths 0, 16, 32, 48, 64 (aligned_width)
+    timer = FakeTimer(blip={("ffn", 32): 10.0})  # one slow outlier: the monotone table must not keep it
     t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=timer, progress=False)
     assert t.measured_ms["attention"] == pytest.approx([attn_ms(h) for h in range(5)])
-    assert t.measured_ms["ffn"][5] == pytest.approx(ffn_ms(5) + 10.0)
+    assert t.measured_ms["ffn"] == pytest.approx([ffn_ms(aligned_width(n, 64)) + 10.0 * (aligned_width(n, 64) == 32)
+                                                  for n in range(65)])
     c = t.cost_ms["ffn"]
     assert all(y >= x for x, y in zip(c, c[1:]))
     assert c == pytest.approx(lat.monotone(t.measured_ms["ffn"]))
-    assert c[-1] == pytest.approx(ffn_ms(24))  # the outlier is pooled, not carried to the widest point
+    assert c[-1] == pytest.approx(ffn_ms(64))  # the outlier is pooled, not carried to the widest point
     L = Arch(model).num_layers
     # fixed part = total − Σ sublayers of the measured (dense) shape
-    assert t.fixed_ms == pytest.approx(FIXED + L * (ffn_ms(24) - c[-1]))
-    assert t.total_ms == pytest.approx(FIXED + L * (attn_ms(4) + ffn_ms(24)))
+    assert t.fixed_ms == pytest.approx(FIXED + L * (ffn_ms(64) - c[-1]))
+    assert t.total_ms == pytest.approx(FIXED + L * (attn_ms(4) + ffn_ms(64)))
     assert t.floor_ms() == pytest.approx(t.fixed_ms + L * (attn_ms(0) + c[0]))
 
 
@@ -118,7 +119,8 @@ def test_additive_model_predicts_random_shapes_exactly_with_the_fake_timer():
         measured = lat.measure_latency(pruned, BATCH, SEQ, "cpu", 1, timer=FakeTimer())
         predicted = t.predict(hm.sum(1).tolist(), nm.sum(1).tolist())
         assert predicted == pytest.approx(measured, rel=1e-9)
-        assert measured == pytest.approx(FIXED + sum(attn_ms(int(h)) + ffn_ms(int(n))
+        # the FFNs run at their padded physical widths (`aligned_width`), which the table's FFN points are timed at
+        assert measured == pytest.approx(FIXED + sum(attn_ms(int(h)) + ffn_ms(aligned_width(int(n), 24))
                                                      for h, n in zip(hm.sum(1), nm.sum(1))))
 
 
@@ -139,7 +141,8 @@ def test_in_situ_calibration_predicts_the_timed_shapes_and_inverts():
     a = Arch(model)
     t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=InSituTimer(), progress=False)
     truth = InSituTimer()
-    whole = lambda h, n: 1e3 * truth("model", (h, n), None)  # noqa: E731
+    # the truth of a mask shape: its model runs the FFNs at their padded physical widths
+    whole = lambda h, n: 1e3 * truth("model", (h, [aligned_width(k, a.ffn_size) for k in n]), None)  # noqa: E731
     cal = t.calibration
     assert cal["fractions"] == [0.0, *lat.LATENCY_CALIBRATION, 1.0]
     for f in cal["fractions"]:  # every calibration shape, the floor and the dense model are predicted exactly
@@ -182,18 +185,19 @@ def test_measure_latencies_times_every_model_in_the_same_rounds():
     ms = lat.measure_latencies({"dense": model, "pruned": shrunk}, BATCH, SEQ, "cpu", 1, timer=timer)
     assert timer.calls == 2 * lat.LATENCY_REPEATS
     assert ms["dense"] == pytest.approx(FIXED + 2 * (attn_ms(4) + ffn_ms(24)))
-    assert ms["pruned"] == pytest.approx(FIXED + attn_ms(2) + attn_ms(0) + 2 * ffn_ms(7))
+    assert ms["pruned"] == pytest.approx(FIXED + attn_ms(2) + attn_ms(0) + 2 * ffn_ms(16))  # 7 neurons padded to 16
 
 
 def test_ffn_grid_interpolates_between_steps(monkeypatch):
     monkeypatch.setattr(lat, "LATENCY_PER_UNIT_MAX", 8)
-    monkeypatch.setattr(lat, "LATENCY_FFN_STEP", {"cpu": 5})
-    model = tiny_model("bert")
+    monkeypatch.setattr(lat, "LATENCY_FFN_STEP", {"cpu": 16})
+    model = tiny_model("bert", ffn=72)
     t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=FakeTimer(), progress=False)
-    assert t.grid["ffn"] == [0, 5, 10, 15, 20, 24]
-    assert t.cost("ffn", 7) == pytest.approx(ffn_ms(5) + 2 / 5 * (ffn_ms(10) - ffn_ms(5)))
+    assert t.grid["ffn"] == [0, 16, 32, 48, 64, 72]
+    assert t.cost("ffn", 20) == pytest.approx(ffn_ms(16) + 4 / 16 * (ffn_ms(32) - ffn_ms(16)))
+    assert t.cost("ffn", 70) == pytest.approx(ffn_ms(64) + 6 / 8 * (ffn_ms(72) - ffn_ms(64)))
     with pytest.raises(ValueError, match="outside the latency table"):
-        t.cost("ffn", 25)
+        t.cost("ffn", 73)
 
 
 def test_real_timing_prediction_within_a_factor_of_two():

@@ -41,7 +41,7 @@ def ragged_pruned(arch: str, qa: bool = False):
     heads[1, [0, 2, 3]] = True
     neurons = torch.zeros(2, N, dtype=torch.bool)
     neurons[0, torch.randperm(N, generator=torch.Generator().manual_seed(0))[:17]] = True
-    return prune_physically(model, heads, neurons)
+    return prune_physically(model, heads, neurons, width_multiple=1)
 
 
 def save(model, folder: Path) -> Path:

@@ -15,6 +15,7 @@ import kprune_lib as kp
 from kprune_lib.cli import main
 from kprune_lib.io import load_pruned
 from kprune_lib.masks import kept_per_layer, per_layer
+from kprune_lib.physical import aligned_width
 from stock_env import make_stock_venv
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
@@ -45,14 +46,17 @@ def test_per_layer_masks_stack_only_when_regular():
 def test_a_pruned_folder_prunes_further(twice):
     root, first, second = twice
     assert len(set(first["heads_kept"])) > 1 or len(set(first["neurons_kept"])) > 1, "the first pass must leave ragged layers"
-    # the second run's "dense" model is the first run's result: its FLOPs, its metrics
-    assert second["flops_dense"] == pytest.approx(first["flops_pruned"], rel=1e-9)
+    # the second run's "dense" model is the first run's saved model: its FLOPs (FFN widths padded with inert
+    # neurons, `flops_physical`), its metrics
+    assert first["neurons_physical"] == [aligned_width(n, 48) for n in first["neurons_kept"]]
+    assert first["flops_pruned"] <= first["flops_physical"]
+    assert second["flops_dense"] == pytest.approx(first["flops_physical"], rel=1e-9)
     assert second["dense"] == pytest.approx(first["pruned"])
     assert second["flops_removed"] >= 0.3 - 1e-9 and second["flops_pruned"] < first["flops_pruned"]
     for h1, h2, n1, n2 in zip(first["heads_kept"], second["heads_kept"], first["neurons_kept"], second["neurons_kept"]):
         assert h2 <= h1 and n2 <= n1
     meta = json.loads((root / "second" / "model" / "kprune.json").read_text())
-    assert meta["heads_per_layer"] == second["heads_kept"] and meta["neurons_per_layer"] == second["neurons_kept"]
+    assert meta["heads_per_layer"] == second["heads_kept"] and meta["neurons_per_layer"] == second["neurons_physical"]
     assert [len(k) for k in meta["kept_heads"]] == second["heads_kept"]
     assert all(max(k, default=-1) < h for k, h in zip(meta["kept_heads"], first["heads_kept"]))  # indices of the input's
 

@@ -37,7 +37,7 @@ def ragged_pruned(arch: str, qa: bool):
     with torch.no_grad():  # biases that would show if a fully pruned sublayer kept one
         for s in range(6):
             a.out_proj(s).bias.normal_(0, 1.0)
-    return prune_physically(model, hm, nm)
+    return prune_physically(model, hm, nm, width_multiple=1)  # exact widths: these tests are about loading
 
 
 def model_inputs(arch: str) -> dict:
@@ -186,7 +186,7 @@ def test_workbook_reads_the_kept_units_of_a_new_folder(tmp_path):
     model = tiny_model("electra", layers=2)
     hm = torch.tensor([[True, False, True, False], [False] * 4])
     nm = torch.arange(Arch(model).ffn_size).expand(2, -1) % 3 == 0
-    prune_physically(model, hm, nm)
+    prune_physically(model, hm, nm, width_multiple=1)
     kept = {"kept_heads": [r.nonzero().flatten().tolist() for r in hm],
             "kept_neurons": [r.nonzero().flatten().tolist() for r in nm]}
     h, n = saved_masks(save_pruned(model, tmp_path / "m", info=kept))
@@ -224,7 +224,7 @@ def test_a_reloaded_pruned_model_prunes_again(folders, tmp_path, arch):
     model = load_pruned(dirs[arch, False])
     head_masks = [torch.tensor([True, False]), torch.zeros(0, dtype=torch.bool), torch.tensor([False, True, True])]
     neuron_masks = [torch.arange(8) < 5, torch.arange(24) < 0, torch.zeros(0, dtype=torch.bool)]
-    prune_physically(model, head_masks, neuron_masks)
+    prune_physically(model, head_masks, neuron_masks, width_multiple=1)
     again = load_pruned(save_pruned(model, tmp_path / "again"))
     a = Arch(again)
     assert [a.heads_in_layer(i) for i in range(3)] == [1, 0, 2] and [a.neurons_in_layer(i) for i in range(3)] == [5, 0, 0]
