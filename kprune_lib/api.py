@@ -232,7 +232,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     info = {"kept_heads": [r.nonzero().flatten().tolist() for r in result.head_mask],
             "kept_neurons": [r.nonzero().flatten().tolist() for r in result.neuron_mask],
             **{k: summary[k] for k in ("task", "model", "constraint", "seq_len", "flops_dense", "flops_pruned",
-                                       "flops_removed", "ffn_width_multiple", "flops_physical", "hyperparameters", "ridge_fallbacks")}}
+                                       "flops_removed", "ffn_width_multiple", "flops_physical", "hyperparameters",
+                                       "ridge_fallbacks")}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_pruned(m.cpu(), tmp / "model", tok, info)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
