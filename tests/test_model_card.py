@@ -104,3 +104,10 @@ def test_prune_writes_the_card(tmp_path):
     assert (args.model, args.output, args.data_dir, args.num_tokens, args.constraint, args.device) == \
         (str(ckpt), str(out), str(glue), 1000, 0.6, "cpu")
     assert f"{summary['flops_removed'] * 100:.1f} % of FLOPs removed" in card
+    # the saved FFN widths are the kept counts padded to multiples of 16 (inert neurons), and the card says so
+    from kprune_lib.physical import aligned_width
+
+    assert summary["neurons_physical"] == [aligned_width(n, 48) for n in summary["neurons_kept"]]
+    assert summary["neurons_physical"] != summary["neurons_kept"]  # this run's counts are not all multiples of 16
+    assert f"widths {summary['neurons_physical']} for {summary['neurons_kept']} kept neurons" in card
+    assert json.loads((out / "model" / "config.json").read_text())["intermediate_sizes"] == summary["neurons_physical"]
