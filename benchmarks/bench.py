@@ -154,15 +154,14 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
     feats = sorted(feats, key=lambda f: len(f["input_ids"]))  # stable: ties in dataset order
     step = max(1, len(feats) // 64)
     spread = feats[::step][:64]
-    pruned = prune_physically(copy.deepcopy(dense), torch.tensor(head_mask).bool(), torch.tensor(neuron_mask).bool())
+    hm, nm = torch.tensor(head_mask).bool(), torch.tensor(neuron_mask).bool()
+    pruned = prune_physically(copy.deepcopy(dense), hm, nm)
     # the same masks at exactly the kept widths (no padding with inert neurons): what the alignment buys
-    unaligned = prune_physically(copy.deepcopy(dense), torch.tensor(head_mask).bool(),
-                                 torch.tensor(neuron_mask).bool(), width_multiple=1)
+    unaligned = prune_physically(copy.deepcopy(dense), hm, nm, width_multiple=1)
     # a fully pruned attention sublayer is skipped entirely: all heads of the upper half of layers removed
-    L = len(head_mask)
-    no_attn = torch.tensor(head_mask).bool().clone()
-    no_attn[L // 2:] = False
-    skipped = prune_physically(copy.deepcopy(dense), no_attn, torch.tensor(neuron_mask).bool())
+    no_attn = hm.clone()
+    no_attn[len(hm) // 2:] = False
+    skipped = prune_physically(copy.deepcopy(dense), no_attn, nm)
     # each model also with transformers' eager attention (matmul, softmax, matmul): on a CPU at short sequences it
     # beats the fused SDPA kernel, and a deployment runs each model with whichever kernel is faster for it
     eager = {}
@@ -172,7 +171,7 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
     out = {"dev_examples": len(feats), "order": "length-sorted", "timing": f"median of {repeats} interleaved passes",
            "speedup": "each model with its faster attention kernel (sdpa or eager)",
            "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": pruned_shape(pruned)["neurons_per_layer"],
-           "neurons_kept": pruned_shape(unaligned)["neurons_per_layer"]}
+           "neurons_kept": nm.sum(1).tolist()}
     for name, bs, fs in (("b32", 32, feats), ("b1", 1, spread)):
         models = {"dense": dense, "pruned": pruned, "unaligned": unaligned, "dense_eager": eager["dense"],
                   "pruned_eager": eager["pruned"], "unaligned_eager": eager["unaligned"],

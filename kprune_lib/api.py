@@ -21,7 +21,7 @@ from .evaluate import evaluate_glue
 from .flops import encoder_params, model_flops
 from .glue_data import load_glue
 from .latency import latency_table, measure_latencies
-from .io import atomic_dir, load_model, save_pruned
+from .io import atomic_dir, load_model, pruned_shape, save_pruned
 from .model_card import reproduction, write_model_card
 from .physical import prune_physically
 from .baselines import resolve_method, run_method
@@ -202,8 +202,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
                         "fixed_ms": table.fixed_ms, "floor_ms": table.floor_ms(), "table": table.path},
         }
     hyperparameters = cfg.to_dict() | ({"constraint": None} if table is not None else {})
-    arch = Arch(m)
-    widths = [arch.neurons_in_layer(i) for i in range(arch.num_layers)]
+    arch, widths = Arch(m), pruned_shape(m)["neurons_per_layer"]
 
     summary = {
         "task": t.name, "model": str(model), "method": cfg.method,
