@@ -59,8 +59,11 @@ class NormalEquations:
         OBS-style solvers, e.g. SparseGPT's 1 %), against over-fitting the sample."""
         G, C = self._restricted(idx)
         if damping > 0 and G.shape[0]:
+            if prior is None or prior.shape != (C.shape[1], G.shape[0]):
+                raise ValueError(f"damped KPWT needs the kept columns' current weights ({C.shape[1]}×{G.shape[0]}) "
+                                 f"as its prior, got {None if prior is None else tuple(prior.shape)}")
             delta = damping * float(G.diagonal().mean())
-            G = G + delta * torch.eye(len(idx), dtype=G.dtype, device=G.device)
+            G = G + delta * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
             C = C + delta * prior.double().T
         return solve_normal_equations(G, C, ridge)
 

@@ -23,5 +23,20 @@ def test_masks_and_weights_equal_the_oracle(problem, constraint, schedule):
     assert torch.equal(ours.head_mask, head_mask)
     assert torch.equal(ours.neuron_mask, neuron_mask)
     assert 0 < int(neuron_mask.sum()) < neuron_mask.numel() and int(ours.head_mask.sum()) < ours.head_mask.numel()
+    tuned = 0
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.double(), q, rtol=2e-3, atol=2e-4, msg=name)
+        if name.endswith("output.dense.weight"):  # KPWT's output projections: compared by what they compute, below
+            tuned += 1
+        else:  # everything KPWT does not solve for is the oracle's (zeroed biases of emptied sublayers included)
+            torch.testing.assert_close(p.double(), q, rtol=1e-6, atol=1e-7, msg=name)
+    assert tuned == 2 * model.config.num_hidden_layers
+    # Least squares determines A·Wᵀ on the sample, not W itself: where AᵀA is ill-conditioned (the tiny regression
+    # problem at 0.6), solutions differ along directions the sample never excites. So the tuned weights are compared
+    # through what they compute on the sample: every layer's output, token by token.
+    with torch.no_grad():
+        for b in batches:
+            ours_h = model(**b, output_hidden_states=True).hidden_states
+            ref_h = reference(**b, output_hidden_states=True).hidden_states
+            keep = b["attention_mask"].bool()
+            for i, (h, r) in enumerate(zip(ours_h, ref_h)):
+                torch.testing.assert_close(h[keep].double(), r[keep], rtol=5e-4, atol=5e-4, msg=f"hidden state {i}")

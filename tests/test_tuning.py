@@ -95,3 +95,35 @@ def test_damped_solve_is_the_regularised_least_squares():
     torch.testing.assert_close(W, expected, rtol=1e-5, atol=1e-6)  # batch products are float32
     plain, _ = eqs.solve(idx)
     assert (W - W0.double()).norm() < (plain - W0.double()).norm()  # shrunk toward the prior
+
+
+def test_damped_kpwt_step_on_the_kept_dims_equals_augmented_lstsq():
+    """The loop forms the normal equations on the kept dims only and calls kpwt_step with them: the damped solve's
+    prior is the kept columns' current weights, and the written weights equal an augmented lstsq on those dims."""
+    from kprune_lib.tuning import kpwt_step
+
+    g = torch.Generator().manual_seed(3)
+    width, hidden, idx = 8, 5, torch.tensor([0, 2, 5, 6])
+    a = torch.randn(2, 30, width, generator=g, dtype=torch.float64)
+    r = torch.randn(2, 30, hidden, generator=g, dtype=torch.float64)
+    proj = torch.nn.Linear(width, hidden).double()
+    w_kept = proj.weight.detach()[:, idx].clone()
+    eqs = NormalEquations.zeros(len(idx), hidden, "cpu")
+    eqs.add(a[..., idx], r, torch.ones(2, 30))
+    before, after, ridge = kpwt_step(proj, eqs, idx, damping=0.05)
+    A, R = a[..., idx].reshape(-1, len(idx)), r.reshape(-1, hidden)
+    delta = 0.05 * float((A.T @ A).diagonal().mean())
+    aug_A = torch.cat([A, delta ** 0.5 * torch.eye(len(idx), dtype=torch.float64)])
+    aug_R = torch.cat([R, delta ** 0.5 * w_kept.T])
+    expected = torch.linalg.lstsq(aug_A, aug_R).solution.T
+    torch.testing.assert_close(proj.weight[:, idx], expected, rtol=1e-9, atol=1e-10)
+    dropped = torch.tensor([i for i in range(width) if i not in idx.tolist()])
+    assert torch.equal(proj.weight[:, dropped], torch.zeros(hidden, len(dropped), dtype=torch.float64))
+    assert ridge == 0.0 and after < before
+
+
+def test_damped_solve_without_its_prior_says_what_is_missing():
+    eqs = NormalEquations.zeros(3, 2, "cpu")
+    eqs.add(torch.randn(1, 10, 3), torch.randn(1, 10, 2), torch.ones(1, 10))
+    with pytest.raises(ValueError, match="prior"):
+        eqs.solve(damping=0.01)
