@@ -163,7 +163,7 @@ def run_point(point: Point, shared: Path, num_tokens: int, out: Path, workers: i
 def same_settings(method: str) -> str | None:
     """The method whose points `method` shares: it runs exactly the same settings (kprune-plus and the K-prune+
     candidate it is made of), so its finished points are reused rather than rerun."""
-    from kprune_lib.baselines import same_settings as library_same_settings
+    from kprune_lib.methods import same_settings as library_same_settings
 
     return library_same_settings(method)
 

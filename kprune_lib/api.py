@@ -24,7 +24,8 @@ from .latency import latency_table, measure_latencies
 from .io import atomic_dir, load_model, pruned_shape, save_pruned
 from .model_card import reproduction, write_model_card
 from .physical import prune_physically
-from .baselines import resolve_method, run_method
+from . import methods
+from .baselines import run_method
 from .finetune import FinetuneConfig, finetune as _finetune
 from .squad import load_squad, squad_only
 from .squad_features import evaluate_squad, pruning_data
@@ -38,9 +39,9 @@ class TaskMismatch(ValueError):
 
 
 def compute_batch_tokens(config: PruneConfig, device: torch.device) -> int:
-    """Padded tokens per compute batch: the config's, else the device type's default. The Fisher baseline is
-    defined on the sample batches as drawn (its squared batch gradients), so it always computes on those."""
-    if config.method == "kwon-fisher":
+    """Padded tokens per compute batch: the config's, else the device type's default. A method whose signal depends
+    on the batching (the Fisher baseline's squared batch gradients) always computes on the batches as drawn."""
+    if methods.get(config.method).batches_as_drawn:
         return 0
     return BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"]) if config.batch_tokens is None else config.batch_tokens
 
@@ -127,20 +128,14 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     requested = replace(config or PruneConfig(), **overrides)
     if requested.latency_budget_ms is not None and "constraint" in overrides:
         raise ValueError("give either constraint (FLOPs) or latency_budget_ms, not both")
-    cfg = resolve_method(requested)
-    if cfg.method == "kwon-fisher" and cfg.latency_budget_ms is not None:
-        raise ValueError("--method kwon-fisher takes a FLOPs --constraint only; latency budgets need a K-prune method")
+    cfg = methods.resolve(requested)
     call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
             "split_seed": split_seed, "seq_len": seq_len}
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
                split_seed=split_seed, seq_len=seq_len)
-    if cfg.method == "kwon-fisher" and t.problem == "qa":
-        raise ValueError("--method kwon-fisher needs gold labels of a GLUE task; for SQuAD use kprune or an ablation")
-    if t.problem == "qa" and (cfg.gold_first or cfg.pred_knowledge == "gauss-newton"):
-        raise ValueError(f"--method {cfg.method} (gold labels / output curvature) supports GLUE tasks only; "
-                         "for SQuAD use kprune or --pred-knowledge batch|example")
+    methods.check(cfg, t.problem)
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")
@@ -170,7 +165,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         eval_splits = _eval_splits(t, data_dir)
         train = load_glue(t, "train", data_dir)
         seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-        train_feats = tokenize(tok, train, max_length, labels=True)  # gold labels: kwon-fisher
+        train_feats = tokenize(tok, train, max_length, labels=True)  # gold labels: methods that need them
         idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
         batches = sample_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev,
                                  batch_tokens)

@@ -1,21 +1,14 @@
 """Ablations of K-prune and the Kwon et al. (2022) style Fisher baseline, all run on the same sample.
 
-Methods (`PruneConfig.method`, `kprune prune --method`):
-- kprune            the method (spec).
-- kprune-no-tuning  KPWT off (masks from KPMS, weights untouched).
-- kprune-pred-only  λ_rep = 0: scores from predictive knowledge only.
-- kprune-rep-only   λ_pred = 0: scores from representational knowledge only.
-- kprune-fisher / kprune-gn / kprune-gold / kprune-damp: K-prune+ candidates (KPRUNE_PLUS_CANDIDATES).
-- kprune-plus       K-prune+: the paper's method with the candidates the accuracy protocol kept (KPRUNE_PLUS).
-- kwon-fisher       Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per
-                    neuron, Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs;
-                    no iteration, no weight tuning, no mask rescaling.
+What each `--method` is and changes is declared once in `methods.REGISTRY`; this module runs them:
+`run_method` dispatches on the entry's algorithm; `kwon_fisher` is the Kwon et al.-style Fisher baseline
+(Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per neuron,
+Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs; no iteration, no weight
+tuning, no mask rescaling); `one_shot_global_masks` is the one-threshold ablation of KPMS's iteration.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 
@@ -25,61 +18,21 @@ from .flops import head_flops, model_flops, neuron_flops
 from .forward import encode
 from .masks import apply_masks, head_dims
 from .measurement import gold_loss
+from .methods import check, get, resolve
 from .prune import PruneResult, kprune
 from .search import kpms_threshold
 
 
-# K-prune+ candidates: each changes one thing of the paper's method (measured by benchmarks/accuracy.py)
-KPRUNE_PLUS_CANDIDATES = {
-    "kprune-fisher": {"pred_knowledge": "example"},  # Σ_i ½ g_i²: examples do not cancel inside a batch
-    "kprune-gn": {"pred_knowledge": "gauss-newton"},  # ½ JᵀHJ: a predictive signal that is not zero at the teacher
-    "kprune-gold": {"gold_first": True},  # gold-label loss at s = 0, where the teacher's gradient is zero
-    "kprune-damp": {"damping": 0.01},  # KPWT shrunk toward the current weights (1 % of mean diag AᵀA)
-}
-
-
-# K-prune+ = the candidates kept by the accuracy protocol (benchmarks/ACCURACY.md): damped KPWT only
-KPRUNE_PLUS = dict(KPRUNE_PLUS_CANDIDATES["kprune-damp"])
-
-
-def same_settings(method: str) -> str | None:
-    """The K-prune+ candidate that runs exactly `method`'s settings (kprune-plus -> its candidate), if any."""
-    if method != "kprune-plus":
-        return None
-    def settings(name: str) -> dict:
-        return {k: v for k, v in resolve_method(PruneConfig(method=name)).to_dict().items() if k != "method"}
-
-    return next((name for name in KPRUNE_PLUS_CANDIDATES if settings(name) == settings(method)), None)
-
-
-def resolve_method(config: PruneConfig) -> PruneConfig:
-    """The hyper-parameters a method really runs with (e.g. kprune-pred-only -> λ_rep = 0)."""
-    m = config.method
-    if m == "kprune":
-        return config if config.tuning else replace(config, method="kprune-no-tuning")
-    if m in ("kprune-no-tuning", "kwon-fisher"):
-        return replace(config, tuning=False)
-    if m == "kprune-pred-only":
-        return replace(config, lam_rep=0.0)
-    if m == "kprune-rep-only":
-        return replace(config, lam_pred=0.0)
-    if m in KPRUNE_PLUS_CANDIDATES:
-        return replace(config, **KPRUNE_PLUS_CANDIDATES[m])
-    if m == "kprune-plus":
-        return replace(config, **KPRUNE_PLUS)
-    raise ValueError(f"unknown method {m!r}")  # unreachable: PruneConfig validates the name
-
-
 def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
                progress: bool = True, record_knowledge: bool = False, latency=None) -> PruneResult:
-    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method`.
+    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method` (its registry
+    entry, `methods.REGISTRY`, says which algorithm runs and with which settings).
     With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`)."""
-    cfg = resolve_method(config)
+    cfg = resolve(config)
+    method = get(cfg.method)
     by_latency = cfg.latency_budget_ms is not None
-    if cfg.method == "kwon-fisher":
-        if by_latency:
-            raise ValueError("--method kwon-fisher takes a FLOPs --constraint only; latency budgets need a K-prune "
-                             "method")
+    check(cfg, problem)
+    if method.algorithm == "fisher-greedy":
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
     return kprune(model, batches, problem, constraint=None if by_latency else cfg.constraint,
                   latency=latency, latency_budget_ms=cfg.latency_budget_ms, seq_len=seq_len, lam_pred=cfg.lam_pred,

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 
-from .config import METHODS, PRED_KNOWLEDGE, SCHEDULES, PruneConfig
+from .config import PRED_KNOWLEDGE, SCHEDULES, PruneConfig
+from .methods import METHOD_NAMES, REGISTRY
 from .finetune import FinetuneConfig
 
 D = PruneConfig()
@@ -138,11 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", type=float, default=D.mu, help="head score multiplier")
     p.add_argument("--temperature", type=float, default=D.temperature, help="softmax temperature of the predictive KL")
     p.add_argument("--no-tuning", action="store_true", help="skip knowledge-preserving weight tuning (ablation)")
-    p.add_argument("--method", choices=METHODS, default=D.method,
-                   help="kprune: the paper's method; kprune-plus: K-prune+ (damped weight tuning, +0.58 points on "
-                        "average in benchmarks/ACCURACY.md); K-prune+ candidates kprune-damp, kprune-gn, "
-                        "kprune-fisher, kprune-gold; ablations (-no-tuning, -pred-only: λ_rep=0, -rep-only: "
-                        "λ_pred=0); or the kwon-fisher baseline (Fisher of the gold-label loss, no tuning)")
+    p.add_argument("--method", choices=METHOD_NAMES, default=D.method, metavar="METHOD",
+                   help=f"{_methods_help()} (`kprune methods` lists what each one changes)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
@@ -179,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--remeasure", action="store_true", help="measure again even if the table is cached")
     lt.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    sub.add_parser("methods", formatter_class=fmt, help="list the methods of --method: what each changes, its labels, "
+                   "budgets and task kinds")
     e = sub.add_parser("evaluate", formatter_class=fmt, help="print a checkpoint's dev metrics as JSON")
     _common(e)
     _squad_options(e, None)
@@ -289,6 +289,25 @@ def _clear_progress_bars() -> None:
         bar.close()
 
 
+def _methods_help() -> str:
+    """--method's help, by role, from the registry."""
+    roles = {"method": "the paper's", "plus": "K-prune+", "candidate": "K-prune+ candidates", "ablation": "ablations",
+             "baseline": "baseline"}
+    groups = [f"{label}: {', '.join(m.name for m in REGISTRY.values() if m.role == role)}"
+              for role, label in roles.items() if any(m.role == role for m in REGISTRY.values())]
+    return "; ".join(groups)
+
+
+def format_methods() -> str:
+    """`kprune methods`: one line per registered method."""
+    rows = [("method", "role", "labels", "budgets", "tasks", "what it is")]
+    for m in REGISTRY.values():
+        tasks = "all" if len(m.problems) == 3 else "GLUE"
+        rows.append((m.name, m.role, "gold" if m.needs_labels else "none", "+".join(m.budgets), tasks, m.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Ctrl-C (or SIGTERM) prints one line and exits 130 (143): outputs are written atomically, so nothing is
     half-written; a sweep keeps its finished points and cancels or stops the rest (a re-run resumes)."""
@@ -326,6 +345,9 @@ def _run(argv: list[str] | None) -> int:
         except GridError as e:
             print(f"kprune: error: {e}", file=sys.stderr)
             return 2
+    if args.command == "methods":
+        print(format_methods())
+        return 0
     from . import api  # heavy imports after argument parsing, so --help is fast
 
     try:

@@ -32,7 +32,7 @@ class PruneConfig:
     #   "gauss-newton": ½ JᵀHJ of the predictive loss per example (K-prune+ candidates)
     gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
     damping: float = 0.0  # K-prune+ candidate: KPWT shrunk toward the current weights, δ = damping·mean diag(AᵀA)
-    method: str = "kprune"  # kprune, or an ablation / baseline of METHODS (kprune_lib.baselines)
+    method: str = "kprune"  # a name of the method registry (kprune_lib.methods.REGISTRY)
     # latency budget (an alternative to `constraint`; README "Latency budgets"): prune until the latency model of the
     # measured table (kprune_lib.latency) predicts at most this many milliseconds per forward of one batch
     latency_budget_ms: float | None = None  # None: prune to `constraint` (FLOPs)
@@ -48,8 +48,6 @@ class PruneConfig:
             raise ValueError(f"num_tokens must be positive, got {self.num_tokens}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lam_pred < 0 or self.lam_rep < 0 or self.mu <= 0:
@@ -85,13 +83,6 @@ BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # default padded tokens per length-
 TEACHER_SUMS_MAX_MB = 512  # the teacher's Y_t of all sublayers (2L·tokens·d) held up to this size; above it the
 #   loop runs lean: teacher streamed, projection inputs recomputed, CPU heap trimmed per batch (kprune_lib.schedules)
 BATCH_OVERHEAD_TOKENS = 256  # a compute batch's fixed cost in padded tokens, where length-sorted batches are cut
-# kprune: the method; -no-tuning: KPWT off; -pred-only: λ_rep = 0; -rep-only: λ_pred = 0;
-# kwon-fisher: Kwon et al. 2022 style Fisher-information masks with true labels, no tuning (kprune_lib.baselines);
-# K-prune+ candidates, each one change to the paper's method (kprune_lib.baselines.KPRUNE_PLUS_CANDIDATES):
-# kprune-fisher (per-example empirical Fisher), kprune-gn (Gauss-Newton curvature), kprune-gold (gold labels at
-# s = 0), kprune-damp (KPWT damped toward the current weights); kprune-plus: the candidates the protocol kept
-METHODS = ("kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
-           "kprune-fisher", "kprune-gn", "kprune-gold", "kprune-damp", "kprune-plus")
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128

@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from . import executors
-from .config import KERNEL_START_TRIES, METHODS
+from .config import KERNEL_START_TRIES
+from .methods import METHOD_NAMES
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 POINT_NOTEBOOK = "04_prune_and_evaluate.py"
@@ -167,9 +168,9 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
         if not isinstance(c, (int, float)) or not 0 < c < 1:
             raise GridError(f"{path}: constraint {c!r} is not in (0, 1)")
     methods = spec.get("methods", ["kprune"])
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHOD_NAMES]
     if bad:
-        raise GridError(f"{path}: unknown method(s) {bad}; choose from {list(METHODS)}")
+        raise GridError(f"{path}: unknown method(s) {bad}; choose from {list(METHOD_NAMES)}")
     seeds = spec.get("seeds", [0])
     if not all(isinstance(s, int) for s in seeds):
         raise GridError(f"{path}: seeds must be integers")

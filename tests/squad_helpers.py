@@ -27,12 +27,15 @@ def tokenizer():
     return transformers.AutoTokenizer.from_pretrained(MINILM)
 
 
-def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float | None = 0.2) -> Path:
+def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float | None = 0.2,
+                    num_labels: int = 2) -> Path:
     """A tiny random BERT (2 layers, 4 heads of 8, FFN 24, 512 positions) with the MiniLM vocabulary and
-    tokenizer, saved as a Hugging Face folder. head: "qa", "classification" (2 labels) or "base" (no head)."""
+    tokenizer, saved as a Hugging Face folder. head: "qa", "classification" (num_labels; 1 = regression) or
+    "base" (no head)."""
     tok = tokenizer()
     cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                                  intermediate_size=24, max_position_embeddings=512)
+                                  intermediate_size=24, max_position_embeddings=512, num_labels=num_labels,
+                                  problem_type="regression" if num_labels == 1 else None)
     auto = {"qa": transformers.AutoModelForQuestionAnswering, "classification": transformers.AutoModelForSequenceClassification,
             "base": transformers.AutoModel}[head]
     torch.manual_seed(seed)

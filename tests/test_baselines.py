@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from conftest import random_batches, tiny_model
 from kprune_lib.arch import Arch
-from kprune_lib.baselines import (fisher_scores, greedy_flops_selection, kwon_fisher, one_shot_global_masks,
-                                  resolve_method, run_method)
+from kprune_lib.baselines import fisher_scores, greedy_flops_selection, kwon_fisher, one_shot_global_masks, run_method
 from kprune_lib.batching import pad_batch, tokenize
-from kprune_lib.config import METHODS, PruneConfig
+from kprune_lib.config import PruneConfig
+from kprune_lib.methods import METHOD_NAMES, REGISTRY, check, same_settings
+from kprune_lib.methods import resolve as resolve_method
 from kprune_lib.flops import head_flops, neuron_flops
 from kprune_lib.glue_data import Examples
 from kprune_lib.masks import masked_model
@@ -41,13 +42,31 @@ def test_resolve_method_sets_the_ablated_hyperparameters():
     rep = resolve_method(replace(base, method="kprune-rep-only"))
     assert (rep.lam_rep, rep.lam_pred) == (base.lam_rep, 0.0)
     assert resolve_method(replace(base, method="kwon-fisher")).tuning is False
-    with pytest.raises(ValueError, match="method must be one of"):
-        PruneConfig(method="magnitude")
+    with pytest.raises(ValueError, match="unknown method 'magnitude'; choose from kprune, "):
+        resolve_method(PruneConfig(method="magnitude"))
     assert resolve_method(replace(base, method="kprune-gn")).pred_knowledge == "gauss-newton"
     assert resolve_method(replace(base, method="kprune-fisher")).pred_knowledge == "example"
     assert resolve_method(replace(base, method="kprune-gold")).gold_first is True
-    assert set(METHODS) >= {"kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
+    assert set(METHOD_NAMES) >= {"kprune", "kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "kwon-fisher",
                             "kprune-fisher", "kprune-gn", "kprune-gold"}
+
+
+def test_registry_settings_are_config_fields_and_resolve():
+    for m in REGISTRY.values():
+        cfg = resolve_method(PruneConfig(method=m.name))
+        assert all(getattr(cfg, k) == v for k, v in m.settings.items()), m.name
+    assert resolve_method(PruneConfig(method="kprune-plus")).damping == 0.01
+    assert same_settings("kprune-plus") == "kprune-damp" and same_settings("kprune") is None
+
+
+def test_methods_refuse_what_they_cannot_run_with_one_line():
+    with pytest.raises(ValueError, match="kwon-fisher takes a FLOPs --constraint only; a latency budget needs one of kprune,"):
+        check(PruneConfig(method="kwon-fisher", latency_budget_ms=10.0), "classification")
+    with pytest.raises(ValueError, match="kprune-gold needs gold labels of a GLUE task, so it does not support qa"):
+        check(PruneConfig(method="kprune-gold"), "qa")
+    with pytest.raises(ValueError, match="for SQuAD use --pred-knowledge batch"):
+        check(PruneConfig(gold_first=True), "qa")
+    check(PruneConfig(method="kprune-plus", latency_budget_ms=10.0), "qa")  # accepted
 
 
 def test_ablations_run_kprune_with_their_hyperparameters():

@@ -1,0 +1,116 @@
+"""The method registry: every method, ablation and baseline `--method` offers, declared once with its traits.
+
+The CLI (choices and help), the API (what a method accepts, how its sample is batched), the loop's dispatch
+(`baselines.run_method`), the sweeps (grid validation) and the tests (one end-to-end run per entry) all read
+`REGISTRY`; nothing else names a method. Adding a method = one `Method(...)` entry here (and, for a new
+algorithm, its runner in `baselines.RUNNERS`).
+
+A method's `settings` are the `PruneConfig` fields it fixes (`resolve`): e.g. kprune-pred-only is the paper's
+loop with λ_rep = 0. `algorithm` names the code that runs it: "kprune" (the paper's Algorithm 1,
+`prune.kprune`) or "fisher-greedy" (`baselines.kwon_fisher`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PROBLEMS = ("classification", "regression", "qa")
+BUDGET_KINDS = ("flops", "latency")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    role: str  # "method" (the paper's), "plus" (K-prune+), "candidate" (a K-prune+ candidate), "ablation", "baseline"
+    summary: str  # one line: what it changes, for --help and the docs
+    algorithm: str = "kprune"  # "kprune" (prune.kprune) | "fisher-greedy" (baselines.kwon_fisher)
+    settings: dict[str, Any] = field(default_factory=dict)  # the PruneConfig fields it fixes
+    needs_labels: bool = False  # the sample must carry gold labels (GLUE tasks only)
+    budgets: tuple[str, ...] = BUDGET_KINDS  # budget kinds it accepts
+    problems: tuple[str, ...] = PROBLEMS  # task kinds it supports
+    dense_only: bool = False  # refuses a model pruned before
+    batches_as_drawn: bool = False  # computes on the sample batches as drawn (its signal depends on the batching)
+
+    def check(self, problem: str, budget: str) -> None:
+        """One-line errors for a task kind or budget kind this method does not take."""
+        if problem not in self.problems:
+            why = "gold labels of a GLUE task" if self.needs_labels else "a classification or regression head"
+            raise ValueError(f"--method {self.name} needs {why}, so it does not support {problem} tasks; use one of "
+                             f"{supporting(problem=problem)}")
+        if budget not in self.budgets:
+            raise ValueError(f"--method {self.name} takes a FLOPs --constraint only; a latency budget needs one of "
+                             f"{supporting(budget=budget)}")
+
+
+_K_PLUS_SETTINGS = {"damping": 0.01}  # what the accuracy protocol kept for K-prune+ (benchmarks/ACCURACY.md)
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("kprune", "method", "the paper's method (KPRUNE_SPEC.md)"),
+    Method("kprune-plus", "plus", "K-prune+: KPWT damped toward the current weights (δ = 1 % of mean diag AᵀA)",
+           settings=_K_PLUS_SETTINGS),
+    Method("kprune-no-tuning", "ablation", "KPWT off: masks from KPMS, weights untouched", settings={"tuning": False}),
+    Method("kprune-pred-only", "ablation", "λ_rep = 0: scores from predictive knowledge only",
+           settings={"lam_rep": 0.0}),
+    Method("kprune-rep-only", "ablation", "λ_pred = 0: scores from representational knowledge only",
+           settings={"lam_pred": 0.0}),
+    Method("kprune-fisher", "candidate", "per-example empirical Fisher Σ_i ½ g_i² for predictive knowledge",
+           settings={"pred_knowledge": "example"}),
+    Method("kprune-gn", "candidate", "Gauss-Newton curvature ½ JᵀHJ of the predictive loss, per example",
+           settings={"pred_knowledge": "gauss-newton"}, problems=("classification", "regression")),
+    Method("kprune-gold", "candidate", "gold-label loss at s = 0, where the teacher's gradient vanishes",
+           settings={"gold_first": True}, needs_labels=True, problems=("classification", "regression")),
+    Method("kprune-damp", "candidate", "KPWT damped toward the current weights (δ = 1 % of mean diag AᵀA)",
+           settings=_K_PLUS_SETTINGS),
+    Method("kwon-fisher", "baseline", "Kwon et al. (2022)-style Fisher of the gold-label loss, one global greedy "
+           "FLOPs selection, no search over the split, no rearrangement, no rescaling, no tuning",
+           algorithm="fisher-greedy", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
+           problems=("classification", "regression"), dense_only=True, batches_as_drawn=True),
+)}
+METHOD_NAMES = tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}") from None
+
+
+def supporting(problem: str | None = None, budget: str | None = None) -> str:
+    """The names of the methods that support a task kind and / or a budget kind (for error messages)."""
+    ok = [m.name for m in REGISTRY.values() if (problem is None or problem in m.problems)
+          and (budget is None or budget in m.budgets)]
+    return ", ".join(ok)
+
+
+def resolve(config):
+    """The PruneConfig a method really runs with: its settings applied (e.g. kprune-pred-only -> λ_rep = 0).
+    kprune with tuning=False is kprune-no-tuning (the same run, named for what it is)."""
+    method = get(config.method)
+    if method.name == "kprune" and not config.tuning:
+        return replace(config, method="kprune-no-tuning")
+    names = {f.name for f in fields(config)}
+    unknown = set(method.settings) - names
+    if unknown:  # a registry entry naming a field PruneConfig lacks: a programming error, caught by the tests
+        raise TypeError(f"method {method.name}: settings {sorted(unknown)} are not PruneConfig fields")
+    return replace(config, **method.settings)
+
+
+def check(config, problem: str) -> None:
+    """One-line errors, before any work, for a resolved config its task kind cannot run: the method's traits
+    (task kinds, budget kinds), then settings given by hand that need a GLUE head (--gold-first, gauss-newton)."""
+    get(config.method).check(problem, "flops" if config.latency_budget_ms is None else "latency")
+    if problem == "qa" and (config.gold_first or config.pred_knowledge == "gauss-newton"):
+        raise ValueError("--gold-first and --pred-knowledge gauss-newton need a classification or regression head; "
+                         "for SQuAD use --pred-knowledge batch|example")
+
+
+def same_settings(name: str) -> str | None:
+    """Another registered method that runs exactly `name`'s settings with the same algorithm (kprune-plus ->
+    kprune-damp), if any: its runs can be shared."""
+    m = get(name)
+    for other in REGISTRY.values():
+        if other.name != name and other.algorithm == m.algorithm and other.settings == m.settings \
+                and other.role == "candidate":
+            return other.name
+    return None
