@@ -43,6 +43,7 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from kprune_lib._atomic import write_text  # noqa: E402
 from kprune_lib.batching import make_batches, tokenize  # noqa: E402
 from kprune_lib.glue_data import load_glue  # noqa: E402
 from kprune_lib.config import FFN_WIDTH_MULTIPLE  # noqa: E402
@@ -329,9 +330,7 @@ def write_results(rows: list[dict]) -> None:
                      "model), *unaligned*: the same masks at exactly the kept widths, timed in the same rounds.\n\n"
                      + header)
         lines += rows_md
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, md)
+    write_text(md, "".join(lines))
 
 
 def print_table(rows: list[dict]) -> None:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kprune_lib import api, latency, plots  # noqa: E402
+from kprune_lib._atomic import write_text  # noqa: E402
 from kprune_lib.io import load_model, load_pruned  # noqa: E402
 
 SHARED = Path(os.environ.get("KPRUNE_SHARED", ROOT.parent / "shared"))
@@ -249,10 +250,7 @@ def _mean(values) -> float:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from .evaluate import evaluate_glue
 from .flops import encoder_params, model_flops
 from .glue_data import load_glue
 from .latency import latency_table, measure_latencies
-from .io import atomic_dir, load_model, pruned_shape, save_pruned
+from ._atomic import atomic_dir
+from .io import load_model, pruned_shape, save_pruned
 from .model_card import reproduction, write_model_card
 from .physical import prune_physically
 from . import methods

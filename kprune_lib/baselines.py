@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import torch
-import torch.nn.functional as F
 
 from .arch import Arch
 from .config import PruneConfig

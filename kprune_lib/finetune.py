@@ -25,7 +25,8 @@ from . import __version__
 from .batching import pad_batch, tokenize
 from .evaluate import evaluate_glue
 from .glue_data import Examples, load_glue
-from .io import ModelLoadError, atomic_dir
+from ._atomic import atomic_dir
+from .io import ModelLoadError
 from .squad import load_squad, squad_only
 from .squad_features import evaluate_squad, prepare_features
 from .tasks import GlueTask, QaTask, get_task

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -119,22 +115,3 @@ def load_pruned(model_dir: str | Path):
     return model.eval()
 
 
-@contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False):
-    """Yield a temporary folder beside `target`; move it into place only if the block succeeds."""
-    target = Path(target)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {target} exists and is not empty; choose another --output or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)

@@ -30,7 +30,6 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._atomic import write_json
 from .arch import Arch
 from .config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
                      LATENCY_WARMUP)
@@ -268,16 +268,6 @@ def load_table(path: str | Path) -> LatencyTable:
     return LatencyTable(**json.loads(Path(path).read_text()), path=str(path))
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def latency_table(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
@@ -297,7 +287,7 @@ def latency_table(model, batch: int, seq: int, device: torch.device | str | None
         return table
     table = measure_table(model, batch, seq, device, threads, timer=timer, progress=progress)
     table.key = key
-    _write_atomic(path, table.to_json())
+    write_json(path, table.to_json(), indent=1)
     table.path = str(path)
     log.info("latency table measured in %.1f s, cached at %s", table.seconds, path)
     return table

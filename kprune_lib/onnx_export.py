@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._atomic import atomic_file
 from .arch import Arch
 from .io import KPRUNE_FILE, ModelLoadError, load_pruned
 
@@ -182,44 +182,20 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
 # ---- output file ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _atomic_file(target: Path, overwrite: bool):
-    """Yield a temporary file path beside `target`; rename it into place only if the block succeeds."""
+    """The project's atomic file writer (`_atomic.atomic_file`), its refusals as one-line export errors."""
     if target.is_dir():
         raise OnnxExportError(f"output {target} is a folder; pass a file path such as {target / 'model.onnx'}")
     if target.exists() and not overwrite:
         raise OnnxExportError(f"output {target} exists; choose another --output or pass --overwrite")
-    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # removed again on failure
+    writer = atomic_file(target, overwrite=True, suffix=".onnx")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=".onnx", dir=target.parent)
+        tmp = writer.__enter__()
     except OSError as e:
-        _remove_empty(created)
         raise OnnxExportError(f"cannot write {target}: {target.parent} is not a writable folder "
                               f"({e.strerror or _first_line(e)}); choose another --output") from None
-    os.close(fd)
-    tmp = Path(tmp)
-    done = False
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.push(writer)
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(tmp, target)
-        done = True
-    finally:
-        for leftover in (tmp, Path(str(tmp) + ".data")):
-            if leftover.exists():
-                leftover.unlink()
-        if not done:
-            _remove_empty(created)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders an export created (deepest first), where they are still empty."""
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:
-            break
 
 
 # ---- export ---------------------------------------------------------------------------------------------------

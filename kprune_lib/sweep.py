@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from . import executors
+from ._atomic import write_text
 from .config import KERNEL_START_TRIES
 from .methods import METHOD_NAMES
 
@@ -305,10 +306,7 @@ def render_html(notebook: Path, html: Path) -> Path:
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    tmp = html.with_name(f".{html.name}.tmp-{os.getpid()}")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
-    return html
+    return write_text(html, body)
 
 
 def run_point(point: Point, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> str:

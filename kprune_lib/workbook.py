@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._atomic import write_json
 from .api import check_task_head, compute_batch_tokens, resolve_device
 from .arch import TABLES, Arch, base_type
 from .baselines import run_method
@@ -352,11 +352,7 @@ def cost_table(summary: dict) -> pd.DataFrame:
 
 def write_summary(output_dir: str | Path, summary: dict) -> Path:
     """Write OUTPUT/summary.json atomically (the sweep treats its existence as 'point finished')."""
-    path = Path(output_dir) / "summary.json"
-    tmp = path.with_name(f".summary.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(output_dir) / "summary.json", summary)
 
 
 # ---- 05 results -----------------------------------------------------------------------------------------------

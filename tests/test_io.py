@@ -6,7 +6,8 @@ import torch
 
 from conftest import ARCHS, random_batches, tiny_model
 from kprune_lib.arch import Arch
-from kprune_lib.io import atomic_dir, load_pruned, save_pruned
+from kprune_lib._atomic import atomic_dir
+from kprune_lib.io import load_pruned, save_pruned
 from kprune_lib.physical import prune_physically
 
 
