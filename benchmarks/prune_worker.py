@@ -26,9 +26,9 @@ import transformers
 
 from kprune_lib.api import compute_batch_tokens
 from kprune_lib.arch import Arch
-from kprune_lib.batching import mean_length, padded_tokens, sample_batches, sample_indices, tokenize
+from kprune_lib.batching import glue_sample, mean_length, padded_tokens, tokenize
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
-from kprune_lib.glue_data import Examples, load_glue
+from kprune_lib.glue_data import load_glue
 from kprune_lib.io import load_model
 from kprune_lib.masks import apply_masks
 from kprune_lib.measurement import predictive_loss, teacher_signal
@@ -128,14 +128,10 @@ def main() -> None:
     max_length = task.max_length
     seq_len = mean_length(tokenize(tok, load_glue(task, task.eval_splits[0], a.data_dir), max_length))
     train = load_glue(task, "train", a.data_dir)
-    idx = sample_indices(len(train), cfg.num_tokens, seq_len, cfg.seed).tolist()
-    # only the drawn examples are tokenised (each example's tokens do not depend on the others)
-    drawn = Examples([train.text_a[i] for i in idx], [train.text_b[i] for i in idx] if train.text_b else None,
-                     [train.labels[i] for i in idx])
-    feats = tokenize(tok, drawn, max_length)
-    as_drawn = sample_batches(feats, GLUE_BATCH_SIZE, tok.pad_token_id, device, 0)
-    batches = as_drawn if batch_tokens == 0 else sample_batches(feats, GLUE_BATCH_SIZE, tok.pad_token_id, device,
-                                                                batch_tokens)
+    draw = dict(num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed, batch_size=GLUE_BATCH_SIZE,
+                max_length=max_length, device=device)
+    as_drawn, n_sample = glue_sample(tok, train, **draw, batch_tokens=0)  # the padding of the batches as drawn
+    batches = as_drawn if batch_tokens == 0 else glue_sample(tok, train, **draw, batch_tokens=batch_tokens)[0]
     sample_tokens = int(sum(int(b["attention_mask"].sum()) for b in as_drawn))
     drawn_tokens, computed_tokens = padded_tokens(as_drawn), padded_tokens(batches)
 
@@ -160,7 +156,7 @@ def main() -> None:
 
     out = {
         "task": a.task, "schedule": a.schedule, "batch_tokens": batch_tokens, "num_tokens": a.num_tokens,
-        "sample_examples": len(idx), "sample_tokens": sample_tokens, "seq_len": seq_len, "max_length": max_length,
+        "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len, "max_length": max_length,
         "padded_tokens_drawn": drawn_tokens, "padded_tokens_computed": computed_tokens,
         "padding_ratio_drawn": drawn_tokens / sample_tokens, "padding_ratio_computed": computed_tokens / sample_tokens,
         "compute_batches": len(batches), "drawn_batches": len(as_drawn),

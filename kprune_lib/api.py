@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from . import __version__
-from .batching import mean_length, padded_tokens, sample_batches, sample_indices, tokenize
+from .batching import glue_sample, mean_length, padded_tokens, tokenize
 from .arch import Arch
 from .config import BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
@@ -166,11 +166,9 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         eval_splits = _eval_splits(t, data_dir)
         train = load_glue(t, "train", data_dir)
         seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-        train_feats = tokenize(tok, train, max_length, labels=True)  # gold labels: methods that need them
-        idx = sample_indices(len(train_feats), cfg.num_tokens, seq_len, cfg.seed)
-        batches = sample_batches([train_feats[i] for i in idx.tolist()], batch_size, tok.pad_token_id, dev,
-                                 batch_tokens)
-        n_sample = len(idx)
+        batches, n_sample = glue_sample(tok, train, num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed,
+                                        batch_size=batch_size, max_length=max_length, device=dev,
+                                        batch_tokens=batch_tokens)
 
         def score(net):
             return evaluate_glue(net, tok, t, eval_splits, max_length, progress)

@@ -48,6 +48,24 @@ def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -
     return torch.from_numpy(np.random.RandomState(seed).choice(pool_size, n)).long()
 
 
+def draw_sample(pool_size: int, features_of, *, num_tokens: int, seq_len: float, seed: int, batch_size: int,
+                pad_id: int, device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
+    """THE pruning sample, for every task: the example indices drawn as the authors' code draws them
+    (`sample_indices`), their features (`features_of(indices)` -> one dict per index, in draw order) in compute
+    batches (`sample_batches`, each row tagged with its sample batch). Returns (batches, number of examples)."""
+    idx = sample_indices(pool_size, num_tokens, seq_len, seed).tolist()
+    return sample_batches(features_of(idx), batch_size, pad_id, device, batch_tokens), len(idx)
+
+
+def glue_sample(tokenizer, train: Examples, *, num_tokens: int, seq_len: float, seed: int, batch_size: int,
+                max_length: int, device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
+    """The pruning sample of a GLUE task: `draw_sample` over the training examples, tokenising only the drawn ones
+    (an example's tokens do not depend on the others), with their gold labels (for methods that need them)."""
+    return draw_sample(len(train), lambda idx: tokenize(tokenizer, train.take(idx), max_length, labels=True),
+                       num_tokens=num_tokens, seq_len=seq_len, seed=seed, batch_size=batch_size,
+                       pad_id=tokenizer.pad_token_id, device=device, batch_tokens=batch_tokens)
+
+
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
     """Pad a list of features to the longest one: input_ids, attention_mask (, token_type_ids) of shape (B, T);
     features with a "label" also give "labels" (B,) (long for class ids, float for regression scores)."""

@@ -24,6 +24,11 @@ class Examples:
     def __len__(self) -> int:
         return len(self.text_a)
 
+    def take(self, idx: list[int]) -> "Examples":
+        """The examples at idx, in that order (repeats kept: the sample is drawn with replacement)."""
+        return Examples([self.text_a[i] for i in idx], None if self.text_b is None else [self.text_b[i] for i in idx],
+                        [self.labels[i] for i in idx])
+
 
 # label strings used in the GLUE files -> ids in the `nyu-mll/glue` convention
 _LABELS = {

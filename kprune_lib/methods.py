@@ -3,7 +3,7 @@
 The CLI (choices and help), the API (what a method accepts, how its sample is batched), the loop's dispatch
 (`baselines.run_method`), the sweeps (grid validation) and the tests (one end-to-end run per entry) all read
 `REGISTRY`; nothing else names a method. Adding a method = one `Method(...)` entry here (and, for a new
-algorithm, its runner in `baselines.RUNNERS`).
+algorithm, its branch in `baselines.run_method`); tests/test_methods_e2e.py then runs it end to end.
 
 A method's `settings` are the `PruneConfig` fields it fixes (`resolve`): e.g. kprune-pred-only is the paper's
 loop with λ_rep = 0. `algorithm` names the code that runs it: "kprune" (the paper's Algorithm 1,

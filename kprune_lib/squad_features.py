@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import make_batches, mean_length, sample_batches, sample_indices
+from .batching import draw_sample, make_batches, mean_length
 from .config import EVAL_BATCH_SIZE
 from .glue_data import DataError
 from .squad import QaExample, golds
@@ -156,8 +156,8 @@ def pruning_sample(feats: QaFeatures, num_tokens: int, seq_len: float, seed: int
                    device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
     """num_tokens / L_seq training features drawn with replacement (seeded, as the authors' code), in compute
     batches (`batching.sample_batches`); and their count."""
-    idx = sample_indices(len(feats), num_tokens, seq_len, seed)
-    return sample_batches([feats.inputs[i] for i in idx.tolist()], batch_size, pad_id, device, batch_tokens), len(idx)
+    return draw_sample(len(feats), lambda idx: [feats.inputs[i] for i in idx], num_tokens=num_tokens, seq_len=seq_len,
+                       seed=seed, batch_size=batch_size, pad_id=pad_id, device=device, batch_tokens=batch_tokens)
 
 
 def pruning_data(task: QaTask, tokenizer, data, *, num_tokens: int, seed: int, max_length: int, batch_size: int,

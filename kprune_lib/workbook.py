@@ -19,7 +19,7 @@ from ._atomic import write_json
 from .api import check_task_head, compute_batch_tokens, resolve_device
 from .arch import TABLES, Arch, base_type
 from .baselines import run_method
-from .batching import make_batches, mean_length, sample_batches, sample_indices, tokenize
+from .batching import glue_sample, make_batches, mean_length, tokenize
 from .config import GLUE_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import head_flops, neuron_flops
@@ -68,10 +68,9 @@ def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = N
     max_length = config.max_length or t.max_length
     eval_splits = {split: load_glue(t, split, data_dir) for split in t.eval_splits}
     seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-    train_feats = tokenize(tok, load_glue(t, "train", data_dir), max_length, labels=True)
-    idx = sample_indices(len(train_feats), config.num_tokens, seq_len, config.seed)
-    batches = sample_batches([train_feats[i] for i in idx.tolist()], config.batch_size or GLUE_BATCH_SIZE,
-                             tok.pad_token_id, dev, compute_batch_tokens(config, dev))
+    batches, _ = glue_sample(tok, load_glue(t, "train", data_dir), num_tokens=config.num_tokens, seq_len=seq_len,
+                             seed=config.seed, batch_size=config.batch_size or GLUE_BATCH_SIZE,
+                             max_length=max_length, device=dev, batch_tokens=compute_batch_tokens(config, dev))
     return Setup(m, tok, t, batches, seq_len, eval_splits, max_length, config, dev)
 
 
