@@ -74,6 +74,10 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 INTERRUPTED = "kprune: interrupted; nothing written"
 TERMINATED = "kprune: terminated; nothing written"
+# Waits in this file are for events (a file appears, a process exits); HANG_S only turns a hang into a failure. It
+# is not a speed requirement: Ctrl-C stops a prune, a local sweep and a SLURM sweep in 0.8-1.1 s here even with
+# `stress-ng --cpu 4` and a pruning run beside them (2 cores), but a loaded CI machine can be far slower.
+HANG_S = 600
 DETERMINISTIC = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dense", "pruned", "flops_removed",
                  "flops_dense", "flops_pruned", "params_dense", "params_pruned", "sample_examples", "seq_len"]
 
@@ -281,9 +285,9 @@ def test_ctrl_c_cancels_the_slurm_jobs(tmp_path, fake_nb, on_cluster):
     wait_for([runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "summary.json", slow / "started"], proc)
     kernel = int((slow / "started").read_text())
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err, err
-    assert gone(kernel, 30), "the cancelled job's kernel is still running"
+    assert gone(kernel), "the cancelled job's kernel is still running"
     states = executors.slurm_states()
     assert states and not set(states.values()) & executors.SLURM_ACTIVE, states  # the sleeping job was cancelled
     assert "CANCELLED" in states.values() and not (tmp_path / "results").exists()
@@ -320,7 +324,7 @@ def start_sweep(fake_nb: Path, *argv) -> subprocess.Popen:
                             cwd=ROOT)
 
 
-def wait_for(paths: list[Path], proc: subprocess.Popen, timeout_s: float = 120) -> None:
+def wait_for(paths: list[Path], proc: subprocess.Popen, timeout_s: float = HANG_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in paths):
         assert proc.poll() is None, proc.communicate()
@@ -328,7 +332,7 @@ def wait_for(paths: list[Path], proc: subprocess.Popen, timeout_s: float = 120) 
         time.sleep(0.2)
 
 
-def gone(pid: int, timeout_s: float = 10) -> bool:
+def gone(pid: int, timeout_s: float = 60) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -346,7 +350,7 @@ def test_ctrl_c_stops_a_sweep_with_one_line(tmp_path, fake_nb):
     wait_for([point / "started"], proc)  # the sleeping point, since rte comes after mrpc with one worker
     kernel = int((point / "started").read_text())
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground process group
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_S)
     lines = err.strip().splitlines()
     assert proc.returncode == 130 and lines[-1] == INTERRUPTED and err.count(INTERRUPTED) == 1, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
@@ -365,7 +369,7 @@ def test_sigterm_keeps_finished_points_and_the_sweep_resumes(tmp_path, fake_nb):
     wait_for([*fast, slow / "started"], proc)
     kernel = int((slow / "started").read_text())
     proc.send_signal(signal.SIGTERM)  # what SLURM sends on pre-emption
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == TERMINATED and "Traceback" not in err, err
     assert all(f.exists() for f in fast) and not slow.exists() and not (tmp_path / "results").exists()
     assert gone(kernel)
@@ -391,7 +395,7 @@ def test_ctrl_c_during_prune_prints_one_line_and_writes_nothing(tmp_path):
         assert chunk, (proc.wait(), seen.decode(errors="replace"))
         seen += chunk
     os.killpg(proc.pid, signal.SIGINT)
-    _, rest = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=HANG_S)
     err = (seen + rest).decode(errors="replace")
     assert proc.returncode == 130, err
     assert err.replace("\r", "\n").strip().splitlines()[-1] == INTERRUPTED and err.count(INTERRUPTED) == 1
