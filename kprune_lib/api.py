@@ -16,7 +16,7 @@ import transformers
 from . import __version__
 from .batching import glue_sample, mean_length, padded_tokens, tokenize
 from .arch import Arch
-from .config import BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from .config import BATCH_TOKENS, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from .evaluate import evaluate_glue
 from .flops import encoder_params, model_flops
 from .glue_data import load_glue
@@ -127,8 +127,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     Returns the summary dict.
     """
     requested = replace(config or PruneConfig(), **overrides)
-    if requested.latency_budget_ms is not None and "constraint" in overrides:
-        raise ValueError("give either constraint (FLOPs) or latency_budget_ms, not both")
+    if "constraint" in overrides:  # an explicit constraint beside a latency budget: refused by the one check
+        Budget.of(overrides["constraint"], requested.latency_budget_ms)
     cfg = methods.resolve(requested)
     call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,

@@ -13,6 +13,7 @@ from torch import nn
 from .hf.configuration_kprune import PREFIX
 from .hf.modeling_kprune import LAYOUTS, Layout, get_module as _get, set_module as _set
 from .hf.modeling_kprune import NoAttention  # noqa: F401  (re-exported: the zero-head attention stand-in)
+from .sublayer import Sublayer
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,18 @@ class Arch:
         _set(self.layers[i], getattr(self.table, name), new)
 
     def out_proj(self, s: int) -> nn.Linear:
-        """Output projection of sublayer s (even: MHA, odd: FFN)."""
-        return self.module(s // 2, "o" if s % 2 == 0 else "ffn_out")
+        """Output projection of sublayer s (`sublayer.Sublayer`: an MHA's or an FFN's)."""
+        s = Sublayer(s)
+        return self.module(s.layer, s.pick("o", "ffn_out"))
+
+    def units(self, s: int) -> int:
+        """The units sublayer s has now: heads of an MHA, neurons of an FFN (fewer than the config's once pruned)."""
+        s = Sublayer(s)
+        return s.pick(self.heads_in_layer, self.neurons_in_layer)(s.layer)
+
+    def unit_width(self, s: int) -> int:
+        """Projection-input dims per unit of sublayer s: d_h for a head, 1 for a neuron."""
+        return Sublayer(s).pick(self.head_size, 1)
 
     def heads_in_layer(self, i: int) -> int:
         return self.module(i, "o").in_features // self.head_size

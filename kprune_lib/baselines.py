@@ -20,6 +20,7 @@ from .measurement import gold_loss
 from .methods import check, get, resolve
 from .prune import PruneResult, kprune
 from .search import kpms_threshold
+from .sublayer import FFN, MHA, Sublayer, sublayers
 
 
 def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
@@ -60,10 +61,8 @@ def fisher_scores(model: torch.nn.Module, batches: list[dict], problem: str) -> 
         for b in batches:
             if "labels" not in b:
                 raise ValueError("kwon-fisher needs gold labels in the sample batches (tokenize(..., labels=True))")
-            masks = {}
-            for i in range(L):
-                masks[2 * i] = head_dims(head_m[i], arch.head_size)  # one variable per head, shared by its d_h dims
-                masks[2 * i + 1] = neuron_m[i]
+            masks = {s: head_dims(head_m[s.layer], arch.head_size) if s.is_mha else neuron_m[s.layer]
+                     for s in sublayers(L)}  # one variable per head (shared by its d_h dims) and per neuron
             with apply_masks(arch, masks):
                 logits = arch.head(encode(arch, b))  # (B, C)
             g_h, g_n = torch.autograd.grad(gold_loss(logits, b["labels"], problem), [head_m, neuron_m])
@@ -115,21 +114,21 @@ def kwon_fisher(model: torch.nn.Module, batches: list[dict], problem: str, *, co
     head_mask, neuron_mask = keep[:L * H].view(L, H), keep[L * H:].view(L, N)
     _zero_pruned_columns(arch, head_mask, neuron_mask)
     records = []
-    for s in range(2 * L):
-        m = head_mask[s // 2] if s % 2 == 0 else neuron_mask[s // 2]
-        records.append({"sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn", "units": int(m.numel()),
+    for s in sublayers(L):
+        m = s.pick(head_mask, neuron_mask)[s.layer]
+        records.append({"sublayer": int(s), "layer": s.layer, "kind": s.kind, "units": int(m.numel()),
                         "kept": int(m.sum()), "tuned": False, "ridge": 0.0})
     flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
     seconds = time.perf_counter() - t0
     return PruneResult(head_mask, neuron_mask, records, {"fisher": t_fisher, "search": seconds - t_fisher}, seconds,
                        flops_dense, flops_pruned,
-                       scores={s: (fisher_h[s // 2] if s % 2 == 0 else fisher_n[s // 2]) for s in range(2 * L)})
+                       scores={s: s.pick(fisher_h, fisher_n)[s.layer] for s in sublayers(L)})
 
 
 @torch.no_grad()
 def _zero_pruned_columns(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> None:
     for i in range(arch.num_layers):
-        for s, m in ((2 * i, head_dims(head_mask[i], arch.head_size)), (2 * i + 1, neuron_mask[i])):
+        for s, m in ((Sublayer.at(i, MHA), head_dims(head_mask[i], arch.head_size)), (Sublayer.at(i, FFN), neuron_mask[i])):
             proj = arch.out_proj(s)
             proj.weight[:, ~m.bool().to(proj.weight.device)] = 0.0
 
@@ -146,8 +145,8 @@ def one_shot_global_masks(result: PruneResult, arch: Arch, seq_len: float, const
     L = arch.num_layers
     fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
     scores = [result.knowledge[0][s]["score"] for s in range(2 * L)]
-    costs = [torch.full((sc.numel(),), fh if s % 2 == 0 else fn, dtype=torch.float64) for s, sc in enumerate(scores)]
+    costs = [torch.full((sc.numel(),), s.pick(fh, fn), dtype=torch.float64) for s, sc in zip(sublayers(L), scores)]
     tau = kpms_threshold(torch.cat(scores), torch.cat(costs), (1.0 - constraint) * result.flops_dense)
-    head_mask = torch.stack([scores[2 * i] > tau for i in range(L)])
-    neuron_mask = torch.stack([scores[2 * i + 1] > tau for i in range(L)])
+    head_mask = torch.stack([scores[Sublayer.at(i, MHA)] > tau for i in range(L)])
+    neuron_mask = torch.stack([scores[Sublayer.at(i, FFN)] > tau for i in range(L)])
     return head_mask, neuron_mask, tau

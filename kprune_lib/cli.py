@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from .config import PRED_KNOWLEDGE, SCHEDULES, PruneConfig
+from .config import PRED_KNOWLEDGE, SCHEDULES, Budget, PruneConfig
 from .methods import METHOD_NAMES, REGISTRY
 from .finetune import FinetuneConfig
 
@@ -353,7 +353,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         if args.command == "prune":
             if args.constraint is not None and args.latency_budget_ms is not None:
-                raise ValueError("give either --constraint or --latency-budget, not both")
+                Budget.of(args.constraint, args.latency_budget_ms)  # both given: the one check says so
             constraint = D.constraint if args.constraint is None else args.constraint
             cfg = PruneConfig(constraint=constraint, num_tokens=args.num_tokens, seed=args.seed,
                               lam_pred=args.lam_pred, lam_rep=args.lam_rep, mu=args.mu, temperature=args.temperature,

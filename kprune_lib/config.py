@@ -8,6 +8,51 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 _DEFAULT_CONSTRAINT = 0.5  # PruneConfig.constraint's default (a latency budget leaves it there)
+FLOPS, LATENCY = "flops", "latency"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run prunes to: a FLOPs constraint (the fraction of the given model's FLOPs to remove, the paper's) or
+    a latency budget (milliseconds per forward of one batch of `batch` examples × `seq` real tokens on `device` with
+    `threads` CPU threads). What a unit costs against it: `budget.unit_costs`."""
+
+    kind: str  # "flops" | "latency"
+    value: float  # flops: fraction of FLOPs removed, in (0, 1); latency: milliseconds per batch
+    batch: int | None = None  # latency only: examples per batch
+    seq: int | None = None  # latency only: real tokens per example
+    device: str | None = None  # latency only: cpu | cuda (None: the pruning device)
+    threads: int | None = None  # latency only: CPU threads (None: torch's setting)
+
+    def __post_init__(self) -> None:
+        if self.kind == FLOPS:
+            if not 0.0 < self.value < 1.0:
+                raise ValueError(f"constraint must be in (0, 1) (fraction of FLOPs removed), got {self.value}")
+        elif self.kind == LATENCY:
+            if not self.value > 0:
+                raise ValueError(f"latency_budget_ms must be positive, got {self.value}")
+        else:
+            raise ValueError(f"budget kind must be {FLOPS!r} or {LATENCY!r}, got {self.kind!r}")
+
+    @classmethod
+    def of(cls, constraint: float | None = None, latency_ms: float | None = None, batch: int | None = None,
+           seq: int | None = None, device: str | None = None, threads: int | None = None) -> "Budget":
+        """The one check that exactly one of a FLOPs constraint and a latency budget is given."""
+        if (constraint is None) == (latency_ms is None):
+            raise ValueError("give either a FLOPs constraint (--constraint) or a latency budget (--latency-budget), "
+                             "exactly one of the two")
+        if constraint is not None:
+            return cls(FLOPS, float(constraint))
+        return cls(LATENCY, float(latency_ms), batch, seq, device, threads)
+
+    @property
+    def unit(self) -> str:
+        return "fraction of FLOPs removed" if self.kind == FLOPS else "ms per batch"
+
+    def __str__(self) -> str:
+        if self.kind == FLOPS:
+            return f"{self.value:g} of FLOPs removed"
+        return f"{self.value:g} ms per batch of {self.batch} × {self.seq} tokens"
 
 
 @dataclass(frozen=True)
@@ -42,8 +87,7 @@ class PruneConfig:
     threads: int | None = None  # CPU threads of the latency measurements; None: torch's current setting
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.constraint < 1.0):
-            raise ValueError(f"constraint must be in (0, 1) (fraction of FLOPs removed), got {self.constraint}")
+        self.budget  # noqa: B018 (validates the budget: exactly one kind, a value in range)
         if self.num_tokens <= 0:
             raise ValueError(f"num_tokens must be positive, got {self.num_tokens}")
         if self.schedule not in SCHEDULES:
@@ -60,11 +104,6 @@ class PruneConfig:
             raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {self.pred_knowledge!r}")
         if self.lam_pred == 0 and self.lam_rep == 0:
             raise ValueError("lam_pred and lam_rep cannot both be 0: the scores would all be zero")
-        if self.latency_budget_ms is not None:
-            if not self.latency_budget_ms > 0:
-                raise ValueError(f"latency_budget_ms must be positive, got {self.latency_budget_ms}")
-            if self.constraint != _DEFAULT_CONSTRAINT:
-                raise ValueError("give either a FLOPs constraint or a latency budget, not both")
         if self.latency_batch <= 0 or self.latency_seq <= 0:
             raise ValueError(f"latency_batch and latency_seq must be positive, got {self.latency_batch}, "
                              f"{self.latency_seq}")
@@ -72,6 +111,15 @@ class PruneConfig:
             raise ValueError(f"latency_device must be cpu or cuda, got {self.latency_device!r}")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"threads must be positive, got {self.threads}")
+
+    @property
+    def budget(self) -> Budget:
+        """The FLOPs constraint, or the latency budget with its batch, sequence length, device and threads."""
+        if self.latency_budget_ms is None:
+            return Budget.of(constraint=self.constraint)
+        given = None if self.constraint == _DEFAULT_CONSTRAINT else self.constraint  # both given: Budget.of refuses
+        return Budget.of(given, self.latency_budget_ms, self.latency_batch, self.latency_seq, self.latency_device,
+                         self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)

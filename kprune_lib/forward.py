@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import Arch
+from .sublayer import Sublayer
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -44,7 +45,8 @@ def kept_ffn_activations(arch: Arch, i: int, x: torch.Tensor, idx: torch.Tensor)
 
 def projection_input(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """a_s, the input of sublayer s's output projection."""
-    return mha_context(arch, s // 2, x, bias) if s % 2 == 0 else ffn_activations(arch, s // 2, x)
+    s = Sublayer(s)
+    return mha_context(arch, s.layer, x, bias) if s.is_mha else ffn_activations(arch, s.layer, x)
 
 
 def sublayer(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor):
@@ -55,7 +57,8 @@ def sublayer(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor):
 def sublayer_from_input(arch: Arch, s: int, x: torch.Tensor, a: torch.Tensor):
     """The rest of sublayer s once its projection input a = projection_input(x) is known: (LayerNorm(Y), Y, a)."""
     y = x + arch.out_proj(s)(a)
-    ln = arch.module(s // 2, "attn_ln" if s % 2 == 0 else "ffn_ln")
+    s = Sublayer(s)
+    ln = arch.module(s.layer, s.pick("attn_ln", "ffn_ln"))
     return ln(y), y, a
 
 

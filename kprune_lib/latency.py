@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ._atomic import write_json
 from .arch import Arch
+from .sublayer import KINDS, MHA
 from .config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
                      LATENCY_WARMUP)
 from .hf.modeling_kprune import keep_columns, keep_rows
@@ -50,10 +51,9 @@ from .physical import aligned_width, prune_physically
 
 log = logging.getLogger(__name__)
 
-KINDS = ("attention", "ffn")  # sublayer s is KINDS[s % 2]
-TABLE_VERSION = 3  # bump when the measurement protocol changes: older cached tables are then not reused
+TABLE_VERSION = 4  # bump when the measurement protocol changes: older cached tables are then not reused
 
-# timer(kind, units, fn) -> seconds of one call fn(); kind "attention" | "ffn" (units: int, heads or the FFN's
+# timer(kind, units, fn) -> seconds of one call fn(); kind "mha" | "ffn" (units: int, heads or the FFN's
 # physical width, `physical.aligned_width`) or "model" (units: the
 # (heads_per_layer, neurons_per_layer) of the timed model). Tests inject a deterministic fake.
 Timer = Callable[[str, object, Callable[[], object]], float]
@@ -154,7 +154,7 @@ class LatencyTable:
         return float(np.interp(units, grid, self.cost_ms[kind]))
 
     def sublayer_ms(self, heads_per_layer, neurons_per_layer) -> float:
-        return sum(self.cost("attention", h) + self.cost("ffn", n) for h, n in zip(heads_per_layer, neurons_per_layer))
+        return sum(self.cost(MHA, h) + self.cost("ffn", n) for h, n in zip(heads_per_layer, neurons_per_layer))
 
     def predict(self, heads_per_layer, neurons_per_layer) -> float:
         """Predicted latency (ms) of a shape: G(S(shape)), S = Σ_layers C_attn(h_i) + C_ffn(n_i) (module docstring);
@@ -178,7 +178,7 @@ class LatencyTable:
     def floor_ms(self) -> float:
         """The least any pruning reaches: every sublayer at zero units (LayerNorm(X) only)."""
         L = self.key["layers"]
-        return self.total_of(L * (self.cost("attention", 0) + self.cost("ffn", 0)))
+        return self.total_of(L * (self.cost(MHA, 0) + self.cost("ffn", 0)))
 
     def average_unit_cost(self, kind: str, units: int) -> float:
         """KPMS's score denominator for a sublayer at `units` units: (C(units) − C(0)) / units, the mean marginal
@@ -198,6 +198,13 @@ class LatencyTable:
         out = torch.empty(n, dtype=torch.float64, device=scores.device)
         out[order] = c[1:] - c[:-1]
         return out
+
+    @property
+    def disturbed(self) -> bool:
+        """The machine's load changed while the table was measured: the whole model timed faster at a larger
+        uniform shape than at a smaller one, or the fixed part came out negative."""
+        c = self.calibration
+        return self.fixed_ms < 0 or (c is not None and c.get("measured_raw_ms", c["measured_ms"]) != c["measured_ms"])
 
     def feasible(self) -> tuple[float, float]:
         return self.floor_ms(), self.total_ms
@@ -265,7 +272,11 @@ def _load(path: Path, key: dict) -> LatencyTable | None:
 
 def load_table(path: str | Path) -> LatencyTable:
     """A cached table file (e.g. summary.json's latency.table) as a LatencyTable."""
-    return LatencyTable(**json.loads(Path(path).read_text()), path=str(path))
+    fields = json.loads(Path(path).read_text())
+    for name in ("grid", "measured_ms", "cost_ms"):  # tables of version <= 3 called the attention sublayer "attention"
+        if "attention" in fields.get(name, {}):
+            fields[name][MHA] = fields[name].pop("attention")
+    return LatencyTable(**fields, path=str(path))
 
 
 
@@ -345,12 +356,12 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     timer = timer or wall_timer(device)
     # the layers with the most heads / neurons are shrunk to every grid point
     i_attn, i_ffn = int(np.argmax(heads)), int(np.argmax(neurons))
-    grid = {"attention": list(range(max(heads) + 1)), "ffn": ffn_grid(max(neurons), device.type)}
+    grid = {MHA: list(range(max(heads) + 1)), "ffn": ffn_grid(max(neurons), device.type)}
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch, seq, arch.hidden, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
     inputs = random_inputs(model, batch, seq, device)
     with torch.inference_mode(), num_threads(threads):
-        points = [("attention", h, _attention_fn(arch, i_attn, h, x)) for h in grid["attention"]]
+        points = [(MHA, h, _attention_fn(arch, i_attn, h, x)) for h in grid[MHA]]
         # an FFN point is timed at the physical width it gets (the timer is told that width)
         points += [("ffn", aligned_width(n, neurons[i_ffn]), _ffn_fn(arch, i_ffn, n, x)) for n in grid["ffn"]]
         fractions = [0.0, *LATENCY_CALIBRATION, 1.0]
@@ -369,7 +380,7 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     table.total_ms = table.calibration["measured_ms"][-1]
     table.fixed_ms = table.calibration["measured_ms"][0] - table.calibration["sublayer_ms"][0]
     table.seconds = time.perf_counter() - t_start
-    if totals != table.calibration["measured_ms"] or table.fixed_ms < 0:
+    if table.disturbed:
         log.warning("the whole model timed faster at a larger shape than at a smaller one, or its fixed part came out "
                     "negative (%.3g ms), so the machine's load changed while the latency table was measured; measure "
                     "again on an idle machine (kprune latency-table --remeasure)", table.fixed_ms)

@@ -12,6 +12,7 @@ from typing import Iterator, Mapping, Union
 import torch
 
 from .arch import Arch
+from .sublayer import FFN, MHA, Sublayer
 
 
 UnitMasks = Union[torch.Tensor, list]  # (L, units) when every layer has as many units, else one (units_i,) row per layer
@@ -37,8 +38,8 @@ def sublayer_masks(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tenso
     """(L, H) head mask and (L, N) neuron mask (or per-layer rows, `per_layer`) -> {sublayer s: per-dim mask vector}."""
     masks = {}
     for i in range(arch.num_layers):
-        masks[2 * i] = head_dims(head_mask[i], arch.head_size)
-        masks[2 * i + 1] = neuron_mask[i]
+        masks[Sublayer.at(i, MHA)] = head_dims(head_mask[i], arch.head_size)
+        masks[Sublayer.at(i, FFN)] = neuron_mask[i]
     return masks
 
 

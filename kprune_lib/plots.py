@@ -272,13 +272,13 @@ def latency_table(rows: pd.DataFrame | list[dict], title: str = "") -> plt.Figur
     """Latency vs units, one panel per sublayer kind (attention: heads; FFN: neurons): the measured medians (dots) and
     the monotone table the latency model uses (line). rows: `LatencyTable.rows()` (kind, units, measured_ms, cost_ms)."""
     df = pd.DataFrame(rows)
-    kinds = [k for k in ("attention", "ffn") if k in set(df.kind)]
+    kinds = [k for k in ("mha", "ffn") if k in set(df.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False, constrained_layout=True)
     for ax, kind in zip(axes.flat, kinds):
         part = df[df.kind == kind].sort_values("units")
         ax.plot(part.units, part.measured_ms, "o", ms=3, color="tab:grey", label="measured (median)")
         ax.plot(part.units, part.cost_ms, "-", color="tab:red", label="monotone table")
-        ax.set(xlabel="heads" if kind == "attention" else "neurons", ylabel="ms per batch",
+        ax.set(xlabel="heads" if kind == "mha" else "neurons", ylabel="ms per batch",
                title=f"{'attention' if kind == 'attention' else 'FFN'} sublayer" + (f" · {title}" if title else ""))
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")

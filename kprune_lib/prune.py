@@ -28,13 +28,16 @@ from tqdm.auto import tqdm
 
 from .arch import Arch
 from .config import SCHEDULES
-from .flops import head_flops, model_flops, neuron_flops
-from .latency import KINDS, LatencyTable
+from .budget import unit_costs
+from .config import Budget
+from .flops import model_flops
+from .latency import LatencyTable
 from .masks import UnitMasks, head_dims, kept_per_layer, per_layer
 from .measurement import (PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives,
                           predictive_gradient_vanishes)
 from .schedules import AUTOCAST, SCHEDULE_CLASSES, Schedule
 from .search import kpms_step
+from .sublayer import FFN, MHA, Sublayer, sublayers
 from .tuning import NormalEquations, kpwt_step
 
 log = logging.getLogger(__name__)
@@ -97,13 +100,9 @@ class _Clock:
         return _Span()
 
 
-def _unit_width(arch: Arch, s: int) -> int:
-    return arch.head_size if s % 2 == 0 else 1
-
-
-def _dims(arch: Arch, s: int, keep_units: torch.Tensor) -> torch.Tensor:
+def _dims(arch: Arch, s: Sublayer, keep_units: torch.Tensor) -> torch.Tensor:
     """Unit keep-mask of sublayer s -> indices of the kept projection-input dims."""
-    dim_mask = head_dims(keep_units, arch.head_size) if s % 2 == 0 else keep_units
+    dim_mask = head_dims(keep_units, arch.head_size) if s.is_mha else keep_units
     return dim_mask.nonzero().flatten()
 
 
@@ -154,28 +153,19 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     table's in-situ calibration, `LatencyTable.sublayer_budget`).
     """
     _validate(batches, schedule, autocast, pred_knowledge, gold_first)
-    if (constraint is None) == (latency_budget_ms is None):
-        raise ValueError("give exactly one of constraint (FLOPs) and latency_budget_ms")
-    if latency_budget_ms is not None and latency is None:
-        raise ValueError("latency_budget_ms needs the model's latency table (kprune_lib.latency.latency_table)")
     t_start = time.perf_counter()
     arch = Arch(model)
+    budget = Budget.of(constraint, latency_budget_ms)
+    # what a unit costs: FLOPs, or milliseconds from the latency table; of the given model's own units (a model
+    # pruned before has fewer than its config's)
+    costs = unit_costs(budget, arch, seq_len, latency)
+    L, n_sub = arch.num_layers, 2 * arch.num_layers
+    flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
+                              seq_len, arch.hidden, arch.head_size)
+    spendable = costs.spendable  # the KPMS walk's budget, in costs.unit; what the kept units have not spent yet
     model.eval()
     device = next(model.parameters()).device
     clock = _Clock(device)
-    L, d = arch.num_layers, arch.hidden
-    n_sub = 2 * L
-    fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
-    unit_flops = {s: fh if s % 2 == 0 else fn for s in range(n_sub)}
-    # the given model's own units per sublayer (a model pruned before has fewer than its config's), and its FLOPs
-    units = {s: arch.heads_in_layer(s // 2) if s % 2 == 0 else arch.neurons_in_layer(s // 2) for s in range(n_sub)}
-    flops_dense = model_flops(list(units.values())[0::2], list(units.values())[1::2], seq_len, d, arch.head_size)
-    if latency_budget_ms is None:
-        budget = (1.0 - constraint) * flops_dense
-    else:  # latency costs: each unit's marginal latency from the table
-        latency.check_budget(latency_budget_ms)
-        unit_flops = {s: latency.average_unit_cost(KINDS[s % 2], units[s]) for s in range(n_sub)}
-        budget = latency.sublayer_budget(latency_budget_ms) - sum(latency.cost(KINDS[s % 2], 0) for s in range(n_sub))
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(n_sub)}
     keep_units: dict[int, torch.Tensor] = {}
     records, target_scores, knowledge = [], {}, {}
@@ -186,17 +176,16 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
         run = _Run(arch, sched, clock, SampleGroups.of(batches, device), pred_knowledge, gold_first, fixed, progress)
         with clock("teacher"):
             sched.prepare_teacher()
-        for s in tqdm(range(n_sub), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
+        for s in tqdm(sublayers(L), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
             # 1. measure: knowledge of every sublayer t ≥ s (one pass over the sample)
             know = _measure(run, s)
             # 2. search (KPMS): scores {t ≥ s: (units_t,)} -> keep (units_s,) bool, threshold τ, budget left
             with clock("score_search"):
-                scores = _scores(arch, s, know, unit_flops, lam_rep, lam_pred, mu,
+                scores = _scores(arch, s, know, costs, lam_rep, lam_pred, mu,
                                  knowledge.setdefault(s, {}) if record_knowledge else None)
-                costs = unit_flops if latency_budget_ms is None else \
-                    {t: latency.rank_costs(KINDS[t % 2], scores[t]) for t in scores}
-                keep, tau, budget = kpms_step(scores, costs, s, budget)
+                keep, tau, spendable = kpms_step(scores, {t: costs.walk_costs(t, scores[t]) for t in scores}, s,
+                                                 spendable)
                 keep_units[s], target_scores[s] = keep, scores[s].cpu()
             # 3. tune (KPWT): normal equations of the kept dims idx (k,), solve, write the weights (bias zeroed if k = 0)
             idx = _dims(arch, s, keep)
@@ -206,13 +195,14 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
                 fixed[s] = torch.zeros_like(fixed[s]).index_fill_(0, idx, 1.0)
             # 4. advance to s + 1 with sublayer s decided
             sched.advance(s, fixed[s])
-            records.append(_record(s, keep, tau, budget, eqs, tuned, tuning, time.perf_counter() - t_sub))
+            records.append(_record(s, keep, tau, spendable, eqs, tuned, tuning, time.perf_counter() - t_sub))
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
-    head_mask = per_layer([keep_units[2 * i].cpu() for i in range(L)])
-    neuron_mask = per_layer([keep_units[2 * i + 1].cpu() for i in range(L)])
-    flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, d, arch.head_size)
+    head_mask = per_layer([keep_units[Sublayer.at(i, MHA)].cpu() for i in range(L)])
+    neuron_mask = per_layer([keep_units[Sublayer.at(i, FFN)].cpu() for i in range(L)])
+    flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, arch.hidden,
+                               arch.head_size)
     predicted = None if latency is None else \
         latency.predict(kept_per_layer(head_mask), kept_per_layer(neuron_mask))
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
@@ -288,15 +278,15 @@ def _forward_backward(run: _Run, s: int, j: int, b: dict):
 
 
 # ---- 2. search ------------------------------------------------------------------------------------------------------
-def _scores(arch: Arch, s: int, know: KnowledgeSums, unit_flops: dict[int, float], lam_rep: float, lam_pred: float,
+def _scores(arch: Arch, s: int, know: KnowledgeSums, costs, lam_rep: float, lam_pred: float,
             mu: float, record: dict | None) -> dict[int, torch.Tensor]:
     """The importance scores (units_t,) of every undecided sublayer t ≥ s, KPMS's candidates (paper §4.2):
     μ (λ_rep K_rep + λ_pred K_pred) / F_head for heads, (λ_rep K_rep + λ_pred K_pred) / F_neuron for neurons.
     record: if given, receives {t: {"k_pred", "k_rep", "score"}} per-unit tensors on the CPU."""
     scores = {}
-    for t in range(s, 2 * arch.num_layers):
-        kr, kp = know.per_unit(t, _unit_width(arch, t), arch.out_proj(t).weight)
-        scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, unit_flops[t], mu if t % 2 == 0 else 1.0)
+    for t in sublayers(arch.num_layers, start=s):
+        kr, kp = know.per_unit(t, arch.unit_width(t), arch.out_proj(t).weight)
+        scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, costs.unit_cost(t), t.pick(mu, 1.0))
         if record is not None:
             record[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
         if not bool(torch.isfinite(scores[t]).all()):
@@ -325,14 +315,14 @@ def _normal_equations(run: _Run, s: int, idx: torch.Tensor) -> NormalEquations:
 
 
 # ---- the per-sublayer record ----------------------------------------------------------------------------------------
-def _record(s: int, keep: torch.Tensor, tau: float, budget: float, eqs: NormalEquations,
+def _record(s: Sublayer, keep: torch.Tensor, tau: float, budget: float, eqs: NormalEquations,
             tuned: tuple[float, float, float], tuning: bool, seconds: float) -> dict:
     err_before, err_after, used_ridge = tuned
     if used_ridge:
         log.warning("sublayer %d: ridge fallback %.1e recorded", s, used_ridge)
     rr = float(eqs.rr) or 1.0
     return {
-        "sublayer": s, "layer": s // 2, "kind": "mha" if s % 2 == 0 else "ffn",
+        "sublayer": int(s), "layer": s.layer, "kind": s.kind,
         "units": int(keep.numel()), "kept": int(keep.sum()), "tau": tau, "budget_left": budget,
         "rel_error_before_tuning": err_before / rr, "rel_error_after_tuning": err_after / rr,
         "tuned": tuning, "ridge": used_ridge, "seconds": seconds,

@@ -42,6 +42,7 @@ from .config import TEACHER_SUMS_MAX_MB
 from .masks import apply_masks
 from .memory import HeapTrimmer
 from .measurement import teacher_signal
+from .sublayer import Sublayer
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -177,9 +178,10 @@ class Schedule:
         k of the N rows of its input projection)."""
         if self.held_inputs[j] is not None:
             return self.held_inputs[j][..., idx]
-        if s % 2 == 0:
+        s = Sublayer(s)
+        if s.is_mha:
             return projection_input(self.arch, s, x_s, self.biases[j])[..., idx]
-        return kept_ffn_activations(self.arch, s // 2, x_s, idx)
+        return kept_ffn_activations(self.arch, s.layer, x_s, idx)
 
     def advance(self, s: int, mask: torch.Tensor) -> None:
         """After sublayer s is searched and tuned (mask (w_s,): its kept dims): move on to s + 1."""

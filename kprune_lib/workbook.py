@@ -32,6 +32,7 @@ from .measurement import (importance_scores, per_unit, predictive_knowledge_incr
                           representational_knowledge_increment, teacher_signal)
 from .prune import PruneResult
 from .search import kpms_step
+from .sublayer import Sublayer, sublayers
 from .tasks import get_glue_task
 
 
@@ -103,7 +104,7 @@ def evaluate(setup: Setup, model: torch.nn.Module | None = None, head_mask=None,
 
 def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
     fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
-    return {s: fh if s % 2 == 0 else fn for s in range(2 * arch.num_layers)}
+    return {s: s.pick(fh, fn) for s in sublayers(arch.num_layers)}
 
 
 def mask_flops_removed(arch: Arch, seq_len: float, head_mask, neuron_mask) -> float:
@@ -122,7 +123,7 @@ def knowledge_frame(result: PruneResult) -> pd.DataFrame:
         for t, k in per_t.items():
             n = k["score"].numel()
             frames.append(pd.DataFrame({
-                "iteration": s, "sublayer": t, "layer": t // 2, "kind": "head" if t % 2 == 0 else "neuron",
+                "iteration": s, "sublayer": t, "layer": Sublayer(t).layer, "kind": Sublayer(t).unit,
                 "unit": np.arange(n), "k_pred": k["k_pred"].double().numpy(), "k_rep": k["k_rep"].double().numpy(),
                 "score": k["score"].double().numpy()}))
     return pd.concat(frames, ignore_index=True)
@@ -160,11 +161,12 @@ def lambda_rep_sensitivity(result: PruneResult, arch: Arch, seq_len: float, conf
         for s in sorted(result.knowledge):
             per_t = result.knowledge[s]
             scores = {t: importance_scores(k["k_rep"], k["k_pred"], lam, config.lam_pred, flops[t],
-                                           config.mu if t % 2 == 0 else 1.0) for t, k in per_t.items()}
+                                           Sublayer(t).pick(config.mu, 1.0)) for t, k in per_t.items()}
             budget = budget0 if s == 0 else result.sublayers[s - 1]["budget_left"]
             keep, _, _ = kpms_step(scores, flops, s, budget)
-            ref_keep = result.head_mask[s // 2] if s % 2 == 0 else result.neuron_mask[s // 2]
-            rows.append({"lam_rep": lam, "iteration": s, "kind": "head" if s % 2 == 0 else "neuron",
+            target = Sublayer(s)
+            ref_keep = target.pick(result.head_mask, result.neuron_mask)[target.layer]
+            rows.append({"lam_rep": lam, "iteration": s, "kind": target.unit,
                          "spearman": _spearman(scores[s].numpy(), per_t[s]["score"].numpy()),
                          "flipped": float((keep.cpu() != ref_keep.cpu()).float().mean())})
     return pd.DataFrame(rows)
@@ -212,8 +214,8 @@ def measure_knowledge(model: torch.nn.Module, batches: list[dict], teacher_logit
     finally:
         for n, q in model.named_parameters():
             q.requires_grad_(requires_grad[n])
-    return {s: {"k_pred": per_unit(k_pred[s] / n_examples, arch.head_size if s % 2 == 0 else 1).cpu(),
-                "k_rep": per_unit(k_rep[s] / n_tokens, arch.head_size if s % 2 == 0 else 1).cpu()}
+    return {s: {"k_pred": per_unit(k_pred[s] / n_examples, arch.unit_width(s)).cpu(),
+                "k_rep": per_unit(k_rep[s] / n_tokens, arch.unit_width(s)).cpu()}
             for s in range(n_sub)}
 
 
@@ -226,17 +228,16 @@ def temperature_sensitivity(model: torch.nn.Module, batches: list[dict], teacher
     """
     arch = Arch(model)
     flops = unit_flops(arch, seq_len)
-    kept = {s: (result.head_mask[s // 2] if s % 2 == 0 else result.neuron_mask[s // 2]).bool()
-            for s in range(2 * arch.num_layers)}
+    kept = {s: s.pick(result.head_mask, result.neuron_mask)[s.layer].bool() for s in sublayers(arch.num_layers)}
 
     def collect(T):
         k = measure_knowledge(model, batches, teacher_logits, problem, T)
         out = {}
-        for kind, parity in (("head", 0), ("neuron", 1)):
-            ss = [s for s in k if s % 2 == parity]
+        for kind in ("head", "neuron"):
+            ss = [s for s in sublayers(arch.num_layers) if s.unit == kind]
             kp = torch.cat([k[s]["k_pred"][kept[s]] for s in ss])
             sc = torch.cat([importance_scores(k[s]["k_rep"][kept[s]], k[s]["k_pred"][kept[s]], config.lam_rep,
-                                              config.lam_pred, flops[s], config.mu if parity == 0 else 1.0) for s in ss])
+                                              config.lam_pred, flops[s], s.pick(config.mu, 1.0)) for s in ss])
             out[kind] = (kp.numpy(), sc.numpy())
         return out
 

@@ -18,6 +18,7 @@ from kprune_lib.flops import head_flops, model_flops, neuron_flops
 from kprune_lib.physical import aligned_width, prune_physically
 from kprune_lib.prune import kprune
 from kprune_lib.search import kpms_step
+from kprune_lib.sublayer import Sublayer
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 BATCH, SEQ = 4, 16
@@ -55,7 +56,7 @@ class FakeTimer:
             heads, neurons = units
             ms = FIXED + sum(attn_ms(h) + ffn_ms(n) for h, n in zip(heads, neurons))
         else:
-            ms = (attn_ms if kind == "attention" else ffn_ms)(units) + self.blip.get((kind, units), 0.0)
+            ms = (attn_ms if kind == "mha" else ffn_ms)(units) + self.blip.get((kind, units), 0.0)
         return ms / 1e3
 
 
@@ -79,7 +80,7 @@ def test_measured_table_is_monotone_and_covers_every_width(arch):
     model = tiny_model(arch)
     table = lat.latency_table(model, BATCH, SEQ, "cpu", 1, progress=False)
     a = Arch(model)
-    assert table.grid == {"attention": list(range(a.num_heads + 1)), "ffn": list(range(a.ffn_size + 1))}
+    assert table.grid == {"mha": list(range(a.num_heads + 1)), "ffn": list(range(a.ffn_size + 1))}
     for kind in lat.KINDS:
         c = table.cost_ms[kind]
         assert len(c) == len(table.grid[kind]) and all(x > 0 for x in c)
@@ -95,7 +96,7 @@ def test_fake_timer_table_is_exact_and_monotone():
     model = tiny_model("bert", ffn=64)  # FFN points timed at physical widths 0, 16, 32, 48, 64 (aligned_width)
     timer = FakeTimer(blip={("ffn", 32): 10.0})  # one slow outlier: the monotone table must not keep it
     t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=timer, progress=False)
-    assert t.measured_ms["attention"] == pytest.approx([attn_ms(h) for h in range(5)])
+    assert t.measured_ms["mha"] == pytest.approx([attn_ms(h) for h in range(5)])
     assert t.measured_ms["ffn"] == pytest.approx([ffn_ms(aligned_width(n, 64)) + 10.0 * (aligned_width(n, 64) == 32)
                                                   for n in range(65)])
     c = t.cost_ms["ffn"]
@@ -205,20 +206,27 @@ def test_real_timing_prediction_within_a_factor_of_two():
     dense model's, against the measured one (pruned and dense timed in the same interleaved rounds, so that a change
     of load between the table and this measurement cancels), within a factor of 2. A burst of load from other
     processes can still upset one attempt, so the check passes if one of three (each with a fresh table) does; a
-    wrong latency model fails all three."""
+    wrong latency model fails all three. An attempt whose table says the load changed while it was measured
+    (`LatencyTable.disturbed`) does not count; if every table of up to six is disturbed, the machine is too busy to
+    time anything and the test skips, saying so (the latency model itself is checked with fake timers above)."""
     model = tiny_model("bert", hidden=128, heads=4, ffn=512, layers=2)
     g = torch.Generator().manual_seed(1)
     shapes = [random_shape(model, g) for _ in range(3)]
     models = {"dense": model} | {j: prune_physically(copy.deepcopy(model), hm, nm) for j, (hm, nm) in enumerate(shapes)}
-    attempts = []
-    for _ in range(3):
+    attempts, disturbed = [], 0
+    while len(attempts) < 3 and disturbed < 6:
         t = lat.latency_table(model, 8, 32, "cpu", 1, progress=False, refresh=True)
+        if t.disturbed:
+            disturbed += 1
+            continue
         ms = lat.measure_latencies(models, 8, 32, "cpu", 1)
         ratios = [(t.predict(hm.sum(1).tolist(), nm.sum(1).tolist()) / t.total_ms) / (ms[j] / ms["dense"])
                   for j, (hm, nm) in enumerate(shapes)]
         attempts.append(ratios)
         if all(0.5 < r < 2.0 for r in ratios):
             return
+    if not attempts:
+        pytest.skip(f"the machine's load changed during all {disturbed} latency-table measurements")
     pytest.fail(f"predicted / measured (relative to dense) outside (0.5, 2) in every attempt: {attempts}")
 
 
@@ -264,8 +272,8 @@ def test_sequence_longer_than_positions_is_one_clear_error():
 
 # ---- KPMS with latency costs ----------------------------------------------------------------------------------------
 def fake_table(attn: list[float], ffn: list[float], layers: int, fixed: float = 1.0) -> lat.LatencyTable:
-    grid = {"attention": list(range(len(attn))), "ffn": list(range(len(ffn)))}
-    costs = {"attention": list(attn), "ffn": list(ffn)}
+    grid = {"mha": list(range(len(attn))), "ffn": list(range(len(ffn)))}
+    costs = {"mha": list(attn), "ffn": list(ffn)}
     total = fixed + layers * (attn[-1] + ffn[-1])
     return lat.LatencyTable({"layers": layers, "batch": 1, "seq": 1, "device": "cpu", "threads": 1}, grid, costs,
                             costs, total_ms=total, fixed_ms=fixed)
@@ -288,8 +296,8 @@ def exhaustive_latency_keep(scores: dict, table, budget):
         kept_set = set(kept)
         if any(units[j][2] >= units[i][2] and j not in kept_set for i in kept for j in range(n)):
             continue
-        cost = sum(table.cost(lat.KINDS[t % 2], sum(1 for j in kept if units[j][0] == t))
-                   - table.cost(lat.KINDS[t % 2], 0) for t in scores)
+        cost = sum(table.cost(Sublayer(t).kind, sum(1 for j in kept if units[j][0] == t))
+                   - table.cost(Sublayer(t).kind, 0) for t in scores)
         if cost < budget and (best is None or len(kept) > len(best)):
             best = kept
     best = set(best or [])
@@ -302,9 +310,9 @@ def test_kpms_with_latency_costs_equals_exhaustive_search(seed):
     H, N, L = 3, 3, 2  # 12 units: 4096 keep-sets
     table = fake_table(random_monotone(g, H), random_monotone(g, N), L)
     scores = {t: (torch.randint(0, 5, (H if t % 2 == 0 else N,), generator=g).double() / 2) for t in range(2 * L)}
-    full = sum(table.cost(lat.KINDS[t % 2], scores[t].numel()) - table.cost(lat.KINDS[t % 2], 0) for t in scores)
+    full = sum(table.cost(Sublayer(t).kind, scores[t].numel()) - table.cost(Sublayer(t).kind, 0) for t in scores)
     budget = float(torch.rand(1, generator=g)) * (full + 1.0)
-    costs = {t: table.rank_costs(lat.KINDS[t % 2], scores[t]) for t in scores}
+    costs = {t: table.rank_costs(Sublayer(t).kind, scores[t]) for t in scores}
     assert all(bool((c >= 0).all()) for c in costs.values())
     keep, tau, left = kpms_step(scores, costs, 0, budget)
     ref = exhaustive_latency_keep(scores, table, budget)
@@ -312,16 +320,16 @@ def test_kpms_with_latency_costs_equals_exhaustive_search(seed):
         assert torch.equal(scores[t] > tau, ref[t]), (t, scores[t], tau, ref)
     assert torch.equal(keep, ref[0])
     k0 = int(keep.sum())
-    assert left == pytest.approx(budget - (table.cost("attention", k0) - table.cost("attention", 0)))
+    assert left == pytest.approx(budget - (table.cost("mha", k0) - table.cost("mha", 0)))
 
 
 def test_rank_costs_follow_the_score_order_and_telescope():
     table = fake_table([1.0, 2.0, 6.0, 7.0], [0.0, 2.0], layers=1)
     scores = torch.tensor([0.3, 0.9, 0.1])  # ranks: unit 1 first, then 0, then 2
-    c = table.rank_costs("attention", scores)
+    c = table.rank_costs("mha", scores)
     assert c.tolist() == [4.0, 1.0, 1.0]
-    assert float(c[scores > 0.2].sum()) == table.cost("attention", 2) - table.cost("attention", 0)
-    assert table.average_unit_cost("attention", 3) == pytest.approx(2.0)
+    assert float(c[scores > 0.2].sum()) == table.cost("mha", 2) - table.cost("mha", 0)
+    assert table.average_unit_cost("mha", 3) == pytest.approx(2.0)
 
 
 def test_linear_latency_table_reproduces_the_flops_masks():
@@ -404,7 +412,7 @@ def test_latency_table_command_last_line_and_cache(capsys, cache):
     code, out, _ = cli(capsys, "latency-table", "--model", str(MRPC_MODEL), "--quiet", *LAT)
     assert code == 0
     assert out[-1].startswith("dense: ") and out[-1].endswith(" ms") and float(out[-1].split()[1]) > 0
-    assert [line.split()[0] for line in out].count("attention") == 13  # 0 … 12 heads
+    assert [line.split()[0] for line in out].count("mha") == 13  # 0 … 12 heads
     files = list((cache / "latency").glob("*.json"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
@@ -428,7 +436,8 @@ def test_cli_budget_outside_feasible_range(capsys, small_glue, tmp_path, which):
 @needs_shared(GLUE_DIR)
 def test_cli_both_budgets_and_kwon_fisher_are_one_line_errors(capsys, small_glue, tmp_path):
     code, _, err = cli(capsys, *prune_argv(small_glue, tmp_path / "o", "--constraint", "0.4", "--latency-budget", "5"))
-    assert code == 2 and err == ["kprune: error: give either --constraint or --latency-budget, not both"]
+    assert code == 2 and err == ["kprune: error: give either a FLOPs constraint (--constraint) or a latency budget "
+                                 "(--latency-budget), exactly one of the two"]
     code, _, err = cli(capsys, *prune_argv(small_glue, tmp_path / "o", "--latency-budget", "5", "--method",
                                            "kwon-fisher"))
     assert code == 2 and len(err) == 1 and "kwon-fisher takes a FLOPs --constraint only" in err[0]
