@@ -63,7 +63,7 @@ class Point:
         return f"{self.task} {self.method} c{self.constraint:g} seed{self.seed}"
 
     def out_dir(self, root: Path) -> Path:
-        from kprune_lib.sweep import point_dir
+        from kprune_lib.workbook.points import point_dir
 
         return Path(root) / point_dir(self.task, self.method, self.constraint, self.seed)
 
@@ -163,7 +163,7 @@ def run_point(point: Point, shared: Path, num_tokens: int, out: Path, workers: i
 def same_settings(method: str) -> str | None:
     """The method whose points `method` shares: it runs exactly the same settings (kprune-plus and the K-prune+
     candidate it is made of), so its finished points are reused rather than rerun."""
-    from kprune_lib.methods import same_settings as library_same_settings
+    from kprune_lib.method.methods import same_settings as library_same_settings
 
     return library_same_settings(method)
 

@@ -44,12 +44,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from kprune_lib._atomic import write_text  # noqa: E402
-from kprune_lib.batching import make_batches, tokenize  # noqa: E402
-from kprune_lib.glue_data import load_glue  # noqa: E402
+from kprune_lib.data.batching import make_batches, tokenize  # noqa: E402
+from kprune_lib.data.glue import load_glue  # noqa: E402
 from kprune_lib.config import FFN_WIDTH_MULTIPLE  # noqa: E402
-from kprune_lib.io import load_model, pruned_shape  # noqa: E402
-from kprune_lib.physical import prune_physically  # noqa: E402
-from kprune_lib.tasks import get_glue_task  # noqa: E402
+from kprune_lib.artifacts.checkpoint import load_model, pruned_shape  # noqa: E402
+from kprune_lib.encoder.physical import prune_physically  # noqa: E402
+from kprune_lib.data.tasks import get_glue_task  # noqa: E402
 
 SHARED = Path(os.environ.get("KPRUNE_SHARED", HERE.parent.parent / "shared"))
 GLUE = str(SHARED / "data" / "glue")
@@ -326,7 +326,7 @@ def write_results(rows: list[dict]) -> None:
                      "drawn; computed: the sorted run's compute batches). *drawn/naive* is the old *cached/naive* "
                      "(same batches). Latency on the dev set sorted by length, each model with its faster attention "
                      "kernel (SDPA or eager); the pruned model's FFN widths padded up to multiples of "
-                     f"{FFN_WIDTH_MULTIPLE} with inert neurons (`kprune_lib.physical.aligned_width`, as every saved "
+                     f"{FFN_WIDTH_MULTIPLE} with inert neurons (`kprune_lib.encoder.physical.aligned_width`, as every saved "
                      "model), *unaligned*: the same masks at exactly the kept widths, timed in the same rounds.\n\n"
                      + header)
         lines += rows_md

@@ -5,7 +5,7 @@ batch 32 × sequence length 128.
                                                    # tokens, seeds 0, 1, 2
     python benchmarks/latency_budget.py --quick    # smoke: batch 4 × 32 tokens, 1 000 sample tokens, one FLOPs try
 
-1. The latency table of the dense model (`kprune_lib.latency`, measured afresh): its dense latency sets the budgets.
+1. The latency table of the dense model (`kprune_lib.costs.latency`, measured afresh): its dense latency sets the budgets.
 2. Per seed and budget fraction: K-prune with `latency_budget_ms = fraction × dense` -> OUT/seed<n>/latency-<pct>/
    (summary.json holds the budget, the table's prediction, the pruned model's measured latency and the dense model's
    re-measured in the same rounds).
@@ -40,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kprune_lib import api, latency, plots  # noqa: E402
+from kprune_lib import api
+from kprune_lib.costs import latency
+from kprune_lib.workbook import plots  # noqa: E402
 from kprune_lib._atomic import write_text  # noqa: E402
-from kprune_lib.io import load_model, load_pruned  # noqa: E402
+from kprune_lib.artifacts.checkpoint import load_model, load_pruned  # noqa: E402
 
 SHARED = Path(os.environ.get("KPRUNE_SHARED", ROOT.parent / "shared"))
 DEFAULTS = dict(model=str(SHARED / "models" / "minilm-l6-mrpc"), data_dir=str(SHARED / "data" / "glue"), task="mrpc",

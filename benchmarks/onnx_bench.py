@@ -5,7 +5,7 @@
 
 The pruned model is `kprune prune --model ../shared/models/minilm-l6-mrpc --task mrpc --data-dir ../shared/data/glue
 --constraint 0.5 --num-tokens 20000 --output runs/onnx-bench/mrpc-c0.5` (run if that folder is missing, else reused).
-Dense and pruned are exported with `kprune_lib.onnx_export.export_onnx` (opset 18, the export's own onnxruntime
+Dense and pruned are exported with `kprune_lib.artifacts.onnx.export_onnx` (opset 18, the export's own onnxruntime
 check included), each also as int8 (`int8=True`: onnxruntime dynamic quantization of the weight matmuls).
 
 Measured on the MRPC dev set (408 pairs), tokenised once, sorted by length (stable) as benchmarks/bench.py does:
@@ -39,12 +39,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = Path(os.environ.get("KPRUNE_SHARED", ROOT.parent / "shared"))
 
-from kprune_lib.batching import make_batches, tokenize  # noqa: E402
-from kprune_lib.evaluate import score  # noqa: E402
-from kprune_lib.flops import encoder_params  # noqa: E402
-from kprune_lib.glue_data import load_glue  # noqa: E402
-from kprune_lib.onnx_export import export_onnx, load_for_export, session  # noqa: E402
-from kprune_lib.tasks import get_glue_task  # noqa: E402
+from kprune_lib.data.batching import make_batches, tokenize  # noqa: E402
+from kprune_lib.data.evaluate import score  # noqa: E402
+from kprune_lib.costs.flops import encoder_params  # noqa: E402
+from kprune_lib.data.glue import load_glue  # noqa: E402
+from kprune_lib.artifacts.onnx import export_onnx, load_for_export, session  # noqa: E402
+from kprune_lib.data.tasks import get_glue_task  # noqa: E402
 from bench import machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 

@@ -25,15 +25,15 @@ import torch
 import transformers
 
 from kprune_lib.api import compute_batch_tokens
-from kprune_lib.arch import Arch
-from kprune_lib.batching import glue_sample, mean_length, padded_tokens, tokenize
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
-from kprune_lib.glue_data import load_glue
-from kprune_lib.io import load_model
-from kprune_lib.masks import apply_masks
-from kprune_lib.measurement import predictive_loss, teacher_signal
-from kprune_lib.prune import kprune
-from kprune_lib.tasks import get_glue_task
+from kprune_lib.data.glue import load_glue
+from kprune_lib.artifacts.checkpoint import load_model
+from kprune_lib.encoder.masks import apply_masks
+from kprune_lib.method.measurement import predictive_loss, teacher_signal
+from kprune_lib.method.loop import kprune
+from kprune_lib.data.tasks import get_glue_task
 
 SHAPES = {  # random-weight models of real shapes, for timing
     "bert-base": dict(hidden_size=768, num_attention_heads=12, num_hidden_layers=12, intermediate_size=3072),

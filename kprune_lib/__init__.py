@@ -1,14 +1,45 @@
-"""kprune_lib: retraining-free structured pruning of fine-tuned encoders (K-prune, ICLR 2024)."""
-__version__ = "0.1.0"
+"""kprune_lib: retraining-free structured pruning of fine-tuned encoders (K-prune, ICLR 2024).
 
-from .config import PruneConfig  # noqa: E402
-from .hf import register as _register_pruned_models  # noqa: E402
-from .api import evaluate, export_onnx, finetune, prune  # noqa: E402
-from .io import load_pruned, save_pruned  # noqa: E402
-from .prune import PruneResult, kprune  # noqa: E402
-from .physical import prune_physically  # noqa: E402
+Layers, each importing only from those below it (tests/test_layers.py checks):
 
-__all__ = ["PruneConfig", "evaluate", "finetune", "prune", "export_onnx", "load_pruned", "save_pruned", "kprune",
-           "PruneResult", "prune_physically", "__version__"]
+    cli                                                 the command line (every command, `kprune sweep` included)
+    workbook/   steps, plots, sweep, points, executors  what the notebooks and papermill sweeps use
+    api, finetune                                       the Python entry points
+    method/ | artifacts/ | data/                        the algorithm | what a run ships | tasks and data
+    costs/                                              what a unit costs: FLOPs, latency tables, budgets
+    encoder/                                            the model as the method sees it (+ hf/, the shipped code)
+    config, _atomic, _version                           defaults, the one atomic writer, the version
 
-_register_pruned_models()  # the auto classes load pruned folders without remote code
+The public names below are imported on first use (PEP 562): `import kprune_lib` does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from kprune_lib import _aliases
+from kprune_lib._version import __version__
+
+_aliases.install()  # the flat layout's module paths, deprecated
+
+_PUBLIC = {
+    "PruneConfig": "kprune_lib.config", "Budget": "kprune_lib.config",
+    "prune": "kprune_lib.api", "evaluate": "kprune_lib.api", "finetune": "kprune_lib.api",
+    "export_onnx": "kprune_lib.api",
+    "load_pruned": "kprune_lib.artifacts.checkpoint", "save_pruned": "kprune_lib.artifacts.checkpoint",
+    "register_auto_classes": "kprune_lib.artifacts.checkpoint",
+    "kprune": "kprune_lib.method.loop", "PruneResult": "kprune_lib.method.loop",
+    "prune_physically": "kprune_lib.encoder.physical",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kprune_lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

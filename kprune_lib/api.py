@@ -13,24 +13,24 @@ from pathlib import Path
 import torch
 import transformers
 
-from . import __version__
-from .batching import glue_sample, mean_length, padded_tokens, tokenize
-from .arch import Arch
-from .config import BATCH_TOKENS, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
-from .evaluate import evaluate_glue
-from .flops import encoder_params, model_flops
-from .glue_data import load_glue
-from .latency import latency_table, measure_latencies
-from ._atomic import atomic_dir
-from .io import load_model, pruned_shape, save_pruned
-from .model_card import reproduction, write_model_card
-from .physical import prune_physically
-from . import methods
-from .baselines import run_method
-from .finetune import FinetuneConfig, finetune as _finetune
-from .squad import load_squad, squad_only
-from .squad_features import evaluate_squad, pruning_data
-from .tasks import get_task
+from kprune_lib._version import __version__
+from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.config import BATCH_TOKENS, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from kprune_lib.data.evaluate import evaluate_glue
+from kprune_lib.costs.flops import encoder_params, model_flops
+from kprune_lib.data.glue import load_glue
+from kprune_lib.costs.latency import latency_table, measure_latencies
+from kprune_lib._atomic import atomic_dir
+from kprune_lib.artifacts.checkpoint import load_model, pruned_shape, save_pruned
+from kprune_lib.artifacts.model_card import reproduction, write_model_card
+from kprune_lib.encoder.physical import prune_physically
+from kprune_lib.method import methods
+from kprune_lib.method.baselines import run_method
+from kprune_lib.finetune import FinetuneConfig, finetune as _finetune
+from kprune_lib.data.squad import load_squad, squad_only
+from kprune_lib.data.squad_features import evaluate_squad, pruning_data
+from kprune_lib.data.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, de
 def export_onnx(model: str, output: str, opset: int = 18, int8: bool = False, overwrite: bool = False,
                 check: bool = True) -> dict:
     """Export a pruned OUT/model folder (or a dense checkpoint) to one ONNX file, checked in onnxruntime;
-    int8=True writes onnxruntime's dynamically quantized graph. See `kprune_lib.onnx_export.export_onnx`."""
-    from .onnx_export import export_onnx as _export  # onnx, onnxscript, onnxruntime: the `onnx` extra
+    int8=True writes onnxruntime's dynamically quantized graph. See `kprune_lib.artifacts.onnx.export_onnx`."""
+    from kprune_lib.artifacts.onnx import export_onnx as _export  # onnx, onnxscript, onnxruntime: the `onnx` extra
 
     return _export(model, output, opset=opset, int8=int8, overwrite=overwrite, check=check)

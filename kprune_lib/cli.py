@@ -9,9 +9,9 @@ import signal
 import sys
 import threading
 
-from .config import PRED_KNOWLEDGE, SCHEDULES, Budget, PruneConfig
-from .methods import METHOD_NAMES, REGISTRY
-from .finetune import FinetuneConfig
+from kprune_lib.config import PRED_KNOWLEDGE, SCHEDULES, Budget, PruneConfig
+from kprune_lib.method.methods import METHOD_NAMES, REGISTRY
+from kprune_lib.finetune import FinetuneConfig
 
 D = PruneConfig()
 FT = FinetuneConfig()
@@ -334,7 +334,7 @@ def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="kprune: %(message)s")
     if args.command == "sweep":
-        from .sweep import GridError, main_sweep
+        from kprune_lib.workbook.sweep import GridError, main_sweep
 
         try:
             slurm = {k: getattr(args, k, None) for k in ("partition", "account", "qos", "time_min", "gpus",
@@ -348,7 +348,7 @@ def _run(argv: list[str] | None) -> int:
     if args.command == "methods":
         print(format_methods())
         return 0
-    from . import api  # heavy imports after argument parsing, so --help is fast
+    from kprune_lib import api  # heavy imports after argument parsing, so --help is fast
 
     try:
         if args.command == "prune":
@@ -372,8 +372,8 @@ def _run(argv: list[str] | None) -> int:
             print(json.dumps({k: summary[k] for k in keys if k in summary}
                              | {"dense": summary["dense"][m], "pruned": summary["pruned"][m], "output": args.output}))
         elif args.command == "latency-table":
-            from .io import load_model
-            from .latency import format_table, latency_table
+            from kprune_lib.artifacts.checkpoint import load_model
+            from kprune_lib.costs.latency import format_table, latency_table
 
             device = api.resolve_device(args.latency_device or "auto")
             model, _ = load_model(args.model, device=device)

@@ -77,9 +77,9 @@ class PruneConfig:
     #   "gauss-newton": ½ JᵀHJ of the predictive loss per example (K-prune+ candidates)
     gold_first: bool = False  # K-prune+ candidate: gold-label loss for the predictive signal at s = 0
     damping: float = 0.0  # K-prune+ candidate: KPWT shrunk toward the current weights, δ = damping·mean diag(AᵀA)
-    method: str = "kprune"  # a name of the method registry (kprune_lib.methods.REGISTRY)
+    method: str = "kprune"  # a name of the method registry (kprune_lib.method.methods.REGISTRY)
     # latency budget (an alternative to `constraint`; README "Latency budgets"): prune until the latency model of the
-    # measured table (kprune_lib.latency) predicts at most this many milliseconds per forward of one batch
+    # measured table (kprune_lib.costs.latency) predicts at most this many milliseconds per forward of one batch
     latency_budget_ms: float | None = None  # None: prune to `constraint` (FLOPs)
     latency_batch: int = 32  # examples per batch of the latency budget
     latency_seq: int = 128  # tokens per example (all real) of the latency budget
@@ -129,15 +129,15 @@ SCHEDULES = ("cached", "naive")
 PRED_KNOWLEDGE = ("batch", "example", "gauss-newton")
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}  # default padded tokens per length-sorted compute batch, per device type
 TEACHER_SUMS_MAX_MB = 512  # the teacher's Y_t of all sublayers (2L·tokens·d) held up to this size; above it the
-#   loop runs lean: teacher streamed, projection inputs recomputed, CPU heap trimmed per batch (kprune_lib.schedules)
+#   loop runs lean: teacher streamed, projection inputs recomputed, CPU heap trimmed per batch (kprune_lib.method.schedules)
 BATCH_OVERHEAD_TOKENS = 256  # a compute batch's fixed cost in padded tokens, where length-sorted batches are cut
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128
 FFN_WIDTH_MULTIPLE = 16  # physically pruned FFN widths padded up to a multiple of this with inert zero neurons
-#   (kprune_lib.physical.aligned_width): 4.5-5.3 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons a layer
+#   (kprune_lib.encoder.physical.aligned_width): 4.5-5.3 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons a layer
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
-# latency tables (kprune_lib.latency): timing protocol, unit grids, where they are cached
+# latency tables (kprune_lib.costs.latency): timing protocol, unit grids, where they are cached
 LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing
 LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the median per point is kept
 LATENCY_PER_UNIT_MAX = 256  # an FFN at most this wide is measured at every width 0…N; wider ones on a grid

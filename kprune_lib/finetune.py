@@ -21,15 +21,15 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from . import __version__
-from .batching import pad_batch, tokenize
-from .evaluate import evaluate_glue
-from .glue_data import Examples, load_glue
-from ._atomic import atomic_dir
-from .io import ModelLoadError
-from .squad import load_squad, squad_only
-from .squad_features import evaluate_squad, prepare_features
-from .tasks import GlueTask, QaTask, get_task
+from kprune_lib._version import __version__
+from kprune_lib.data.batching import pad_batch, tokenize
+from kprune_lib.data.evaluate import evaluate_glue
+from kprune_lib.data.glue import Examples, load_glue
+from kprune_lib._atomic import atomic_dir
+from kprune_lib.artifacts.checkpoint import ModelLoadError
+from kprune_lib.data.squad import load_squad, squad_only
+from kprune_lib.data.squad_features import evaluate_squad, prepare_features
+from kprune_lib.data.tasks import GlueTask, QaTask, get_task
 
 FINETUNE_FILE = "finetune.json"
 _INPUTS = ("input_ids", "token_type_ids")

@@ -50,7 +50,9 @@ lam_rep_grid = [0.0, 2.5e-05, 0.00025, 0.0025, 0.025]  # λ_rep values to re-ran
 temperature_grid = [1.0, 2.0, 4.0, 8.0]  # T values to re-measure with
 
 # %%
-from kprune_lib import PruneConfig, plots, workbook
+from kprune_lib import PruneConfig
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule)

@@ -42,8 +42,10 @@ tuning = True  # KPWT on
 schedule = "cached"  # cached | naive
 
 # %%
-from kprune_lib import PruneConfig, plots, workbook
-from kprune_lib.baselines import one_shot_global_masks
+from kprune_lib import PruneConfig
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
+from kprune_lib.method.baselines import one_shot_global_masks
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule)

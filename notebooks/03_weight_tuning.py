@@ -41,7 +41,9 @@ schedule = "cached"  # cached | naive
 # %%
 from dataclasses import replace
 
-from kprune_lib import PruneConfig, plots, workbook
+from kprune_lib import PruneConfig
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, schedule=schedule)

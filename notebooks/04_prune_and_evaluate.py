@@ -53,7 +53,9 @@ latency_repeats = 3  # timed passes over the dev set (median reported)
 # %%
 from pathlib import Path
 
-from kprune_lib import PruneConfig, api, plots, workbook
+from kprune_lib import PruneConfig, api
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
 
 config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, lam_pred=lam_pred, lam_rep=lam_rep,
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule, batch_size=batch_size,

@@ -41,7 +41,8 @@ dpi = 120  # PNG resolution
 # %%
 from pathlib import Path
 
-from kprune_lib import plots, workbook
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
 
 results = workbook.load_results(results_csv)
 mean = workbook.mean_over_seeds(results)

@@ -275,7 +275,7 @@ def test_several_pairs_each_get_their_section(tmp_path):
 
 def test_kprune_plus_shares_the_points_of_its_candidate(tmp_path):
     """kprune-plus runs exactly a K-prune+ candidate's settings: that candidate's finished points are reused."""
-    from kprune_lib.methods import same_settings
+    from kprune_lib.method.methods import same_settings
 
     source = same_settings("kprune-plus")
     assert source is not None and same_settings("kprune") is None

@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_batches, tiny_model
-from kprune_lib.arch import Arch
-from kprune_lib.baselines import fisher_scores, greedy_flops_selection, kwon_fisher, one_shot_global_masks, run_method
-from kprune_lib.batching import pad_batch, tokenize
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.method.baselines import fisher_scores, greedy_flops_selection, kwon_fisher, one_shot_global_masks, run_method
+from kprune_lib.data.batching import pad_batch, tokenize
 from kprune_lib.config import PruneConfig
-from kprune_lib.methods import METHOD_NAMES, REGISTRY, check, same_settings
-from kprune_lib.methods import resolve as resolve_method
-from kprune_lib.flops import head_flops, neuron_flops
-from kprune_lib.glue_data import Examples
-from kprune_lib.masks import masked_model
-from kprune_lib.physical import prune_physically
+from kprune_lib.method.methods import METHOD_NAMES, REGISTRY, check, same_settings
+from kprune_lib.method.methods import resolve as resolve_method
+from kprune_lib.costs.flops import head_flops, neuron_flops
+from kprune_lib.data.glue import Examples
+from kprune_lib.encoder.masks import masked_model
+from kprune_lib.encoder.physical import prune_physically
 
 SEQ = 10.0
 
@@ -71,7 +71,7 @@ def test_methods_refuse_what_they_cannot_run_with_one_line():
 
 def test_ablations_run_kprune_with_their_hyperparameters():
     batches = random_batches(3)
-    from kprune_lib.prune import kprune
+    from kprune_lib.method.loop import kprune
 
     masks = {}
     for method in ("kprune-pred-only", "kprune-rep-only"):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import random_batches, tiny_model
-from kprune_lib.arch import Arch
-from kprune_lib.batching import padded_tokens, sample_batches
-from kprune_lib.forward import encode
-from kprune_lib.masks import apply_masks
-from kprune_lib.measurement import (empirical_fisher, group_gradients, predictive_knowledge, predictive_loss,
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.data.batching import padded_tokens, sample_batches
+from kprune_lib.encoder.forward import encode
+from kprune_lib.encoder.masks import apply_masks
+from kprune_lib.method.measurement import (empirical_fisher, group_gradients, predictive_knowledge, predictive_loss,
                                     teacher_signal)
-from kprune_lib.prune import kprune
+from kprune_lib.method.loop import kprune
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 
@@ -52,7 +52,7 @@ def test_length_partition_is_the_cheapest_cut(seed):
     import itertools
     import random
 
-    from kprune_lib.batching import length_partition
+    from kprune_lib.data.batching import length_partition
 
     rng = random.Random(seed)
     lengths = sorted(rng.randint(3, 30) for _ in range(11))
@@ -164,7 +164,7 @@ def test_gold_first_needs_labels():
 @pytest.mark.parametrize("problem", ["classification", "regression"])
 def test_gauss_newton_knowledge_equals_brute_force(problem):
     """Σ_k ½ (∂y_k/∂m_i)² from `curvature_projections` == ½ J_iᵀ H_i J_i with J from autograd per example."""
-    from kprune_lib.measurement import curvature_projections
+    from kprune_lib.method.measurement import curvature_projections
 
     model = tiny_model("bert", num_labels=1 if problem == "regression" else 3)
     arch = Arch(model)
@@ -192,7 +192,7 @@ def test_gauss_newton_knowledge_equals_brute_force(problem):
 
 
 def test_gauss_newton_needs_one_backward_per_nonzero_direction():
-    from kprune_lib.measurement import curvature_projections
+    from kprune_lib.method.measurement import curvature_projections
 
     torch.manual_seed(0)
     assert len(curvature_projections(torch.randn(8, 2), "classification", 2.0)) == 1  # binary: rank one

@@ -76,7 +76,7 @@ def test_empty_sample(capsys, small_glue, tmp_path):
 
 
 def test_non_finite_scores(capsys, small_glue, tmp_path):
-    from kprune_lib.io import load_model
+    from kprune_lib.artifacts.checkpoint import load_model
 
     model, tok = load_model(str(MRPC_MODEL))
     with torch.no_grad():

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED
-from kprune_lib.sweep import HUB_GLUE, GridError, check_fallbacks, load_grid, resolve_sources
+from kprune_lib.workbook.sweep import HUB_GLUE, GridError, check_fallbacks, load_grid, resolve_sources
 
 DEMO = ROOT / "papermill_runs" / "grid_demo.yaml"
 DEMO_HUB = {"mrpc": "M-FAC/bert-mini-finetuned-mrpc", "stsb": "M-FAC/bert-mini-finetuned-stsb"}

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import GLUE_DIR, MODELS_DIR, needs_shared
 from kprune_lib.cli import main
-from kprune_lib.io import load_model
+from kprune_lib.artifacts.checkpoint import load_model
 
 pytestmark = [pytest.mark.e2e, needs_shared(MODELS_DIR / "minilm-l6-mrpc"), needs_shared(GLUE_DIR)]
 SUMMARY_KEYS = {"task", "model", "constraint", "num_tokens", "seed", "flops_dense", "flops_pruned", "flops_removed",

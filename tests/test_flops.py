@@ -4,10 +4,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_model
-from kprune_lib.arch import Arch
-from kprune_lib.flops import head_flops, model_flops, neuron_flops
-from kprune_lib.forward import attention_bias, sublayer
-from kprune_lib.physical import prune_physically
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.encoder.forward import attention_bias, sublayer
+from kprune_lib.encoder.physical import prune_physically
 
 
 def counted(fn):

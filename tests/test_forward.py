@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from conftest import ARCHS, random_batches, tiny_model
-from kprune_lib.arch import Arch, UnsupportedArchitecture
-from kprune_lib.forward import encode
-from kprune_lib.masks import masked_model
+from kprune_lib.encoder.arch import Arch, UnsupportedArchitecture
+from kprune_lib.encoder.forward import encode
+from kprune_lib.encoder.masks import masked_model
 from kprune_lib.config import FFN_WIDTH_MULTIPLE
-from kprune_lib.physical import aligned_width, prune_physically
+from kprune_lib.encoder.physical import aligned_width, prune_physically
 
 
 def hf_logits(model, batch):
@@ -91,7 +91,7 @@ def test_masks_change_the_output():
 @pytest.mark.parametrize("kind", ["mha", "ffn"])
 def test_fully_pruned_sublayer_is_layernorm_of_its_input(arch, kind):
     """Spec: a sublayer with no unit left contributes nothing, bias included: its output is LayerNorm(X)."""
-    from kprune_lib.forward import attention_bias, sublayer
+    from kprune_lib.encoder.forward import attention_bias, sublayer
 
     model = tiny_model(arch)
     a = Arch(model)

@@ -2,8 +2,8 @@
 import pytest
 
 from conftest import GLUE_DIR, needs_shared
-from kprune_lib.glue_data import DataError, load_glue
-from kprune_lib.tasks import get_glue_task
+from kprune_lib.data.glue import DataError, load_glue
+from kprune_lib.data.tasks import get_glue_task
 
 EXPECTED = {  # (split, examples, first label, label histogram or None)
     ("mrpc", "validation"): (408, {0: 129, 1: 279}),
@@ -79,7 +79,7 @@ def test_sample_is_drawn_as_the_authors_code_draws_it():
     """Legacy numpy RandomState seeded once, choice(pool, n) with replacement, n = int(num_tokens / L_seq)."""
     import numpy as np
 
-    from kprune_lib.batching import sample_indices
+    from kprune_lib.data.batching import sample_indices
 
     idx = sample_indices(3668, 20000, 53.24, seed=0)
     np.random.seed(0)  # what transformers.set_seed(0) does to numpy before the authors' draw

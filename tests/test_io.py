@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import ARCHS, random_batches, tiny_model
-from kprune_lib.arch import Arch
+from kprune_lib.encoder.arch import Arch
 from kprune_lib._atomic import atomic_dir
-from kprune_lib.io import load_pruned, save_pruned
-from kprune_lib.physical import prune_physically
+from kprune_lib.artifacts.checkpoint import load_pruned, save_pruned
+from kprune_lib.encoder.physical import prune_physically
 
 
 @pytest.mark.parametrize("arch", ARCHS)

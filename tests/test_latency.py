@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import GLUE_DIR, MODELS_DIR, needs_shared, random_batches, tiny_model
-from kprune_lib import latency as lat
-from kprune_lib.arch import Arch
+from kprune_lib.costs import latency as lat
+from kprune_lib.encoder.arch import Arch
 from kprune_lib.cli import main
-from kprune_lib.flops import head_flops, model_flops, neuron_flops
-from kprune_lib.physical import aligned_width, prune_physically
-from kprune_lib.prune import kprune
-from kprune_lib.search import kpms_step
-from kprune_lib.sublayer import Sublayer
+from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.encoder.physical import aligned_width, prune_physically
+from kprune_lib.method.loop import kprune
+from kprune_lib.method.search import kpms_step
+from kprune_lib.encoder.sublayer import Sublayer
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 BATCH, SEQ = 4, 16
@@ -462,7 +462,7 @@ def test_cli_prunes_to_a_latency_budget(capsys, small_glue, tmp_path):
     card = (tmp_path / "o" / "model" / "README.md").read_text()
     assert "latency budget of" in card and "--latency-budget-ms" in card
     assert math.isfinite(summary["pruned"]["accuracy"])
-    from kprune_lib import plots  # notebook 04's view: the table the search used, or a note for a FLOPs run
+    from kprune_lib.workbook import plots  # notebook 04's view: the table the search used, or a note for a FLOPs run
 
     fig = plots.latency_budget_view(summary)
     assert isinstance(fig, plots.plt.Figure) and len(fig.axes) == 2

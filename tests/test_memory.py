@@ -1,13 +1,14 @@
-"""Returning freed heap memory to the OS (kprune_lib.memory) and when the pruning loop does it."""
+"""Returning freed heap memory to the OS (kprune_lib.method.memory) and when the pruning loop does it."""
 import os
 import platform
 
 import pytest
 
 from conftest import random_batches, tiny_model
-from kprune_lib import memory, schedules
-from kprune_lib.arch import Arch
-from kprune_lib.schedules import CachedSchedule
+from kprune_lib.method import memory
+from kprune_lib.method import schedules
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.method.schedules import CachedSchedule
 
 
 def resident_mb() -> float:

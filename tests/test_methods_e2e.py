@@ -1,5 +1,5 @@
 """Every method of the registry runs end to end through the real API, for every task kind and budget kind it
-declares: a tiny checkpoint on disk -> `kprune_lib.prune` (data files, sample draw, the loop, physical pruning,
+declares: a tiny checkpoint on disk -> `kprune_lib.method.loop` (data files, sample draw, the loop, physical pruning,
 evaluation, the atomic writer) -> summary.json and OUT/model/ -> reload -> the same metrics.
 
 The cases are generated from `methods.REGISTRY`: a method added there is in this test without editing it.
@@ -15,8 +15,8 @@ import torch
 
 from conftest import GLUE_DIR, needs_shared
 from kprune_lib import api
-from kprune_lib.io import load_model
-from kprune_lib.methods import REGISTRY
+from kprune_lib.artifacts.checkpoint import load_model
+from kprune_lib.method.methods import REGISTRY
 from squad_helpers import DEV, MINILM, one_thread, tiny_checkpoint, write_slice  # noqa: F401 (one_thread: autouse)
 
 pytestmark = [needs_shared(MINILM), needs_shared(GLUE_DIR / "MRPC"), needs_shared(GLUE_DIR / "STS-B"),
@@ -54,7 +54,7 @@ def inputs(tmp_path_factory):
 def latency_budget_ms(inputs):
     """A feasible budget for the tiny model (batch 2 × 8 tokens, 1 thread): a fraction of the way from its floor to
     its dense latency, from the table the prune then reads from the same cache folder."""
-    from kprune_lib.latency import latency_table
+    from kprune_lib.costs.latency import latency_table
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KPRUNE_CACHE_DIR", str(inputs["root"] / "cache"))

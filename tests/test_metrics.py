@@ -1,7 +1,7 @@
 """GLUE metrics on hand-checked cases."""
 import pytest
 
-from kprune_lib import metrics
+from kprune_lib.data import metrics
 
 
 def test_accuracy_f1_matthews_by_hand():

@@ -8,7 +8,7 @@ import yaml
 
 from kprune_lib.cli import build_parser
 from kprune_lib.config import PruneConfig
-from kprune_lib.model_card import command_line, model_card, options, python_call
+from kprune_lib.artifacts.model_card import command_line, model_card, options, python_call
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
 BERT_CONFIG = {"model_type": "kprune-bert", "num_attention_heads": 4, "intermediate_size": 48}
@@ -105,7 +105,7 @@ def test_prune_writes_the_card(tmp_path):
         (str(ckpt), str(out), str(glue), 1000, 0.6, "cpu")
     assert f"{summary['flops_removed'] * 100:.1f} % of FLOPs removed" in card
     # the saved FFN widths are the kept counts padded to multiples of 16 (inert neurons), and the card says so
-    from kprune_lib.physical import aligned_width
+    from kprune_lib.encoder.physical import aligned_width
 
     assert summary["neurons_physical"] == [aligned_width(n, 48) for n in summary["neurons_kept"]]
     assert summary["neurons_physical"] != summary["neurons_kept"]  # this run's counts are not all multiples of 16

@@ -175,7 +175,8 @@ def _text(nb) -> str:
 
 @needs_fixtures
 def test_prepare_draws_the_same_sample_as_api(tiny):
-    from kprune_lib import api, workbook
+    from kprune_lib import api
+    from kprune_lib.workbook import steps as workbook
 
     cfg = PruneConfig(num_tokens=1500, seed=3, constraint=0.4, method="kwon-fisher")
     setup = workbook.prepare(tiny["model"], "mrpc", cfg, data_dir=tiny["data_dir"], device="cpu")
@@ -219,7 +220,7 @@ def test_prune_and_evaluate_notebook_writes_summary(tiny, tmp_path):
     assert summary["latency_speedup"] == pytest.approx(summary["latency_dense_s"] / summary["latency_pruned_s"])
     assert summary["latency_examples"] == 64
     assert Path(summary["model_dir"]) == out / "pruned" / "model"
-    from kprune_lib.io import load_pruned
+    from kprune_lib.artifacts.checkpoint import load_pruned
 
     pruned = load_pruned(summary["model_dir"])
     heads = [pruned.bert.encoder.layer[i].attention.output.dense.in_features // 8 for i in range(2)]

@@ -1,4 +1,4 @@
-"""ONNX export (`kprune export`, `kprune_lib.onnx_export`): onnxruntime parity on ragged pruned models of every
+"""ONNX export (`kprune export`, `kprune_lib.artifacts.onnx`): onnxruntime parity on ragged pruned models of every
 supported architecture (a layer with no head, a layer with no neuron), dynamic axes, no attention work in
 zero-head layers, int8, and bad input -> one line, exit 2, nothing written."""
 from __future__ import annotations
@@ -19,11 +19,11 @@ import onnx  # noqa: E402
 import kprune_lib  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 from kprune_lib import cli  # noqa: E402
-from kprune_lib.arch import Arch, supported_architectures  # noqa: E402
-from kprune_lib.io import load_pruned, save_pruned  # noqa: E402
-from kprune_lib.onnx_export import (OnnxExportError, export_onnx, example_inputs, quantize_int8,  # noqa: E402
+from kprune_lib.encoder.arch import Arch, supported_architectures  # noqa: E402
+from kprune_lib.artifacts.checkpoint import load_pruned, save_pruned  # noqa: E402
+from kprune_lib.artifacts.onnx import (OnnxExportError, export_onnx, example_inputs, quantize_int8,  # noqa: E402
                                     session)
-from kprune_lib.physical import prune_physically  # noqa: E402
+from kprune_lib.encoder.physical import prune_physically  # noqa: E402
 
 TOL = 1e-4
 SHAPES = [(1, 7), (5, 19)]  # (batch, sequence): both differ from the traced (2, 8)
@@ -232,7 +232,7 @@ def test_cli_refuses_an_opset_that_cannot_express_the_model(tmp_path, pruned_fol
 def test_exporter_output_in_another_opset_is_caught(tmp_path, pruned_folder, monkeypatch):
     """Below 18 the exporter converts its opset-18 graph down and, where the conversion fails, silently keeps
     opset 18; the file's opset is checked, so a request it could not honour fails and writes nothing."""
-    from kprune_lib import onnx_export
+    from kprune_lib.artifacts import onnx as onnx_export
 
     monkeypatch.setattr(onnx_export, "MIN_OPSET", 14)  # let opset 14 through the up-front check
     out = tmp_path / "m.onnx"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_batches, tiny_model
-from kprune_lib.prune import kprune
+from kprune_lib.method.loop import kprune
 from reference_oracle import oracle_kprune
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 import kprune_lib as kp
 from kprune_lib.cli import main
-from kprune_lib.io import load_pruned
-from kprune_lib.masks import kept_per_layer, per_layer
-from kprune_lib.physical import aligned_width
+from kprune_lib.artifacts.checkpoint import load_pruned
+from kprune_lib.encoder.masks import kept_per_layer, per_layer
+from kprune_lib.encoder.physical import aligned_width
 from stock_env import make_stock_venv
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
@@ -101,7 +101,7 @@ def test_the_twice_pruned_folder_loads_in_stock_transformers(twice, tmp_path):
 
 def test_the_twice_pruned_folder_exports_to_onnxruntime(twice, tmp_path):
     pytest.importorskip("onnxruntime")
-    from kprune_lib.onnx_export import session
+    from kprune_lib.artifacts.onnx import session
 
     root, _, _ = twice
     folder = root / "second" / "model"

@@ -9,8 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from kprune_lib import PruneConfig, api, workbook
-from kprune_lib.sweep import aggregate, render_report
+from kprune_lib import PruneConfig, api
+from kprune_lib.workbook import steps as workbook
+from kprune_lib.workbook.sweep import aggregate, render_report
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

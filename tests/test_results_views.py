@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kprune_lib import plots, workbook
+from kprune_lib.workbook import plots
+from kprune_lib.workbook import steps as workbook
 
 ACCURACY_COLUMNS = ("task", "method", "constraint", "seed", "metric", "dense", "pruned", "delta", "flops_removed",
                     "pruning_seconds")

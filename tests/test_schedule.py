@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import ARCHS, random_batches, tiny_model
-from kprune_lib import schedules
-from kprune_lib.arch import Arch
-from kprune_lib.prune import kprune
+from kprune_lib.method import schedules
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.method.loop import kprune
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 
@@ -42,7 +42,7 @@ def test_cached_equals_naive(arch, teacher, monkeypatch):
 def test_iteration_zero_runs_the_forward_only(monkeypatch):
     """At s = 0 the student is the teacher and the mask gradients vanish: no backward, K_pred exactly 0, and the
     same masks and weights as a run that back-propagates there (and gets rounding noise, as the reference does)."""
-    prune_module = importlib.import_module("kprune_lib.prune")
+    prune_module = importlib.import_module("kprune_lib.method.loop")
     calls = []
     grad = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
@@ -97,8 +97,8 @@ def test_ablations_change_the_ranking():
 
 def test_pruned_tuned_model_is_closer_to_teacher_than_untuned():
     """KPWT must help: KL to the teacher on the sample is lower with tuning than without."""
-    from kprune_lib.forward import encode
-    from kprune_lib.measurement import predictive_loss, teacher_signal
+    from kprune_lib.encoder.forward import encode
+    from kprune_lib.method.measurement import predictive_loss, teacher_signal
 
     teacher = tiny_model("bert", layers=3)
     ta = Arch(teacher)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kprune_lib.search import kpms_step, kpms_threshold
+from kprune_lib.method.search import kpms_step, kpms_threshold
 
 
 def exhaustive_threshold(scores, flops, budget):

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import needs_shared
-from kprune_lib.glue_data import DataError
-from kprune_lib.squad import (QaExample, check_disjoint, load_squad, parse_squad, read_squad_json, split_articles,
+from kprune_lib.data.glue import DataError
+from kprune_lib.data.squad import (QaExample, check_disjoint, load_squad, parse_squad, read_squad_json, split_articles,
                               split_by_article, titles)
-from kprune_lib.squad_features import QaFeatures, postprocess, prepare_features
-from kprune_lib.squad_metrics import squad_scores
-from kprune_lib.tasks import get_task
+from kprune_lib.data.squad_features import QaFeatures, postprocess, prepare_features
+from kprune_lib.data.squad_metrics import squad_scores
+from kprune_lib.data.tasks import get_task
 from squad_helpers import one_thread  # noqa: F401 (autouse)
 from squad_helpers import DEV, tokenizer, write_slice
 

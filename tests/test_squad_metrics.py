@@ -2,8 +2,8 @@
 import pytest
 
 from conftest import SHARED, needs_shared
-from kprune_lib.squad import golds, read_squad_json, titles
-from kprune_lib.squad_metrics import exact_match, f1, normalize_answer, question_scores, squad_scores
+from kprune_lib.data.squad import golds, read_squad_json, titles
+from kprune_lib.data.squad_metrics import exact_match, f1, normalize_answer, question_scores, squad_scores
 
 DEV = SHARED / "data" / "squad" / "dev-v1.1.json"
 

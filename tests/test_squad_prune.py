@@ -7,9 +7,9 @@ import pytest
 
 from conftest import GLUE_DIR, needs_shared
 from kprune_lib import api, cli
-from kprune_lib.squad import load_squad, read_squad_json, split_articles
-from kprune_lib.squad_features import pruning_data
-from kprune_lib.tasks import get_task
+from kprune_lib.data.squad import load_squad, read_squad_json, split_articles
+from kprune_lib.data.squad_features import pruning_data
+from kprune_lib.data.tasks import get_task
 from squad_helpers import one_thread  # noqa: F401 (autouse)
 from squad_helpers import DEV, MINILM, tiny_checkpoint, tokenizer, write_slice
 

@@ -11,9 +11,9 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from conftest import ARCHS, random_batches, tiny_model
-from kprune_lib.arch import Arch
-from kprune_lib.io import KPRUNE_FILE, WEIGHTS_FILE, ModelLoadError, load_pruned, save_pruned
-from kprune_lib.physical import prune_physically
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, WEIGHTS_FILE, ModelLoadError, load_pruned, save_pruned
+from kprune_lib.encoder.physical import prune_physically
 from stock_env import make_stock_venv
 
 HEADS = [2, 0, 3]  # ragged, with a layer that does no attention at all
@@ -139,11 +139,15 @@ def test_config_json_describes_the_pruned_shape(folders, arch):
 
 
 @pytest.mark.parametrize("arch", ["bert", "electra"])
-def test_import_kprune_registers_the_classes(folders, arch):
-    """With kprune imported, the auto classes build the pruned model without remote code."""
+def test_registered_auto_classes_build_the_pruned_model(folders, arch):
+    """After kprune_lib.register_auto_classes() (every kprune load path calls it), the auto classes build the pruned
+    model without remote code."""
+    import kprune_lib
+
+    kprune_lib.register_auto_classes()
     root, dirs, models = folders
     model = transformers.AutoModelForSequenceClassification.from_pretrained(dirs[arch, False]).eval()
-    assert type(model).__module__ == "kprune_lib.hf.modeling_kprune"
+    assert type(model).__module__ == "kprune_lib.encoder.hf.modeling_kprune"
     a = Arch(model)
     assert a.model_type == arch
     assert [a.heads_in_layer(i) for i in range(3)] == HEADS and [a.neurons_in_layer(i) for i in range(3)] == NEURONS
@@ -181,7 +185,7 @@ def test_inconsistent_config_is_one_clear_error(folders, tmp_path):
 
 
 def test_workbook_reads_the_kept_units_of_a_new_folder(tmp_path):
-    from kprune_lib.workbook import saved_masks
+    from kprune_lib.workbook.steps import saved_masks
 
     model = tiny_model("electra", layers=2)
     hm = torch.tensor([[True, False, True, False], [False] * 4])

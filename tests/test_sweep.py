@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, SHARED
 from kprune_lib.cli import main as cli_main
-from kprune_lib.sweep import GridError, Point, aggregate, load_grid
+from kprune_lib.workbook.sweep import GridError, Point, aggregate, load_grid
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
 
@@ -137,7 +137,7 @@ def test_sweep_runs_points_records_failures_resumes_and_reports(tmp_path):
 
 
 def _sweep_api(grid, **kw):
-    from kprune_lib.sweep import run_sweep
+    from kprune_lib.workbook.sweep import run_sweep
 
     return run_sweep(grid, log=lambda msg: None, **kw)
 
@@ -147,7 +147,7 @@ def test_a_kernel_that_dies_while_starting_is_replaced(tmp_path, monkeypatch):
     other failure is not."""
     import papermill
 
-    from kprune_lib import sweep
+    from kprune_lib.workbook import points
 
     nb = tmp_path / "nb.py"
     nb.write_text("# %%\nx = 1\n")
@@ -164,13 +164,13 @@ def test_a_kernel_that_dies_while_starting_is_replaced(tmp_path, monkeypatch):
         return execute
 
     cases = [([died], None, 2), (["cell failed"], "cell failed", 1),
-             ([died] * sweep.KERNEL_START_TRIES, "kernel_info", sweep.KERNEL_START_TRIES)]
+             ([died] * points.KERNEL_START_TRIES, "kernel_info", points.KERNEL_START_TRIES)]
     for messages, raised, n_calls in cases:
         calls.clear()
         monkeypatch.setattr(papermill, "execute_notebook", papermill_raising(messages))
         if raised is None:
-            sweep._execute(nb, tmp_path / "out.ipynb", {})
+            points.execute_notebook(nb, tmp_path / "out.ipynb", {})
         else:
             with pytest.raises(RuntimeError, match=raised):
-                sweep._execute(nb, tmp_path / "out.ipynb", {})
+                points.execute_notebook(nb, tmp_path / "out.ipynb", {})
         assert len(calls) == n_calls

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from conftest import GLUE_DIR, MODELS_DIR, ROOT, needs_shared
-from kprune_lib import executors
+from kprune_lib.workbook import executors
 from kprune_lib.cli import main as cli_main
-from kprune_lib.executors import (SlurmOptions, assign_devices, default_workers, slurm_options, visible_gpus,
+from kprune_lib.workbook.executors import (SlurmOptions, assign_devices, default_workers, slurm_options, visible_gpus,
                                   worker_env)
-from kprune_lib.sweep import GridError, load_grid, run_sweep
+from kprune_lib.workbook.sweep import GridError, load_grid, run_sweep
 from slurm_cluster import ClusterUnavailable, slurm_cluster
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
@@ -68,7 +68,8 @@ summary = {"task": task, "method": method, "constraint": constraint, "seed": see
 CLI_WITH_FAKE_NOTEBOOK = """\
 import functools, sys
 from pathlib import Path
-from kprune_lib import cli, sweep
+from kprune_lib import cli
+from kprune_lib.workbook import sweep
 sweep.run_sweep = functools.partial(sweep.run_sweep, notebooks_dir=Path(sys.argv[1]))
 sys.exit(cli.main(sys.argv[2:]))
 """
@@ -76,7 +77,8 @@ INTERRUPTED = "kprune: interrupted; nothing written"
 TERMINATED = "kprune: terminated; nothing written"
 # Waits in this file are for events (a file appears, a process exits); HANG_S only turns a hang into a failure. It
 # is not a speed requirement: Ctrl-C stops a prune, a local sweep and a SLURM sweep in 0.8-1.1 s here even with
-# `stress-ng --cpu 4` and a pruning run beside them (2 cores), but a loaded CI machine can be far slower.
+# `stress-ng --cpu 4` and a pruning run beside them (2 cores). What made these tests time out was not load but a
+# suite started in the background (SIGINT ignored, inherited by the children): see `as_from_a_terminal`.
 HANG_S = 600
 DETERMINISTIC = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dense", "pruned", "flops_removed",
                  "flops_dense", "flops_pruned", "params_dense", "params_pruned", "sample_examples", "seq_len"]
@@ -318,8 +320,17 @@ def test_slurm_tiny_grid_matches_local(tmp_path, on_cluster):
 
 
 # ---- interrupts ----------------------------------------------------------------------------------------------
+def as_from_a_terminal() -> None:
+    """A command typed in a terminal starts with SIGINT at its default (Python turns it into KeyboardInterrupt). A
+    process started in the background by a non-interactive shell (`make test &`, `nohup … &`, some CI runners)
+    inherits SIGINT *ignored*, and so would every child the tests start: Ctrl-C would then do nothing at all, by
+    design of the shell. The children here are started as a terminal starts them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sweep(fake_nb: Path, *argv) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CLI_WITH_FAKE_NOTEBOOK, str(fake_nb), "sweep", *map(str, argv)],
+                            preexec_fn=as_from_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             cwd=ROOT)
 
@@ -388,7 +399,8 @@ def test_ctrl_c_during_prune_prints_one_line_and_writes_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "kprune_lib.cli", "prune", "--model",
                              str(MODELS_DIR / "minilm-l6-mrpc"), "--task", "mrpc", "--data-dir", str(GLUE_DIR),
                              "--num-tokens", "20000", "--device", "cpu", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     seen = b""
     while b"%|" not in seen:  # a progress bar: pruning is under way
         chunk = os.read(proc.stderr.fileno(), 4096)

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from kprune_lib.tuning import NormalEquations, solve_normal_equations, symmetric_gram
+from kprune_lib.method.tuning import NormalEquations, solve_normal_equations, symmetric_gram
 
 
 def _problem(seed=0, tokens=200, n=10, d=6):
@@ -79,7 +79,7 @@ def test_symmetric_gram_equals_full_product(n, panel):
 
 def test_damped_solve_is_the_regularised_least_squares():
     """(AᵀA + δI) W'ᵀ = AᵀR + δ W₀ᵀ minimises ‖AW'ᵀ − R‖² + δ‖W' − W₀‖² (brute force via an augmented lstsq)."""
-    from kprune_lib.tuning import NormalEquations
+    from kprune_lib.method.tuning import NormalEquations
 
     g = torch.Generator().manual_seed(0)
     A, R = torch.randn(1, 40, 6, generator=g), torch.randn(1, 40, 5, generator=g)
@@ -100,7 +100,7 @@ def test_damped_solve_is_the_regularised_least_squares():
 def test_damped_kpwt_step_on_the_kept_dims_equals_augmented_lstsq():
     """The loop forms the normal equations on the kept dims only and calls kpwt_step with them: the damped solve's
     prior is the kept columns' current weights, and the written weights equal an augmented lstsq on those dims."""
-    from kprune_lib.tuning import kpwt_step
+    from kprune_lib.method.tuning import kpwt_step
 
     g = torch.Generator().manual_seed(3)
     width, hidden, idx = 8, 5, torch.tensor([0, 2, 5, 6])

@@ -1,0 +1,132 @@
+"""Loading checkpoints, and saving / reloading pruned models (safetensors + config + kprune.json; no pickles)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
+
+from kprune_lib.encoder import hf
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.encoder.physical import prune_physically, shape_masks
+
+KPRUNE_FILE = "kprune.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelLoadError(OSError):
+    pass
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def register_auto_classes() -> None:
+    """Register the pruned-model classes with the transformers auto classes (idempotent), so that stock
+    `AutoModel…from_pretrained(OUT/model)` builds them without remote code. Every load path here calls it; code
+    that loads pruned folders with transformers directly calls it once (or passes trust_remote_code=True)."""
+    global _registered
+    if not _registered:
+        hf.register()
+        _registered = True
+
+
+_registered = False
+
+
+def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = "cpu"):
+    """A task model and its tokenizer, in float32: a pruned folder of ours, a local HF folder or a hub id."""
+    register_auto_classes()
+    path = Path(name_or_dir)
+    if (path / KPRUNE_FILE).is_file():
+        model = load_pruned(path)
+    else:
+        auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
+        try:
+            model = auto.from_pretrained(name_or_dir, dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"could not load model {name_or_dir!r}: {_first_line(e)} — pass a checkpoint folder "
+                                 "or a hub id (offline, only local folders and cached ids work)") from None
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the tokenizer of {name_or_dir!r}: {_first_line(e)}") from None
+    Arch(model)  # fail early on unsupported architectures
+    return model.to(device).eval(), tokenizer
+
+
+def pruned_shape(model) -> dict:
+    arch = Arch(model)
+    return {"heads_per_layer": [arch.heads_in_layer(i) for i in range(arch.num_layers)],
+            "neurons_per_layer": [arch.neurons_in_layer(i) for i in range(arch.num_layers)]}
+
+
+def _stock_class_name(model) -> str:
+    """The stock transformers class a (possibly reloaded pruned) model is built on."""
+    return next(c.__name__ for c in type(model).__mro__ if c.__module__.startswith("transformers."))
+
+
+def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+    """Write a (physically pruned) model: model.safetensors, config.json, the model code, tokenizer files and
+    kprune.json.
+
+    config.json names a kprune model type with the per-layer shapes and an `auto_map`, and the code files
+    (`hf.CODE_FILES`) travel with it, so stock transformers loads the folder with `trust_remote_code=True`.
+    info: extra provenance for kprune.json (kept unit indices, constraint, FLOPs, hyper-parameters …).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = pruned_shape(model)
+    model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    hf.pruned_config(model, shape["heads_per_layer"], shape["neurons_per_layer"]).save_pretrained(out_dir)
+    hf.copy_code(out_dir)
+    save_safetensors(model, str(out_dir / WEIGHTS_FILE))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    meta = {"architecture": _stock_class_name(model), **shape, **(info or {})}
+    (out_dir / KPRUNE_FILE).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def load_pruned(model_dir: str | Path):
+    """Rebuild a model written by `save_pruned`: through the same pruned-model classes that stock transformers
+    loads (`hf.modeling_kprune`); folders written before those existed (a stock config.json) are rebuilt from
+    their dense skeleton, shrunk to the shape in kprune.json."""
+    register_auto_classes()
+    model_dir = Path(model_dir)
+    try:
+        meta = json.loads((model_dir / KPRUNE_FILE).read_text())
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        if hf.is_pruned_type(config.model_type):
+            cls = getattr(hf.modeling_kprune, config.architectures[0])
+        else:
+            cls = getattr(transformers, meta["architecture"])
+    except (OSError, ValueError, KeyError, AttributeError, IndexError, TypeError) as e:
+        raise ModelLoadError(f"{model_dir} is not a pruned model folder written by kprune: {_first_line(e)}") from None
+    if hf.is_pruned_type(config.model_type):
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # quiet, as before (one small file)
+        try:
+            model, report = cls.from_pretrained(model_dir, config=config, dtype=torch.float32, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"could not load the pruned model {model_dir}: {_first_line(e)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        bad = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            raise ModelLoadError(f"{model_dir}/{WEIGHTS_FILE} does not match its config.json ({bad}); "
+                                 "re-save the model with kprune")
+        return model.eval()
+    model = cls(config).to(torch.float32)
+    arch = Arch(model)
+    shape = shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size)
+    prune_physically(model, *shape, width_multiple=1)  # the saved widths exactly (padding, if any, is in them)
+    load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
+    return model.eval()
+
+

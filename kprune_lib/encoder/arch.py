@@ -1,0 +1,149 @@
+"""Architecture adapters: every Hugging Face attribute path lives in one table per architecture.
+
+The rest of the library only talks to `Arch` (a view of one model through its table), never to
+`model.bert.encoder.layer[i].attention.self.query` directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kprune_lib.encoder.hf.configuration_kprune import PREFIX
+from kprune_lib.encoder.hf.modeling_kprune import LAYOUTS, Layout, get_module as _get, set_module as _set
+from kprune_lib.encoder.hf.modeling_kprune import NoAttention  # noqa: F401  (re-exported: the zero-head attention stand-in)
+from kprune_lib.encoder.sublayer import Sublayer
+
+
+@dataclass(frozen=True)
+class ArchTable(Layout):
+    """Attribute paths of one architecture: the prunable modules (`Layout`, shared with the standalone model code
+    saved beside pruned models), plus what the sublayer forward and the heads need."""
+
+    attn_ln: str  # LayerNorm after the MHA residual sum
+    act: str  # FFN activation module / function
+    ffn_ln: str  # LayerNorm after the FFN residual sum
+    heads_attr: str  # config field holding the head count
+    ffn_attr: str  # config field holding the FFN width
+    token_types: bool  # does the embedding take token_type_ids?
+    cls_head: str  # how the sequence-classification head reads the final hidden states (see `classify`)
+
+
+_BERT_LIKE = dict(attn_ln="attention.output.LayerNorm", act="intermediate.intermediate_act_fn",
+                  ffn_ln="output.LayerNorm", heads_attr="num_attention_heads", ffn_attr="intermediate_size")
+
+TABLES: dict[str, ArchTable] = {
+    "bert": ArchTable(**vars(LAYOUTS["bert"]), **_BERT_LIKE, token_types=True, cls_head="pooler"),
+    "roberta": ArchTable(**vars(LAYOUTS["roberta"]), **_BERT_LIKE, token_types=False, cls_head="hidden"),
+    "xlm-roberta": ArchTable(**vars(LAYOUTS["xlm-roberta"]), **_BERT_LIKE, token_types=False, cls_head="hidden"),
+    "electra": ArchTable(**vars(LAYOUTS["electra"]), **_BERT_LIKE, token_types=True, cls_head="hidden"),
+    "distilbert": ArchTable(**vars(LAYOUTS["distilbert"]), attn_ln="sa_layer_norm", act="ffn.activation",
+                            ffn_ln="output_layer_norm", heads_attr="n_heads", ffn_attr="hidden_dim",
+                            token_types=False, cls_head="distilbert"),
+}
+
+
+def base_type(model_type: str | None) -> str | None:
+    """The stock architecture of a model type: a pruned folder's "kprune-bert" is laid out as "bert"."""
+    return model_type[len(PREFIX):] if model_type and model_type.startswith(PREFIX) else model_type
+
+
+class UnsupportedArchitecture(ValueError):
+    pass
+
+
+class Arch:
+    """A model seen through its architecture table."""
+
+    def __init__(self, model: nn.Module):
+        model_type = base_type(getattr(model.config, "model_type", None))
+        if model_type not in TABLES:
+            raise UnsupportedArchitecture(
+                f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))} "
+                "(use a checkpoint of one of these)"
+            )
+        self.model = model
+        self.table = TABLES[model_type]
+        self.model_type = model_type
+        cfg = model.config
+        self.num_layers = len(self.layers)
+        self.num_heads = int(getattr(cfg, self.table.heads_attr))  # heads of the dense model
+        self.hidden = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.dim)
+        self.head_size = self.hidden // self.num_heads
+        self.ffn_size = int(getattr(cfg, self.table.ffn_attr))  # neurons of the dense model
+
+    # ---- modules -------------------------------------------------------------------------------
+    @property
+    def base(self) -> nn.Module:
+        return _get(self.model, self.table.base)
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.base.embeddings
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _get(_get(self.model, self.table.base), self.table.layers)
+
+    def layer(self, i: int) -> nn.Module:
+        return self.layers[i]
+
+    def module(self, i: int, name: str):
+        """`name` is a field of the table (q, k, v, o, attn_ln, ffn_in, act, ffn_out, ffn_ln, attn)."""
+        return _get(self.layers[i], getattr(self.table, name))
+
+    def replace(self, i: int, name: str, new) -> None:
+        _set(self.layers[i], getattr(self.table, name), new)
+
+    def out_proj(self, s: int) -> nn.Linear:
+        """Output projection of sublayer s (`sublayer.Sublayer`: an MHA's or an FFN's)."""
+        s = Sublayer(s)
+        return self.module(s.layer, s.pick("o", "ffn_out"))
+
+    def units(self, s: int) -> int:
+        """The units sublayer s has now: heads of an MHA, neurons of an FFN (fewer than the config's once pruned)."""
+        s = Sublayer(s)
+        return s.pick(self.heads_in_layer, self.neurons_in_layer)(s.layer)
+
+    def unit_width(self, s: int) -> int:
+        """Projection-input dims per unit of sublayer s: d_h for a head, 1 for a neuron."""
+        return Sublayer(s).pick(self.head_size, 1)
+
+    def heads_in_layer(self, i: int) -> int:
+        return self.module(i, "o").in_features // self.head_size
+
+    def neurons_in_layer(self, i: int) -> int:
+        return self.module(i, "ffn_out").in_features
+
+    # ---- inputs / outputs ----------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.table.token_types:
+            x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        else:
+            x = self.embeddings(input_ids=input_ids)
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA when embedding_size != hidden_size
+        return x if project is None else project(x)
+
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Sequence-classification logits from the final hidden states (B, T, d) -> (B, C). Eval mode."""
+        m, kind = self.model, self.table.cls_head
+        if kind == "pooler":
+            return m.classifier(self.base.pooler(hidden))
+        if kind == "hidden":  # the head reads hidden[:, 0] itself (RoBERTa, XLM-R: tanh; ELECTRA: gelu)
+            return m.classifier(hidden)
+        if kind == "distilbert":
+            return m.classifier(torch.relu(m.pre_classifier(hidden[:, 0])))
+        raise AssertionError(kind)
+
+    def qa_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits (B, T) from the final hidden states."""
+        start, end = self.model.qa_outputs(hidden).split(1, dim=-1)
+        return start.squeeze(-1), end.squeeze(-1)
+
+    def head(self, hidden: torch.Tensor):
+        return self.qa_logits(hidden) if hasattr(self.model, "qa_outputs") else self.classify(hidden)
+
+
+def supported_architectures() -> list[str]:
+    return sorted(TABLES)

@@ -1,0 +1,152 @@
+"""Ablations of K-prune and the Kwon et al. (2022) style Fisher baseline, all run on the same sample.
+
+What each `--method` is and changes is declared once in `methods.REGISTRY`; this module runs them:
+`run_method` dispatches on the entry's algorithm; `kwon_fisher` is the Kwon et al.-style Fisher baseline
+(Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per neuron,
+Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs; no iteration, no weight
+tuning, no mask rescaling); `one_shot_global_masks` is the one-threshold ablation of KPMS's iteration.
+"""
+from __future__ import annotations
+
+import time
+import torch
+
+from kprune_lib.encoder.arch import Arch
+from kprune_lib.config import PruneConfig
+from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.encoder.forward import encode
+from kprune_lib.encoder.masks import apply_masks, head_dims
+from kprune_lib.method.measurement import gold_loss
+from kprune_lib.method.methods import check, get, resolve
+from kprune_lib.method.loop import PruneResult, kprune
+from kprune_lib.method.search import kpms_threshold
+from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
+
+
+def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
+               progress: bool = True, record_knowledge: bool = False, latency=None) -> PruneResult:
+    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method` (its registry
+    entry, `methods.REGISTRY`, says which algorithm runs and with which settings).
+    With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`)."""
+    cfg = resolve(config)
+    method = get(cfg.method)
+    by_latency = cfg.latency_budget_ms is not None
+    check(cfg, problem)
+    if method.algorithm == "fisher-greedy":
+        return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
+    return kprune(model, batches, problem, constraint=None if by_latency else cfg.constraint,
+                  latency=latency, latency_budget_ms=cfg.latency_budget_ms, seq_len=seq_len, lam_pred=cfg.lam_pred,
+                  lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
+                  schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge,
+                  pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first, damping=cfg.damping)
+
+
+# ---- Kwon et al. style Fisher baseline --------------------------------------------------------------------------
+def fisher_scores(model: torch.nn.Module, batches: list[dict], problem: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical Fisher of the mask variables: Σ_batches (∂L/∂m)², one variable per head (L, H) and neuron (L, N).
+
+    batches need "labels" (gold labels). The model's parameters are left untouched.
+    """
+    arch = Arch(model)
+    model.eval()
+    p = next(model.parameters())
+    L = arch.num_layers
+    head_m = torch.ones(L, arch.num_heads, device=p.device, dtype=p.dtype, requires_grad=True)
+    neuron_m = torch.ones(L, arch.ffn_size, device=p.device, dtype=p.dtype, requires_grad=True)
+    fisher_h = torch.zeros(L, arch.num_heads, device=p.device, dtype=torch.float64)
+    fisher_n = torch.zeros(L, arch.ffn_size, device=p.device, dtype=torch.float64)
+    requires_grad = {n: q.requires_grad for n, q in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        for b in batches:
+            if "labels" not in b:
+                raise ValueError("kwon-fisher needs gold labels in the sample batches (tokenize(..., labels=True))")
+            masks = {s: head_dims(head_m[s.layer], arch.head_size) if s.is_mha else neuron_m[s.layer]
+                     for s in sublayers(L)}  # one variable per head (shared by its d_h dims) and per neuron
+            with apply_masks(arch, masks):
+                logits = arch.head(encode(arch, b))  # (B, C)
+            g_h, g_n = torch.autograd.grad(gold_loss(logits, b["labels"], problem), [head_m, neuron_m])
+            fisher_h += g_h.double() ** 2
+            fisher_n += g_n.double() ** 2
+    finally:
+        for n, q in model.named_parameters():
+            q.requires_grad_(requires_grad[n])
+    return fisher_h.cpu(), fisher_n.cpu()
+
+
+def greedy_flops_selection(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> torch.Tensor:
+    """Keep units in descending score/cost order, each one that still fits, until the budget is spent.
+
+    scores, costs: (n,). Returns keep (n,) bool with Σ costs[keep] <= budget.
+    """
+    ratio = scores.double() / costs.double()
+    order = torch.argsort(ratio, descending=True, stable=True).tolist()
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    left = float(budget)
+    for i in order:
+        c = float(costs[i])
+        if c <= left:
+            keep[i] = True
+            left -= c
+    return keep
+
+
+def kwon_fisher(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float,
+                seq_len: float) -> PruneResult:
+    """Kwon et al. (2022) style masks: Fisher scores, one global FLOPs-constrained greedy pass, no tuning.
+
+    The model is changed in place only by zeroing the pruned units' output-projection columns (as K-prune leaves
+    it: dense shapes, equal to the masked model); kept weights are not rescaled.
+    """
+    t0 = time.perf_counter()
+    arch = Arch(model)
+    L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
+    if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
+        raise ValueError("kwon-fisher prunes dense models only and this one was pruned before: use --method kprune, "
+                         "or give kwon-fisher the original checkpoint")
+    fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
+    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size)
+    fisher_h, fisher_n = fisher_scores(model, batches, problem)
+    t_fisher = time.perf_counter() - t0
+    scores = torch.cat([fisher_h.flatten(), fisher_n.flatten()])
+    costs = torch.cat([torch.full((L * H,), fh, dtype=torch.float64), torch.full((L * N,), fn, dtype=torch.float64)])
+    keep = greedy_flops_selection(scores, costs, (1.0 - constraint) * flops_dense)
+    head_mask, neuron_mask = keep[:L * H].view(L, H), keep[L * H:].view(L, N)
+    _zero_pruned_columns(arch, head_mask, neuron_mask)
+    records = []
+    for s in sublayers(L):
+        m = s.pick(head_mask, neuron_mask)[s.layer]
+        records.append({"sublayer": int(s), "layer": s.layer, "kind": s.kind, "units": int(m.numel()),
+                        "kept": int(m.sum()), "tuned": False, "ridge": 0.0})
+    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
+    seconds = time.perf_counter() - t0
+    return PruneResult(head_mask, neuron_mask, records, {"fisher": t_fisher, "search": seconds - t_fisher}, seconds,
+                       flops_dense, flops_pruned,
+                       scores={s: s.pick(fisher_h, fisher_n)[s.layer] for s in sublayers(L)})
+
+
+@torch.no_grad()
+def _zero_pruned_columns(arch: Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> None:
+    for i in range(arch.num_layers):
+        for s, m in ((Sublayer.at(i, MHA), head_dims(head_mask[i], arch.head_size)), (Sublayer.at(i, FFN), neuron_mask[i])):
+            proj = arch.out_proj(s)
+            proj.weight[:, ~m.bool().to(proj.weight.device)] = 0.0
+
+
+# ---- one-shot global mask (the ablation of KPMS's iteration, for notebook 02) -------------------------------------
+def one_shot_global_masks(result: PruneResult, arch: Arch, seq_len: float, constraint: float):
+    """Masks from the scores of iteration 0 only, with ONE global KPMS threshold over all units (no iteration).
+
+    result: a K-prune run with record_knowledge=True (its knowledge[0] holds every sublayer's iteration-0 scores).
+    Returns (head_mask (L, H) bool, neuron_mask (L, N) bool, τ).
+    """
+    if 0 not in result.knowledge:
+        raise ValueError("one_shot_global_masks needs a K-prune result recorded with record_knowledge=True")
+    L = arch.num_layers
+    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
+    scores = [result.knowledge[0][s]["score"] for s in range(2 * L)]
+    costs = [torch.full((sc.numel(),), s.pick(fh, fn), dtype=torch.float64) for s, sc in zip(sublayers(L), scores)]
+    tau = kpms_threshold(torch.cat(scores), torch.cat(costs), (1.0 - constraint) * result.flops_dense)
+    head_mask = torch.stack([scores[Sublayer.at(i, MHA)] > tau for i in range(L)])
+    neuron_mask = torch.stack([scores[Sublayer.at(i, FFN)] > tau for i in range(L)])
+    return head_mask, neuron_mask, tau
