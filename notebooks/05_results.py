@@ -42,10 +42,10 @@ dpi = 120  # PNG resolution
 from pathlib import Path
 
 from kprune_lib.workbook import plots
-from kprune_lib.workbook import steps as workbook
+from kprune_lib.workbook import results as views
 
-results = workbook.load_results(results_csv)
-mean = workbook.mean_over_seeds(results)
+results = views.load_results(results_csv)
+mean = views.mean_over_seeds(results)
 figures = Path(figures_dir)
 figures.mkdir(parents=True, exist_ok=True)
 print(f"{len(results)} points from {results_csv} ({results.attrs['source']} format)")
@@ -55,7 +55,7 @@ print(f"{len(results)} points from {results_csv} ({results.attrs['source']} form
 # Pruned metric (×100) per task, method and constraint: mean ± sample sd over seeds, and the number of seeds n.
 
 # %%
-workbook.seed_table(results)
+views.seed_table(results)
 
 # %% [markdown]
 # ## Metric vs FLOPs removed
@@ -73,7 +73,7 @@ fig.savefig(figures / "metric_vs_flops.png", dpi=dpi)
 # is the mean over the (task, constraint) cells with constraint ≥ `high_constraint` (standard error over cells).
 
 # %%
-workbook.paired_view(results, compare, min_constraint=high_constraint)
+views.paired_view(results, compare, min_constraint=high_constraint)
 
 # %% [markdown]
 # ## Kept heads and neurons per layer
@@ -82,7 +82,7 @@ workbook.paired_view(results, compare, min_constraint=high_constraint)
 # The counts come from each point's `summary.json` (its `run_dir`, else under `points_dir`).
 
 # %%
-kept = workbook.kept_fractions(results, points_dir=points_dir, constraint=heatmap_constraint)
+kept = views.kept_fractions(results, points_dir=points_dir, constraint=heatmap_constraint)
 plots.save(plots.kept_heatmap(kept), figures / "kept_per_layer.png", dpi=dpi)
 
 # %% [markdown]
@@ -91,14 +91,14 @@ plots.save(plots.kept_heatmap(kept), figures / "kept_per_layer.png", dpi=dpi)
 # its FLOPs speedup (1 / (1 − removed)) and its measured dev-set latency speedup (batch 32; sweep points only).
 
 # %%
-workbook.speedup_table(results, within=within_points).round(3)
+views.speedup_table(results, within=within_points).round(3)
 
 # %% [markdown]
 # ## Pruning cost
 # Wall time of the pruning step alone (sample forward/backward passes, search, tuning), per task and method.
 
 # %%
-times = workbook.pruning_time_table(results)
+times = views.pruning_time_table(results)
 fig = plots.pruning_time(times)
 fig.savefig(figures / "pruning_time.png", dpi=dpi)
 times.round(1)
@@ -110,8 +110,8 @@ times.round(1)
 # latency, all timed in the same final interleaved rounds; one line per seed. The table: means over seeds.
 
 # %%
-latency = workbook.latency_budget_record(latency_results_dir)
-plots.save(workbook.latency_budget_figure(latency), figures / "accuracy_vs_latency.png", dpi=dpi)
+latency = views.latency_budget_record(latency_results_dir)
+plots.save(views.latency_budget_figure(latency), figures / "accuracy_vs_latency.png", dpi=dpi)
 
 # %%
-workbook.latency_budget_means(latency)
+views.latency_budget_means(latency)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from kprune_lib.workbook import plots
-from kprune_lib.workbook import steps as workbook
+from kprune_lib.workbook import results as views
 
 ACCURACY_COLUMNS = ("task", "method", "constraint", "seed", "metric", "dense", "pruned", "delta", "flops_removed",
                     "pruning_seconds")
@@ -101,7 +101,7 @@ def write_summaries(points_dir: Path, kept: dict = KEPT) -> Path:
 
 @pytest.fixture
 def results(tmp_path):
-    return workbook.load_results(write_accuracy_csv(tmp_path / "accuracy.csv"))
+    return views.load_results(write_accuracy_csv(tmp_path / "accuracy.csv"))
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
@@ -116,9 +116,9 @@ def test_load_results_reads_the_accuracy_protocol_csv_as_fractions(results):
 
 
 def test_load_results_reads_the_sweep_csv_unchanged(tmp_path):
-    df = workbook.load_results(write_sweep_csv(tmp_path / "results.csv"))
+    df = views.load_results(write_sweep_csv(tmp_path / "results.csv"))
     assert df.attrs["source"] == "sweep"
-    acc = workbook.load_results(write_accuracy_csv(tmp_path / "accuracy.csv"))
+    acc = views.load_results(write_accuracy_csv(tmp_path / "accuracy.csv"))
     for col in ("dense", "pruned", "delta"):
         assert df[col].to_numpy() == pytest.approx(acc[col].to_numpy())
     assert (df.latency_speedup == 1.5).all()
@@ -127,15 +127,15 @@ def test_load_results_reads_the_sweep_csv_unchanged(tmp_path):
 def test_load_results_refuses_empty_and_foreign_tables(tmp_path):
     (tmp_path / "empty.csv").write_text(",".join(ACCURACY_COLUMNS) + "\n")
     with pytest.raises(ValueError, match="no rows"):
-        workbook.load_results(tmp_path / "empty.csv")
+        views.load_results(tmp_path / "empty.csv")
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a results table"):
-        workbook.load_results(tmp_path / "other.csv")
+        views.load_results(tmp_path / "other.csv")
 
 
 # ---- mean ± sd -----------------------------------------------------------------------------------------------
 def test_mean_over_seeds_mean_sd_and_seed_counts(results):
-    mean = workbook.mean_over_seeds(results).set_index(["task", "method", "constraint"])
+    mean = views.mean_over_seeds(results).set_index(["task", "method", "constraint"])
     r = mean.loc[("mrpc", "kprune", 0.4)]
     assert r.pruned == pytest.approx(0.82) and r.pruned_std == pytest.approx(0.02) and r.seeds == 3
     r = mean.loc[("mrpc", "kprune-plus", 0.8)]
@@ -146,17 +146,17 @@ def test_mean_over_seeds_mean_sd_and_seed_counts(results):
 
 
 def test_seed_table_shows_mean_sd_and_n(results):
-    table = workbook.seed_table(results)
+    table = views.seed_table(results)
     assert table.loc[("mrpc", "kprune"), 0.4] == "82.00 ± 2.00 (n=3)"
     assert table.loc[("mrpc", "kprune-plus"), 0.8] == "74.50 ± 2.12 (n=2)"
     assert table.loc[("mrpc", "kwon-fisher"), 0.4] == "–"
-    one = workbook.seed_table(results[~((results.task == "stsb") & (results.seed == 1))])
+    one = views.seed_table(results[~((results.task == "stsb") & (results.seed == 1))])
     assert one.loc[("stsb", "kprune"), 0.8] == "60.00 (n=1)"
 
 
 # ---- paired differences --------------------------------------------------------------------------------------
 def test_paired_differences_match_seeds_and_drop_unmatched(results):
-    paired = workbook.paired_differences(results, "kprune-plus", "kprune").set_index(["task", "constraint"])
+    paired = views.paired_differences(results, "kprune-plus", "kprune").set_index(["task", "constraint"])
     assert list(paired.index) == [("mrpc", 0.4), ("mrpc", 0.8), ("stsb", 0.8)]
     r = paired.loc[("mrpc", 0.4)]
     assert r["mean"] == pytest.approx(0.01) and r.se == pytest.approx(0.01 / math.sqrt(3)) and r.n == 3
@@ -165,31 +165,31 @@ def test_paired_differences_match_seeds_and_drop_unmatched(results):
     r = paired.loc[("stsb", 0.8)]  # seed 1 only
     assert r["mean"] == pytest.approx(0.03) and np.isnan(r.se) and r.n == 1
     # the reverse pair flips the sign, not the standard error
-    rev = workbook.paired_differences(results, "kprune", "kprune-plus").set_index(["task", "constraint"])
+    rev = views.paired_differences(results, "kprune", "kprune-plus").set_index(["task", "constraint"])
     assert rev["mean"].to_numpy() == pytest.approx(-paired["mean"].to_numpy())
 
 
 def test_paired_differences_without_a_method_or_pairs(results):
-    assert workbook.paired_differences(results, "kprune-gn", "kprune").empty
+    assert views.paired_differences(results, "kprune-gn", "kprune").empty
     no_pairs = results[~((results.method == "kprune-plus") & results.seed.isin([0, 1]))]
     no_pairs = no_pairs[~((no_pairs.method == "kprune") & (no_pairs.seed == 2))]
-    assert workbook.paired_differences(no_pairs, "kprune-plus", "kprune").empty
+    assert views.paired_differences(no_pairs, "kprune-plus", "kprune").empty
     with pytest.raises(ValueError, match="two different"):
-        workbook.paired_differences(results, "kprune", "kprune")
+        views.paired_differences(results, "kprune", "kprune")
 
 
 def test_paired_summary_is_the_mean_over_high_constraint_cells(results):
-    paired = workbook.paired_differences(results, "kprune-plus", "kprune")
-    s = workbook.paired_summary(paired, min_constraint=0.6)  # cells mrpc 0.8 (0.035) and stsb 0.8 (0.03)
+    paired = views.paired_differences(results, "kprune-plus", "kprune")
+    s = views.paired_summary(paired, min_constraint=0.6)  # cells mrpc 0.8 (0.035) and stsb 0.8 (0.03)
     assert s["mean"] == pytest.approx(0.0325) and s["se"] == pytest.approx(0.0025) and s["n"] == 2
-    s = workbook.paired_summary(paired, min_constraint=0.4)
+    s = views.paired_summary(paired, min_constraint=0.4)
     assert s["mean"] == pytest.approx((0.01 + 0.035 + 0.03) / 3) and s["n"] == 3
-    s = workbook.paired_summary(paired, min_constraint=0.9)
+    s = views.paired_summary(paired, min_constraint=0.9)
     assert s["n"] == 0 and np.isnan(s["mean"])
 
 
 def test_paired_view_table_in_points_with_summary_row(results):
-    view = workbook.paired_view(results, ["kprune-plus", "kprune"], min_constraint=0.6)
+    view = views.paired_view(results, ["kprune-plus", "kprune"], min_constraint=0.6)
     assert isinstance(view, pd.DataFrame)
     col = "kprune-plus − kprune: mean (points)"
     assert view.loc[("mrpc", "0.8"), col] == pytest.approx(3.5)
@@ -201,63 +201,63 @@ def test_paired_view_table_in_points_with_summary_row(results):
 
 
 def test_paired_view_notes_a_missing_method(results):
-    note = workbook.paired_view(results, ["kprune-gn", "kprune"])
+    note = views.paired_view(results, ["kprune-gn", "kprune"])
     assert isinstance(note, plots.Note) and "skipped" in note and "kprune-gn" in note
     assert note._repr_markdown_() == str(note) and repr(note) == str(note)
-    assert "two different" in workbook.paired_view(results, ["kprune"])
+    assert "two different" in views.paired_view(results, ["kprune"])
 
 
 # ---- kept units per layer ------------------------------------------------------------------------------------
 def test_point_summaries_from_run_dir_or_points_layout(tmp_path, results):
     points = write_summaries(tmp_path / "points")
-    found = workbook.point_summaries(results, points)
+    found = views.point_summaries(results, points)
     assert sorted((s["task"], s["method"], s["constraint"], s["seed"]) for s in found) == sorted(KEPT)
-    assert workbook.point_summaries(results, tmp_path / "nowhere") == []
+    assert views.point_summaries(results, tmp_path / "nowhere") == []
     # the sweep's table: each row's run_dir, no points_dir needed
-    sweep = workbook.load_results(write_sweep_csv(tmp_path / "results.csv", points_dir=points))
-    assert len(workbook.point_summaries(sweep)) == len(KEPT)
+    sweep = views.load_results(write_sweep_csv(tmp_path / "results.csv", points_dir=points))
+    assert len(views.point_summaries(sweep)) == len(KEPT)
     # a summary without `method` (older runs) takes the row's
     d = points / "mrpc" / "kwon-fisher" / "c0.8" / "seed2"
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps(fake_summary("mrpc", "x", 0.8, 2, [1, 1], [1, 1], with_method=False)))
-    found = workbook.point_summaries(results, points)
+    found = views.point_summaries(results, points)
     assert [s["method"] for s in found if s["seed"] == 2] == ["kwon-fisher"]
 
 
 def test_kept_per_layer_fractions(tmp_path, results):
-    kept = workbook.kept_per_layer(workbook.point_summaries(results, write_summaries(tmp_path / "points")))
+    kept = views.kept_per_layer(views.point_summaries(results, write_summaries(tmp_path / "points")))
     assert len(kept) == len(KEPT) * 2 * 2  # points × kinds × layers
     r = kept[(kept.method == "kprune-plus") & (kept.kind == "neurons")].sort_values("layer")
     assert r.kept.tolist() == [8, 0] and r.total.tolist() == [8, 8] and r.fraction.tolist() == [1.0, 0.0]
-    no_totals = workbook.kept_per_layer([{"task": "mrpc", "method": "kprune", "constraint": 0.5, "seed": 0,
+    no_totals = views.kept_per_layer([{"task": "mrpc", "method": "kprune", "constraint": 0.5, "seed": 0,
                                           "heads_kept": [3], "neurons_kept": [5]}])
     assert no_totals.kept.tolist() == [3, 5] and no_totals.fraction.isna().all()
-    assert workbook.kept_per_layer([]).empty
+    assert views.kept_per_layer([]).empty
 
 
 def test_mean_kept_and_matrix_at_the_largest_or_chosen_constraint(tmp_path, results):
-    kept = workbook.kept_per_layer(workbook.point_summaries(results, write_summaries(tmp_path / "points")))
-    mean = workbook.mean_kept(kept)  # default: each task's largest constraint (0.8 for both)
+    kept = views.kept_per_layer(views.point_summaries(results, write_summaries(tmp_path / "points")))
+    mean = views.mean_kept(kept)  # default: each task's largest constraint (0.8 for both)
     assert set(mean.constraint) == {0.8}
-    heads = workbook.kept_matrix(mean, "mrpc", "heads")
+    heads = views.kept_matrix(mean, "mrpc", "heads")
     assert heads.index.tolist() == ["kprune", "kprune-plus"] and heads.columns.tolist() == [0, 1]
     assert heads.to_numpy() == pytest.approx(np.array([[0.75, 1.0], [0.25, 0.75]]))
-    neurons = workbook.kept_matrix(mean, "mrpc", "neurons")
+    neurons = views.kept_matrix(mean, "mrpc", "neurons")
     assert neurons.to_numpy() == pytest.approx(np.array([[0.375, 0.875], [1.0, 0.0]]))
-    assert workbook.kept_matrix(mean, "stsb", "heads").to_numpy() == pytest.approx(np.array([[0.0, 1.0]]))
+    assert views.kept_matrix(mean, "stsb", "heads").to_numpy() == pytest.approx(np.array([[0.0, 1.0]]))
     r = mean[(mean.task == "mrpc") & (mean.method == "kprune") & (mean.kind == "heads") & (mean.layer == 0)].iloc[0]
     assert r.seeds == 2 and r.kept == pytest.approx(3.0) and r.fraction_sd == pytest.approx(math.sqrt(0.125))
-    chosen = workbook.mean_kept(kept, constraint=0.4)
+    chosen = views.mean_kept(kept, constraint=0.4)
     assert set(chosen.task) == {"mrpc"} and set(chosen.method) == {"kprune"}
-    assert workbook.kept_matrix(chosen, "mrpc", "neurons").to_numpy() == pytest.approx(np.ones((1, 2)))
-    assert workbook.mean_kept(kept, constraint=0.5).empty
-    assert workbook.kept_fractions(results, tmp_path / "points", 0.8).equals(mean)
-    assert workbook.kept_fractions(results, tmp_path / "nowhere").empty
+    assert views.kept_matrix(chosen, "mrpc", "neurons").to_numpy() == pytest.approx(np.ones((1, 2)))
+    assert views.mean_kept(kept, constraint=0.5).empty
+    assert views.kept_fractions(results, tmp_path / "points", 0.8).equals(mean)
+    assert views.kept_fractions(results, tmp_path / "nowhere").empty
 
 
 # ---- figures -------------------------------------------------------------------------------------------------
 def test_metric_vs_flops_draws_mean_sd_with_seed_counts(results):
-    fig = plots.metric_vs_flops(workbook.mean_over_seeds(results))
+    fig = plots.metric_vs_flops(views.mean_over_seeds(results))
     ax = {a.get_title().split(":")[0]: a for a in fig.axes}["MRPC"]
     labels = ax.get_legend_handles_labels()[1]
     assert "kprune (n=3)" in labels and "kprune-plus (n=2–3)" in labels and "kwon-fisher (n=3)" in labels
@@ -268,7 +268,7 @@ def test_metric_vs_flops_draws_mean_sd_with_seed_counts(results):
 
 
 def test_kept_heatmap_figure_values_and_note(tmp_path, results):
-    mean = workbook.kept_fractions(results, write_summaries(tmp_path / "points"))
+    mean = views.kept_fractions(results, write_summaries(tmp_path / "points"))
     fig = plots.kept_heatmap(mean)
     assert isinstance(fig, matplotlib.figure.Figure)
     images = [a for a in fig.axes if a.get_images()]
@@ -280,6 +280,6 @@ def test_kept_heatmap_figure_values_and_note(tmp_path, results):
     assert plots.save(fig, tmp_path / "figs" / "kept.png", dpi=50) is None
     assert (tmp_path / "figs" / "kept.png").stat().st_size > 1000
     matplotlib.pyplot.close(fig)
-    note = plots.kept_heatmap(workbook.kept_fractions(results, tmp_path / "nowhere"))
+    note = plots.kept_heatmap(views.kept_fractions(results, tmp_path / "nowhere"))
     assert isinstance(note, plots.Note) and "No per-layer heatmap" in note
     assert plots.save(note, tmp_path / "figs" / "none.png") is note and not (tmp_path / "figs" / "none.png").exists()

@@ -202,7 +202,7 @@ def _seeds_label(seeds) -> str:
 
 
 def metric_vs_flops(mean: pd.DataFrame, ratio: float = 0.97) -> plt.Figure:
-    """Paper-style figure from `workbook.mean_over_seeds` (metrics ×1, drawn ×100): main metric vs FLOPs removed,
+    """Paper-style figure from `views.mean_over_seeds` (metrics ×1, drawn ×100): main metric vs FLOPs removed,
     one panel per task, one curve per method with the mean over seeds and ± sample-sd error bars, the number of
     seeds in the legend (n=…), the dense value and the `ratio`-of-dense line."""
     tasks = sorted(mean.task.unique())
@@ -231,7 +231,7 @@ def metric_vs_flops(mean: pd.DataFrame, ratio: float = 0.97) -> plt.Figure:
 
 def kept_heatmap(mean_kept: pd.DataFrame):
     """Per task (one row of panels): heads and neurons side by side, rows = methods (n seeds), columns = layers,
-    colour and label = mean over seeds of the fraction of the layer's units kept (`workbook.mean_kept`).
+    colour and label = mean over seeds of the fraction of the layer's units kept (`views.mean_kept`).
     A `Note` instead of a figure when there is nothing to draw."""
     if mean_kept.empty or mean_kept.fraction.isna().all():
         return Note("**No per-layer heatmap**: no point summary (summary.json with heads_kept / neurons_kept and "
