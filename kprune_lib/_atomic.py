@@ -34,6 +34,28 @@ def _remove_empty(folders: list[Path]) -> None:
             break
 
 
+def check_target(target: str | Path, overwrite: bool = False, need_bytes: int = 0, folder: bool = True) -> None:
+    """Before any work: can `target` be written? Refuses, in one line that says what to change, an existing non-empty
+    folder (unless overwrite), a path under a file, a parent that cannot be written, and a disk with less than
+    need_bytes free."""
+    target = Path(target)
+    if target.exists():
+        if folder and not target.is_dir():
+            raise FileExistsError(f"output {target} is a file, not a folder; choose another --output")
+        if folder and any(target.iterdir()) and not overwrite:
+            raise FileExistsError(f"output folder {target} exists and is not empty; choose another --output or pass "
+                                  "--overwrite")
+    ancestor = next(p for p in (target, *target.parents) if p.exists())
+    if ancestor != target and not ancestor.is_dir():
+        raise NotADirectoryError(f"cannot create {target}: {ancestor} is a file, not a folder; choose another --output")
+    if not os.access(ancestor if ancestor.is_dir() else ancestor.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {target}: {ancestor} is not writable; choose another --output")
+    free = shutil.disk_usage(ancestor).free
+    if need_bytes and free < need_bytes:
+        raise OSError(f"not enough free disk for {target}: about {need_bytes / 2**20:.0f} MB needed, "
+                      f"{free / 2**20:.0f} MB free on {ancestor}; free some space or choose another --output")
+
+
 @contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds. An existing

@@ -21,8 +21,8 @@ from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import encoder_params, model_flops
 from kprune_lib.data.glue import load_glue
 from kprune_lib.costs.latency import latency_table, measure_latencies
-from kprune_lib._atomic import atomic_dir
-from kprune_lib.artifacts.checkpoint import load_model, pruned_shape, save_pruned
+from kprune_lib._atomic import atomic_dir, check_target
+from kprune_lib.artifacts.checkpoint import load_model, pruned_shape, save_pruned, weights_bytes
 from kprune_lib.artifacts.model_card import reproduction, write_model_card
 from kprune_lib.encoder.physical import prune_physically
 from kprune_lib.method import methods
@@ -93,7 +93,7 @@ def _eval_splits(task, data_dir):
 
 def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "auto",
              max_length: int | None = None, progress: bool = True, eval_file: str | None = None,
-             split_articles: float | None = None, split_seed: int = 0) -> dict[str, float]:
+             split_articles: float | None = None, split_seed: int = 0, tokenizer: str | None = None) -> dict[str, float]:
     """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s).
 
     SQuAD: the evaluation file (or the hub's validation split); with split_articles, only the held-out
@@ -101,7 +101,7 @@ def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "
     t = get_task(task)
     squad_only(t, eval_file=eval_file, split_articles=split_articles, split_seed=split_seed)
     dev = resolve_device(device)
-    m, tok = load_model(model, qa=t.problem == "qa", device=dev)
+    m, tok = load_model(model, qa=t.problem == "qa", device=dev, tokenizer=tokenizer)
     check_task_head(m, t)
     if t.problem == "qa":
         data = load_squad(t, data_dir, eval_file=eval_file, split_fraction=split_articles, split_seed=split_seed,
@@ -113,11 +113,13 @@ def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "
 def prune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
           overwrite: bool = False, progress: bool = True, config: PruneConfig | None = None,
           train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
-          split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None, **overrides) -> dict:
+          split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None,
+          tokenizer: str | None = None, **overrides) -> dict:
     """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ (with its model card README.md)
     and OUT/summary.json atomically. command: the command line that ran this, for the model card (default: the
     equivalent `kprune prune …` and Python call are written).
 
+    tokenizer: the tokenizer's folder or hub id when `model` has none of its own (checked against the model).
     SQuAD only: train_file (the file the pruning sample is drawn from), eval_file, split_articles (take that
     fraction of the evaluation file's articles as the sample side, seeded by split_seed; evaluate on the rest),
     seq_len (L_seq of the FLOPs formula: None = the paper's 170, "measured", or a number).
@@ -132,17 +134,16 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     cfg = methods.resolve(requested)
     call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
-            "split_seed": split_seed, "seq_len": seq_len}
+            "split_seed": split_seed, "seq_len": seq_len, "tokenizer": tokenizer}
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
                split_seed=split_seed, seq_len=seq_len)
     methods.check(cfg, t.problem)
     out = Path(output)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")
+    check_target(out, overwrite, need_bytes=weights_bytes(model))  # before any work: the pruned model is smaller
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
-    m, tok = load_model(model, qa=t.problem == "qa", device=dev)
+    m, tok = load_model(model, qa=t.problem == "qa", device=dev, tokenizer=tokenizer)
     check_task_head(m, t)
     table, lat_dev = None, None
     if cfg.latency_budget_ms is not None:  # the table first: a budget outside its feasible range stops before any work
@@ -238,7 +239,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
 def finetune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
              overwrite: bool = False, progress: bool = True, config: FinetuneConfig | None = None,
              train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
-             split_seed: int = 0, **overrides) -> dict:
+             split_seed: int = 0, tokenizer: str | None = None, **overrides) -> dict:
     """Fine-tune a base encoder on a GLUE task or SQuAD; writes OUT/ (HF checkpoint + finetune.json) atomically.
 
     Hyper-parameters come from `config` (default `FinetuneConfig()`: the fixtures' recipe), with keyword
@@ -247,7 +248,7 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, de
     cfg = replace(config or FinetuneConfig(), **overrides)
     return _finetune(model, task, output, data_dir=data_dir, config=cfg, device=resolve_device(device),
                      overwrite=overwrite, progress=progress, train_file=train_file, eval_file=eval_file,
-                     split_articles=split_articles, split_seed=split_seed)
+                     split_articles=split_articles, split_seed=split_seed, tokenizer=tokenizer)
 
 
 def export_onnx(model: str, output: str, opset: int = 18, int8: bool = False, overwrite: bool = False,

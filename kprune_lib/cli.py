@@ -88,6 +88,9 @@ def _seq_len(text: str) -> float | str:
 def _common(p: argparse.ArgumentParser, model_help: str = "fine-tuned checkpoint: local folder, hub id, or a kprune "
             "output model/") -> None:
     p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--tokenizer", default=None, metavar="NAME_OR_DIR",
+                   help="the tokenizer's folder or hub id, when --model has none of its own (a folder saved with "
+                        "save_pretrained of the model alone); default: the model's")
     p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte; or squad, squad_v2")
     p.add_argument("--data-dir", default=None,
                    help="local GLUE root in the official layout (e.g. ../shared/data/glue), or for SQuAD a folder with "
@@ -118,7 +121,9 @@ def _squad_options(p: argparse.ArgumentParser, train_side: str | None) -> None:
 
 
 def _squad_args(args) -> dict:
-    return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed") if hasattr(args, k)}
+    """The data options of prune, evaluate and finetune beside --model and --task (SQuAD files, --tokenizer)."""
+    return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed", "tokenizer")
+            if hasattr(args, k)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
+from kprune_lib._atomic import atomic_dir, check_target
 from kprune_lib._version import __version__
+from kprune_lib.artifacts.checkpoint import ModelLoadError, damaged_weights, load_tokenizer, weights_bytes
 from kprune_lib.data.batching import pad_batch, tokenize
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.data.glue import Examples, load_glue
-from kprune_lib._atomic import atomic_dir
-from kprune_lib.artifacts.checkpoint import ModelLoadError
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, prepare_features
 from kprune_lib.data.tasks import GlueTask, QaTask, get_task
@@ -130,8 +131,9 @@ def _subset(n: int, k: int | None, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
 
 
-def _load_base(base: str, task: GlueTask | QaTask):
-    """The base encoder with a fresh task head (an existing head of another shape is replaced) and its tokenizer."""
+def _load_base(base: str, task: GlueTask | QaTask, tokenizer: str | None = None):
+    """The base encoder with a fresh task head (an existing head of another shape is replaced) and its tokenizer
+    (`tokenizer`'s if given), checked against it."""
     try:
         if task.problem == "qa":
             model = transformers.AutoModelForQuestionAnswering.from_pretrained(base, dtype=torch.float32)
@@ -141,11 +143,12 @@ def _load_base(base: str, task: GlueTask | QaTask):
                 base, dtype=torch.float32, num_labels=task.num_labels, ignore_mismatched_sizes=True,
                 id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
                 problem_type="regression" if task.problem == "regression" else "single_label_classification")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    except SafetensorError as e:
+        raise ModelLoadError(damaged_weights(base, e)) from None
     except (OSError, ValueError, KeyError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load base model {base!r}: {msg}") from None
-    return model, tokenizer
+    return model, load_tokenizer(tokenizer or base, model, given=tokenizer is not None)
 
 
 def _glue_data(task: GlueTask, tokenizer, data_dir, cfg: FinetuneConfig, max_length: int):
@@ -169,8 +172,10 @@ def _squad_data(task: QaTask, tokenizer, data_dir, cfg: FinetuneConfig, max_leng
 
 def finetune(model: str, task: str, output: str, data_dir: str | None = None, config: FinetuneConfig | None = None,
              device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True, train_file: str | None = None,
-             eval_file: str | None = None, split_articles: float | None = None, split_seed: int = 0) -> dict:
+             eval_file: str | None = None, split_articles: float | None = None, split_seed: int = 0,
+             tokenizer: str | None = None) -> dict:
     """Fine-tune base encoder `model` on `task`; writes OUTPUT/ (HF checkpoint + finetune.json). Returns the record.
+    tokenizer: its folder or hub id when `model` has none of its own.
 
     SQuAD sources as in `api.prune`: train_file / eval_file, or split_articles of the evaluation file.
     """
@@ -178,11 +183,10 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, co
     t = get_task(task)
     squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles, split_seed=split_seed)
     out = Path(output)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists and is not empty; choose another --output or pass --overwrite")
+    check_target(out, overwrite, need_bytes=2 * weights_bytes(model))  # before any work (float32 may double fp16)
     dev = torch.device(device)
     torch.manual_seed(cfg.seed)  # the new head's initialisation, then dropout
-    net, tok = _load_base(model, t)
+    net, tok = _load_base(model, t, tokenizer)
     net.to(dev)
     max_length = cfg.max_length or t.max_length
     if t.problem == "qa":

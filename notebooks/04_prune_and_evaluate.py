@@ -25,10 +25,11 @@
 
 # %% tags=["parameters"]
 model = "../../shared/models/minilm-l6-mrpc"  # fine-tuned checkpoint (folder or hub id)
+tokenizer = None  # the tokenizer's folder or hub id when the model folder has none (None: the model's)
 task = "mrpc"  # GLUE task
 data_dir = "../../shared/data/glue"  # GLUE root in the official layout (None: the hub)
 output_dir = "../runs/notebook04"  # where pruned/model/ and summary.json go
-method = "kprune"  # kprune | kprune-no-tuning | kprune-pred-only | kprune-rep-only | kwon-fisher
+method = "kprune"  # a method of `kprune methods` (kprune_lib/method/methods.py)
 constraint = 0.5  # fraction of FLOPs to remove, in (0, 1) (ignored when latency_budget_ms is set)
 latency_budget_ms = None  # instead of constraint: ms per forward of latency_batch × latency_seq tokens
 latency_batch = 32  # examples per batch of the latency budget
@@ -71,7 +72,7 @@ pruned_dir = Path(output_dir) / "pruned"
 
 # %%
 summary = api.prune(model, task, str(pruned_dir), data_dir=data_dir, device=device, overwrite=True, progress=False,
-                    config=config)
+                    config=config, tokenizer=tokenizer)
 print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%} of FLOPs removed "
       f"in {summary['pruning_seconds']:.1f} s; model saved to {pruned_dir / 'model'}")
 
@@ -91,7 +92,8 @@ plots.latency_budget_view(summary)
 
 # %%
 timing = workbook.latency(model, str(pruned_dir / "model"), task, data_dir=data_dir, device=device,
-                          batch_size=latency_batch_size, repeats=latency_repeats, max_length=max_length)
+                          batch_size=latency_batch_size, repeats=latency_repeats, max_length=max_length,
+                          tokenizer=tokenizer)
 summary.update(timing, model_dir=str(pruned_dir / "model"))
 print(f"dev set ({timing['latency_examples']} examples, batch {latency_batch_size}, {timing['latency_threads']} threads): "
       f"dense {timing['latency_dense_s']:.2f} s, pruned {timing['latency_pruned_s']:.2f} s, "

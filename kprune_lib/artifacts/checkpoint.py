@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
 
 from kprune_lib.encoder import hf
@@ -14,6 +15,11 @@ from kprune_lib.encoder.physical import prune_physically, shape_masks
 
 KPRUNE_FILE = "kprune.json"
 WEIGHTS_FILE = "model.safetensors"
+# a folder holds a tokenizer when it has one of these (fast tokenizers: tokenizer.json; WordPiece: vocab.txt;
+# SentencePiece: *.model; byte-level BPE: vocab.json + merges.txt)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model",
+                   "spm.model", "vocab.json")
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and the movie was great."
 
 
 class ModelLoadError(OSError):
@@ -38,8 +44,10 @@ def register_auto_classes() -> None:
 _registered = False
 
 
-def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = "cpu"):
-    """A task model and its tokenizer, in float32: a pruned folder of ours, a local HF folder or a hub id."""
+def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = "cpu", tokenizer: str | None = None):
+    """A task model and its tokenizer, in float32: a pruned folder of ours, a local HF folder or a hub id. The
+    tokenizer comes from `tokenizer` (a folder or hub id) if given, else from the model's own folder or id; either
+    way it must fit the model (`check_tokenizer`). Damaged files end in one `ModelLoadError` line naming them."""
     register_auto_classes()
     path = Path(name_or_dir)
     if (path / KPRUNE_FILE).is_file():
@@ -48,15 +56,63 @@ def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = 
         auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
         try:
             model = auto.from_pretrained(name_or_dir, dtype=torch.float32)
+        except SafetensorError as e:
+            raise ModelLoadError(damaged_weights(name_or_dir, e)) from None
         except (OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"could not load model {name_or_dir!r}: {_first_line(e)} — pass a checkpoint folder "
-                                 "or a hub id (offline, only local folders and cached ids work)") from None
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_dir)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not load the tokenizer of {name_or_dir!r}: {_first_line(e)}") from None
+            fix = ("its files may be damaged or incomplete: copy them again" if path.is_dir() else
+                   "pass a checkpoint folder or a hub id (offline, only local folders and cached ids work)")
+            raise ModelLoadError(f"could not load model {name_or_dir!r}: {_first_line(e)} — {fix}") from None
+    tok = load_tokenizer(tokenizer or name_or_dir, model, given=tokenizer is not None)
     Arch(model)  # fail early on unsupported architectures
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tok
+
+
+def weights_bytes(name_or_dir: str) -> int:
+    """The size of a local checkpoint's weight files (0 for a hub id): what a copy of it needs on disk at most."""
+    path = Path(name_or_dir)
+    return sum(p.stat().st_size for p in path.glob("*.safetensors")) if path.is_dir() else 0
+
+
+def damaged_weights(where, e: Exception) -> str:
+    files = [p for p in Path(where).glob("*.safetensors")] if Path(where).is_dir() else []
+    name = ", ".join(str(p) for p in files) or f"the weights of {where}"
+    return (f"{name} is damaged or not a safetensors file ({_first_line(e)}): an interrupted copy or download "
+            "leaves it so; copy or download it again")
+
+
+def load_tokenizer(source: str, model, given: bool = False):
+    """The tokenizer of `source` (a folder or hub id), checked against `model` (`check_tokenizer`). given: it was
+    named with --tokenizer (the message then does not suggest it)."""
+    fix = "pass the right one with --tokenizer NAME_OR_DIR" if not given else "pass another --tokenizer"
+    path = Path(source)
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"{path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); {fix} (e.g. the "
+                             "checkpoint it was fine-tuned from), or save the tokenizer into the folder")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        damaged = [str(path / f) for f in TOKENIZER_FILES + ("tokenizer_config.json",) if (path / f).is_file()]
+        where = f" ({', '.join(damaged)})" if damaged else ""
+        raise ModelLoadError(f"could not load the tokenizer of {source!r}{where}: {_first_line(e)}; {fix}") from None
+    check_tokenizer(tok, model, source, fix)
+    return tok
+
+
+def check_tokenizer(tok, model, source: str, fix: str = "pass the right one with --tokenizer NAME_OR_DIR") -> None:
+    """A tokenizer is this model's only if its vocabulary fits the embedding (no more tokens than rows, and not a
+    stub: at least half as many), its special tokens index real rows, and a short English text is not all unknown."""
+    rows = model.get_input_embeddings().num_embeddings
+    size = len(tok)
+    if size > rows or size < rows // 2:
+        raise ModelLoadError(f"the tokenizer of {source!r} has {size} tokens but the model's embedding has {rows} "
+                             f"rows: it is not this model's tokenizer; {fix}")
+    bad = [i for i in tok.all_special_ids if not 0 <= i < rows]
+    if bad:
+        raise ModelLoadError(f"the tokenizer of {source!r} has special token ids {bad} outside the model's {rows} "
+                             f"embedding rows; {fix}")
+    ids = [i for i in tok(PROBE_TEXT)["input_ids"] if i not in tok.all_special_ids]
+    if not ids or (tok.unk_token_id is not None and all(i == tok.unk_token_id for i in ids)):
+        raise ModelLoadError(f"the tokenizer of {source!r} turns plain English into unknown tokens only; {fix}")
 
 
 def pruned_shape(model) -> dict:
@@ -112,6 +168,8 @@ def load_pruned(model_dir: str | Path):
         transformers.utils.logging.disable_progress_bar()  # quiet, as before (one small file)
         try:
             model, report = cls.from_pretrained(model_dir, config=config, dtype=torch.float32, output_loading_info=True)
+        except SafetensorError as e:
+            raise ModelLoadError(damaged_weights(model_dir, e)) from None
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelLoadError(f"could not load the pruned model {model_dir}: {_first_line(e)}") from None
         finally:
@@ -126,7 +184,10 @@ def load_pruned(model_dir: str | Path):
     arch = Arch(model)
     shape = shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size)
     prune_physically(model, *shape, width_multiple=1)  # the saved widths exactly (padding, if any, is in them)
-    load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
+    try:
+        load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
+    except SafetensorError as e:
+        raise ModelLoadError(damaged_weights(model_dir, e)) from None
     return model.eval()
 
 

@@ -59,12 +59,13 @@ class Setup:
         return copy.deepcopy(self.model)
 
 
-def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = None, device: str = "auto") -> Setup:
+def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = None, device: str = "auto",
+            tokenizer: str | None = None) -> Setup:
     """Load the checkpoint and data; draw the sample (same seed, same draw, same batches as `api.prune`)."""
     t = get_glue_task(task)
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
-    m, tok = load_model(model, device=dev)
+    m, tok = load_model(model, device=dev, tokenizer=tokenizer)
     check_task_head(m, t)
     max_length = config.max_length or t.max_length
     eval_splits = {split: load_glue(t, split, data_dir) for split in t.eval_splits}
@@ -275,11 +276,12 @@ def time_forward(model: torch.nn.Module, batches: list[dict], repeats: int = 3) 
 
 
 def latency(dense_model: str, pruned_model: str, task: str, data_dir: str | None = None, device: str = "auto",
-            batch_size: int = GLUE_BATCH_SIZE, repeats: int = 3, max_length: int | None = None) -> dict:
+            batch_size: int = GLUE_BATCH_SIZE, repeats: int = 3, max_length: int | None = None,
+            tokenizer: str | None = None) -> dict:
     """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order)."""
     t = get_glue_task(task)
     dev = resolve_device(device)
-    dense, tok = load_model(dense_model, device=dev)
+    dense, tok = load_model(dense_model, device=dev, tokenizer=tokenizer)
     pruned, _ = load_model(pruned_model, device=dev)
     split = load_glue(t, t.eval_splits[0], data_dir)
     batches = make_batches(tokenize(tok, split, max_length or t.max_length), batch_size, tok.pad_token_id, dev)
