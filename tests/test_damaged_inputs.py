@@ -151,3 +151,11 @@ def test_a_grid_names_a_tokenizer_through_its_parameters(folders):
     source = (NOTEBOOKS_DIR / POINT_NOTEBOOK).read_text()
     assert "\ntokenizer = None" in source and "tokenizer=tokenizer" in source
     assert json.loads((folders["good"] / "config.json").read_text())["vocab_size"] == 30522
+
+
+def test_a_damaged_grid_is_one_line_and_runs_nothing(capsys, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("tasks:\n  mrpc: {model: m\nconstraints: [0.5]\n")  # cut short: an unclosed mapping
+    code = main(["sweep", str(grid), "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")])
+    one_line(code, capsys.readouterr().err.strip().splitlines(), f"cannot read grid {grid} at line", "fix the file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]

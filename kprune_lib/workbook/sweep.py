@@ -118,7 +118,10 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
     try:
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise GridError(f"cannot read grid {path}: {e}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GridError(f"cannot read grid {path}{at}: {what}; fix the file (YAML)") from None
     if not isinstance(spec, dict):
         raise GridError(f"{path}: expected a mapping at the top level")
     unknown = set(spec) - GRID_KEYS
