@@ -16,7 +16,7 @@ import transformers
 from kprune_lib._version import __version__
 from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
 from kprune_lib.encoder.arch import Arch
-from kprune_lib.config import BATCH_TOKENS, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from kprune_lib.config import BATCH_TOKENS, LATENCY_STALE_TOLERANCE, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import encoder_params, model_flops
 from kprune_lib.data.glue import load_glue
@@ -45,6 +45,15 @@ def compute_batch_tokens(config: PruneConfig, device: torch.device) -> int:
     if methods.get(config.method).batches_as_drawn:
         return 0
     return BATCH_TOKENS.get(device.type, BATCH_TOKENS["cpu"]) if config.batch_tokens is None else config.batch_tokens
+
+
+def budget_miss(measured_over_budget: float) -> str | None:
+    """"over" / "under" when the measured latency is more than LATENCY_STALE_TOLERANCE away from the budget."""
+    if measured_over_budget > 1.0 + LATENCY_STALE_TOLERANCE:
+        return "over"
+    if measured_over_budget < 1.0 - LATENCY_STALE_TOLERANCE:
+        return "under"
+    return None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -148,7 +157,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     table, lat_dev = None, None
     if cfg.latency_budget_ms is not None:  # the table first: a budget outside its feasible range stops before any work
         lat_dev = resolve_device(cfg.latency_device or str(dev))
-        table = latency_table(m, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress)
+        table = latency_table(m, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress,
+                              policy=cfg.latency_table_policy)
         table.check_budget(cfg.latency_budget_ms)
         dense_copy = copy.deepcopy(m).cpu()  # re-timed beside the pruned model: the machine's speed drifts
     max_length = cfg.max_length or t.max_length
@@ -192,9 +202,14 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
             # the dense model timed in the same interleaved rounds as measured_latency_ms; their ratio against
             # latency_budget_ms / dense_latency_ms is free of the machine's drift since the table was measured
             "dense_latency_remeasured_ms": ms["dense"], "measured_fraction_of_dense": ms["pruned"] / ms["dense"],
+            # the pruned model measured against its budget; a miss beyond LATENCY_STALE_TOLERANCE is flagged
+            "measured_over_budget": ms["pruned"] / cfg.latency_budget_ms,
+            "budget_miss": budget_miss(ms["pruned"] / cfg.latency_budget_ms),
             "latency": {"batch": cfg.latency_batch, "seq": cfg.latency_seq, "device": table.key["device"],
                         "device_name": table.key["device_name"], "threads": table.key["threads"],
-                        "fixed_ms": table.fixed_ms, "floor_ms": table.floor_ms(), "table": table.path},
+                        "fixed_ms": table.fixed_ms, "floor_ms": table.floor_ms(), "table": table.path,
+                        "table_measured_at": table.measured_at, "table_loadavg": table.loadavg,
+                        "table_check": table.check},
         }
     hyperparameters = cfg.to_dict() | ({"constraint": None} if table is not None else {})
     arch, widths = Arch(m), pruned_shape(m)["neurons_per_layer"]

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 
-from kprune_lib.config import PRED_KNOWLEDGE, SCHEDULES, Budget, PruneConfig
+from kprune_lib.config import (LATENCY_STALE_TOLERANCE, LATENCY_TABLE_POLICIES, PRED_KNOWLEDGE, SCHEDULES, Budget,
+                               PruneConfig)
 from kprune_lib.method.methods import METHOD_NAMES, REGISTRY
 from kprune_lib.finetune import FinetuneConfig
 
@@ -71,6 +72,10 @@ def _latency_options(p: argparse.ArgumentParser, budget: bool) -> None:
                    help="device the latency is measured on (default: the pruning --device)")
     g.add_argument("--threads", type=_positive_int, default=D.threads,
                    help="CPU threads of the latency measurements (default: torch's current setting)")
+    g.add_argument("--latency-table-policy", choices=LATENCY_TABLE_POLICIES, default=D.latency_table_policy,
+                   help="a cached table whose dense total is more than "
+                        f"{100 * LATENCY_STALE_TOLERANCE:.0f} %% off the model re-timed now (another machine state): "
+                        "remeasure it, or keep it (with a warning)")
 
 
 def _seq_len(text: str) -> float | str:
@@ -179,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "is 'dense: <X> ms'.")
     lt.add_argument("--model", required=True, help="checkpoint: local folder, hub id, or a kprune output model/")
     _latency_options(lt, budget=False)
-    lt.add_argument("--remeasure", action="store_true", help="measure again even if the table is cached")
+    lt.add_argument("--refresh", "--remeasure", dest="remeasure", action="store_true",
+                    help="measure again even if the table is cached")
     lt.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("methods", formatter_class=fmt, help="list the methods of --method: what each changes, its labels, "
@@ -367,13 +373,15 @@ def _run(argv: list[str] | None) -> int:
                               pred_knowledge=args.pred_knowledge, gold_first=args.gold_first,
                               damping=args.damping, latency_budget_ms=args.latency_budget_ms,
                               latency_batch=args.latency_batch, latency_seq=args.latency_seq,
-                              latency_device=args.latency_device, threads=args.threads)
+                              latency_device=args.latency_device, threads=args.threads,
+                              latency_table_policy=args.latency_table_policy)
             summary = api.prune(args.model, args.task, args.output, data_dir=args.data_dir, device=args.device,
                                 overwrite=args.overwrite, progress=not args.quiet, config=cfg, seq_len=args.seq_len,
                                 **_squad_args(args))
             m = summary["metric"]
             keys = ("task", "constraint", "latency_budget_ms", "predicted_latency_ms", "measured_latency_ms",
-                    "dense_latency_ms", "flops_removed", "metric", "pruning_seconds")
+                    "measured_over_budget", "budget_miss", "dense_latency_ms", "flops_removed", "metric",
+                    "pruning_seconds")
             print(json.dumps({k: summary[k] for k in keys if k in summary}
                              | {"dense": summary["dense"][m], "pruned": summary["pruned"][m], "output": args.output}))
         elif args.command == "latency-table":
@@ -383,7 +391,8 @@ def _run(argv: list[str] | None) -> int:
             device = api.resolve_device(args.latency_device or "auto")
             model, _ = load_model(args.model, device=device)
             table = latency_table(model, args.latency_batch, args.latency_seq, device, args.threads,
-                                  refresh=args.remeasure, progress=not args.quiet)
+                                  refresh=args.remeasure, progress=not args.quiet,
+                                  policy=args.latency_table_policy)
             print(format_table(table))
         elif args.command == "finetune":
             ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,

@@ -85,6 +85,7 @@ class PruneConfig:
     latency_seq: int = 128  # tokens per example (all real) of the latency budget
     latency_device: str | None = None  # cpu | cuda; None: the pruning device
     threads: int | None = None  # CPU threads of the latency measurements; None: torch's current setting
+    latency_table_policy: str = "remeasure"  # a cached table timed in another machine state: remeasure | keep
 
     def __post_init__(self) -> None:
         self.budget  # noqa: B018 (validates the budget: exactly one kind, a value in range)
@@ -109,6 +110,9 @@ class PruneConfig:
                              f"{self.latency_seq}")
         if self.latency_device not in (None, "cpu", "cuda") and not str(self.latency_device).startswith("cuda:"):
             raise ValueError(f"latency_device must be cpu or cuda, got {self.latency_device!r}")
+        if self.latency_table_policy not in LATENCY_TABLE_POLICIES:
+            raise ValueError(f"latency_table_policy must be one of {LATENCY_TABLE_POLICIES}, got "
+                             f"{self.latency_table_policy!r}")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"threads must be positive, got {self.threads}")
 
@@ -143,5 +147,9 @@ LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the media
 LATENCY_PER_UNIT_MAX = 256  # an FFN at most this wide is measured at every width 0…N; wider ones on a grid
 LATENCY_CALIBRATION = (0.25, 0.5, 0.75)  # uniform fractions of every layer's units timed whole, besides 0 and 1
 LATENCY_FFN_STEP = {"cpu": 64, "cuda": 128}  # FFN grid step (neurons) per device type, interpolated linearly
+LATENCY_STALE_TOLERANCE = 0.15  # a cached table whose dense total differs from the model re-timed now by more than
+#   this fraction was measured in another machine state: re-measured (or, policy "keep", kept with a warning); a
+#   pruned model measured this far from its latency budget is flagged (summary.json, the CLI's last line, results.csv)
+LATENCY_TABLE_POLICIES = ("remeasure", "keep")
 LATENCY_CACHE_ENV = "KPRUNE_CACHE_DIR"  # overrides the cache folder ($XDG_CACHE_HOME/kprune, else ~/.cache/kprune)
 KERNEL_START_TRIES = 3  # sweeps: a notebook kernel that dies while starting (a port race between workers) is retried

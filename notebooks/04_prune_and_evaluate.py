@@ -36,6 +36,7 @@ latency_batch = 32  # examples per batch of the latency budget
 latency_seq = 128  # tokens per example of the latency budget
 latency_device = None  # cpu | cuda (None: the pruning device)
 threads = None  # CPU threads of the latency measurements (None: torch's)
+latency_table_policy = "remeasure"  # a cached latency table timed in another machine state: remeasure | keep
 num_tokens = 100000  # sample size in tokens
 seed = 0  # seed of the sample draw
 device = "auto"  # auto | cpu | cuda
@@ -62,7 +63,7 @@ config = PruneConfig(constraint=constraint, num_tokens=num_tokens, seed=seed, la
                      mu=mu, temperature=temperature, tuning=tuning, schedule=schedule, batch_size=batch_size,
                      max_length=max_length, ridge=ridge, method=method, latency_budget_ms=latency_budget_ms,
                      latency_batch=latency_batch, latency_seq=latency_seq, latency_device=latency_device,
-                     threads=threads)
+                     threads=threads, latency_table_policy=latency_table_policy)
 pruned_dir = Path(output_dir) / "pruned"
 
 # %% [markdown]

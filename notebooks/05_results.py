@@ -104,6 +104,14 @@ fig.savefig(figures / "pruning_time.png", dpi=dpi)
 times.round(1)
 
 # %% [markdown]
+# ## Latency budgets met?
+# Points pruned to a latency budget: the pruned model measured against its budget. A miss beyond the tolerance
+# (`config.LATENCY_STALE_TOLERANCE`) is flagged "over" or "under" (e.g. a latency table timed in another machine state).
+
+# %%
+views.latency_budget_misses(results)
+
+# %% [markdown]
 # ## Accuracy at equal measured latency
 # From the newest record of `make latency-budget` (benchmarks/latency_budget.py): models pruned to a latency budget
 # (60 / 45 / 30 % of the measured dense latency) against FLOPs-constrained K-prune models of the same measured

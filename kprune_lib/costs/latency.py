@@ -24,6 +24,7 @@ threads, batch, sequence length and architecture shape under `cache_dir()`.
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import json
 import logging
@@ -44,8 +45,8 @@ from tqdm.auto import tqdm
 from kprune_lib._atomic import write_json
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.sublayer import KINDS, MHA
-from kprune_lib.config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
-                     LATENCY_WARMUP)
+from kprune_lib.config import (LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX,
+                               LATENCY_REPEATS, LATENCY_STALE_TOLERANCE, LATENCY_TABLE_POLICIES, LATENCY_WARMUP)
 from kprune_lib.encoder.hf.modeling_kprune import keep_columns, keep_rows
 from kprune_lib.encoder.physical import aligned_width, prune_physically
 
@@ -144,6 +145,10 @@ class LatencyTable:
     # monotone}; None: the plain additive model total = fixed + S
     calibration: dict | None = None
     seconds: float = 0.0  # wall time the measurement took
+    measured_at: str | None = None  # when (ISO 8601, local time with offset)
+    loadavg: list[float] | None = None  # the machine's 1-minute load average before and after measuring, if known
+    # when read from the cache: the dense model re-timed now against the table's total (`check_staleness`)
+    check: dict | None = None
     path: str | None = None  # where it is cached
 
     def cost(self, kind: str, units: float) -> float:
@@ -227,6 +232,7 @@ class LatencyTable:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("path")
+        d.pop("check")
         return d
 
 
@@ -252,6 +258,7 @@ def table_key(model, batch: int, seq: int, device: torch.device, threads: int) -
             "heads": arch.num_heads, "head_size": arch.head_size, "ffn": arch.ffn_size, "layers": arch.num_layers,
             "heads_per_layer": heads, "neurons_per_layer": neurons,
             "ffn_grid": ffn_grid(max(neurons), device.type)[:3],  # the grid's step
+            "attention": getattr(model.config, "_attn_implementation", None) or "eager",  # the kernel timed
             "torch": torch.__version__}
 
 
@@ -282,10 +289,18 @@ def load_table(path: str | Path) -> LatencyTable:
 
 
 def latency_table(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
-                  *, timer: Timer | None = None, refresh: bool = False, progress: bool = True) -> LatencyTable:
+                  *, timer: Timer | None = None, refresh: bool = False, progress: bool = True,
+                  policy: str = "remeasure", tolerance: float = LATENCY_STALE_TOLERANCE) -> LatencyTable:
     """The latency table of `model` (its shape as it is now) on `device` (default: the model's) with `threads` CPU
     threads (default: torch's), at `batch` examples × `seq` real tokens: from the cache when a table with the same
-    key is there (unless refresh), else measured and cached (written atomically)."""
+    key is there (unless refresh), else measured and cached (written atomically).
+
+    A cached table is checked first (`check_staleness`): the dense model is re-timed once; if it runs more than
+    `tolerance` away from the table's total, the table was measured in another machine state (load, clocks,
+    thermals), and with policy "remeasure" it is measured again, with "keep" it is kept; either way one log line says
+    so, and `table.check` records what was seen (summary.json's `latency.table_check`)."""
+    if policy not in LATENCY_TABLE_POLICIES:
+        raise ValueError(f"latency table policy must be one of {LATENCY_TABLE_POLICIES}, got {policy!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     threads = threads or torch.get_num_threads()
     if seq > max_positions(model):
@@ -293,15 +308,48 @@ def latency_table(model, batch: int, seq: int, device: torch.device | str | None
                          f"use --latency-seq {max_positions(model)} or less")
     key = table_key(model, batch, seq, device, threads)
     path = cache_path(key)
+    check = None
     if not refresh and (table := _load(path, key)) is not None:
-        log.info("latency table from the cache: %s", path)
-        return table
+        check = check_staleness(table, measure_latency(model, batch, seq, device, threads, timer=timer), tolerance,
+                                policy)
+        if check["action"] != "remeasured":
+            table.check = check
+            return table
     table = measure_table(model, batch, seq, device, threads, timer=timer, progress=progress)
     table.key = key
     write_json(path, table.to_json(), indent=1)
     table.path = str(path)
+    table.check = check
     log.info("latency table measured in %.1f s, cached at %s", table.seconds, path)
     return table
+
+
+def check_staleness(table: LatencyTable, dense_now_ms: float, tolerance: float, policy: str) -> dict:
+    """Compare a cached table's dense total with the same model timed now; decide (ok / remeasured / kept) and say
+    so in one log line."""
+    ratio = dense_now_ms / table.total_ms
+    age = None
+    if table.measured_at:
+        try:
+            age = time.time() - datetime.datetime.fromisoformat(table.measured_at).timestamp()
+        except ValueError:
+            age = None
+    stale = abs(ratio - 1.0) > tolerance
+    action = "ok" if not stale else ("remeasured" if policy == "remeasure" else "kept")
+    when = f"measured {table.measured_at}" if table.measured_at else "measured at an unknown time"
+    load = f", load {table.loadavg[0]:.1f}" if table.loadavg else ""
+    if not stale:
+        log.info("latency table from the cache (%s%s): the model runs %.4g ms now, %.4g ms then (×%.2f): %s",
+                 when, load, dense_now_ms, table.total_ms, ratio, table.path)
+    else:
+        what = ("measuring it again" if action == "remeasured" else
+                "kept (--latency-table-policy keep): its predictions will be off by about this factor")
+        log.warning("the cached latency table (%s%s) timed the model at %.4g ms; it runs %.4g ms now (×%.2f, beyond "
+                    "±%.0f %%): the machine's state changed since; %s", when, load, table.total_ms, dense_now_ms,
+                    ratio, 100 * tolerance, what)
+    return {"cached_table": table.path, "cached_measured_at": table.measured_at, "cached_loadavg": table.loadavg,
+            "age_seconds": age, "cached_dense_ms": table.total_ms, "dense_now_ms": dense_now_ms, "ratio": ratio,
+            "tolerance": tolerance, "action": action}
 
 
 def random_inputs(model, batch: int, seq: int, device: torch.device) -> dict:
@@ -348,6 +396,7 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
                   progress: bool = True) -> LatencyTable:
     """Measure the table (no cache): see the module docstring for the protocol."""
     t_start = time.perf_counter()
+    load_before = _loadavg()
     if next(model.parameters()).device != device:
         model = copy.deepcopy(model).to(device)
     model.eval()
@@ -380,11 +429,22 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     table.total_ms = table.calibration["measured_ms"][-1]
     table.fixed_ms = table.calibration["measured_ms"][0] - table.calibration["sublayer_ms"][0]
     table.seconds = time.perf_counter() - t_start
+    table.measured_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_after = _loadavg()
+    table.loadavg = None if load_before is None or load_after is None else [load_before, load_after]
     if table.disturbed:
         log.warning("the whole model timed faster at a larger shape than at a smaller one, or its fixed part came out "
                     "negative (%.3g ms), so the machine's load changed while the latency table was measured; measure "
                     "again on an idle machine (kprune latency-table --remeasure)", table.fixed_ms)
     return table
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def uniform_shape(heads: list[int], neurons: list[int], fraction: float) -> tuple[list[int], list[int]]:

@@ -80,6 +80,16 @@ def speedup_table(df: pd.DataFrame, within: float = 0.03) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["task", "method"])
 
 
+def latency_budget_misses(df: pd.DataFrame) -> pd.DataFrame | str:
+    """The points pruned to a latency budget, with budget, predicted and measured latency and the miss flag; a
+    sentence when the results hold none."""
+    if "latency_budget_ms" not in df or df.latency_budget_ms.isna().all():
+        return "No point of these results was pruned to a latency budget."
+    cols = ["task", "method", "seed", "latency_budget_ms", "predicted_latency_ms", "measured_latency_ms",
+            "measured_over_budget", "budget_miss"]
+    return df[df.latency_budget_ms.notna()][[c for c in cols if c in df]].reset_index(drop=True)
+
+
 def pruning_time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean pruning time (s) per task and method."""
     return df.pivot_table(index="task", columns="method", values="pruning_seconds", aggfunc="mean")

@@ -323,9 +323,15 @@ COLUMNS = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dens
            "latency_pruned_s", "latency_speedup", "sample_examples", "seq_len", "device", "model", "run_dir"]
 
 
+LATENCY_COLUMNS = ["latency_budget_ms", "predicted_latency_ms", "measured_latency_ms", "measured_over_budget",
+                   "budget_miss"]  # points pruned to a latency budget only
+
+
 def summary_row(summary: dict, run_dir: Path) -> dict:
     m = summary["metric"]
     row = {k: summary.get(k) for k in COLUMNS}
+    if summary.get("latency_budget_ms") is not None:
+        row.update({k: summary.get(k) for k in LATENCY_COLUMNS})
     row.update(dense=summary["dense"][m], pruned=summary["pruned"][m], run_dir=str(run_dir))
     for name, v in summary["dense"].items():
         row[f"dense_{name}"] = v
