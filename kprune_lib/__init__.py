@@ -3,7 +3,7 @@
 Layers, each importing only from those below it (tests/test_layers.py checks):
 
     cli                                                 the command line (every command, `kprune sweep` included)
-    workbook/   steps, plots, sweep, points, executors  what the notebooks and papermill sweeps use
+    workbook/   steps, results, plots, sweep, points, executors, slurm   what the notebooks and sweeps use
     api, finetune                                       the Python entry points
     method/ | artifacts/ | data/                        the algorithm | what a run ships | tasks and data
     costs/                                              what a unit costs: FLOPs, latency tables, budgets

@@ -20,7 +20,8 @@ from kprune_lib.config import BATCH_TOKENS, LATENCY_STALE_TOLERANCE, Budget, FFN
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import encoder_params, model_flops
 from kprune_lib.data.glue import load_glue
-from kprune_lib.costs.latency import latency_table, measure_latencies
+from kprune_lib.costs.latency import latency_table
+from kprune_lib.costs.timing import measure_latencies
 from kprune_lib._atomic import atomic_dir, check_target
 from kprune_lib.artifacts.checkpoint import load_model, pruned_shape, save_pruned, weights_bytes
 from kprune_lib.artifacts.model_card import reproduction, write_model_card

@@ -11,7 +11,7 @@ import threading
 
 from kprune_lib.config import (LATENCY_STALE_TOLERANCE, LATENCY_TABLE_POLICIES, PRED_KNOWLEDGE, SCHEDULES, Budget,
                                PruneConfig)
-from kprune_lib.method.methods import METHOD_NAMES, REGISTRY
+from kprune_lib.method.methods import METHOD_NAMES, format_methods, methods_by_role
 from kprune_lib.finetune import FinetuneConfig
 
 D = PruneConfig()
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=D.temperature, help="softmax temperature of the predictive KL")
     p.add_argument("--no-tuning", action="store_true", help="skip knowledge-preserving weight tuning (ablation)")
     p.add_argument("--method", choices=METHOD_NAMES, default=D.method, metavar="METHOD",
-                   help=f"{_methods_help()} (`kprune methods` lists what each one changes)")
+                   help=f"{methods_by_role()} (`kprune methods` lists what each one changes)")
     p.add_argument("--schedule", choices=SCHEDULES, default=D.schedule,
                    help="cached: never re-run frozen layers; naive: reference full pass per sublayer (same masks)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
@@ -298,25 +298,6 @@ def _clear_progress_bars() -> None:
     for bar in bars:
         bar.leave = False
         bar.close()
-
-
-def _methods_help() -> str:
-    """--method's help, by role, from the registry."""
-    roles = {"method": "the paper's", "plus": "K-prune+", "candidate": "K-prune+ candidates", "ablation": "ablations",
-             "baseline": "baseline"}
-    groups = [f"{label}: {', '.join(m.name for m in REGISTRY.values() if m.role == role)}"
-              for role, label in roles.items() if any(m.role == role for m in REGISTRY.values())]
-    return "; ".join(groups)
-
-
-def format_methods() -> str:
-    """`kprune methods`: one line per registered method."""
-    rows = [("method", "role", "labels", "budgets", "tasks", "what it is")]
-    for m in REGISTRY.values():
-        tasks = "all" if len(m.problems) == 3 else "GLUE"
-        rows.append((m.name, m.role, "gold" if m.needs_labels else "none", "+".join(m.budgets), tasks, m.summary))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from conftest import GLUE_DIR, MODELS_DIR, needs_shared, random_batches, tiny_model
+from kprune_lib.config import LATENCY_CACHE_ENV, LATENCY_CALIBRATION, LATENCY_REPEATS
 from kprune_lib.costs import latency as lat
+from kprune_lib.costs import timing
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.cli import main
 from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
 from kprune_lib.encoder.physical import aligned_width, prune_physically
 from kprune_lib.method.loop import kprune
 from kprune_lib.method.search import kpms_step
-from kprune_lib.encoder.sublayer import Sublayer
+from kprune_lib.encoder.sublayer import KINDS, Sublayer
 
 HP = dict(lam_pred=1.0, lam_rep=2.5e-4, mu=64.0, temperature=2.0)
 BATCH, SEQ = 4, 16
@@ -27,7 +29,7 @@ BATCH, SEQ = 4, 16
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     """Every test caches its tables in its own folder (never the user's)."""
-    monkeypatch.setenv(lat.LATENCY_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(LATENCY_CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -81,7 +83,7 @@ def test_measured_table_is_monotone_and_covers_every_width(arch):
     table = lat.latency_table(model, BATCH, SEQ, "cpu", 1, progress=False)
     a = Arch(model)
     assert table.grid == {"mha": list(range(a.num_heads + 1)), "ffn": list(range(a.ffn_size + 1))}
-    for kind in lat.KINDS:
+    for kind in KINDS:
         c = table.cost_ms[kind]
         assert len(c) == len(table.grid[kind]) and all(x > 0 for x in c)
         assert all(y >= x for x, y in zip(c, c[1:])), (kind, c)
@@ -145,7 +147,7 @@ def test_in_situ_calibration_predicts_the_timed_shapes_and_inverts():
     # the truth of a mask shape: its model runs the FFNs at their padded physical widths
     whole = lambda h, n: 1e3 * truth("model", (h, [aligned_width(k, a.ffn_size) for k in n]), None)  # noqa: E731
     cal = t.calibration
-    assert cal["fractions"] == [0.0, *lat.LATENCY_CALIBRATION, 1.0]
+    assert cal["fractions"] == [0.0, *LATENCY_CALIBRATION, 1.0]
     for f in cal["fractions"]:  # every calibration shape, the floor and the dense model are predicted exactly
         h, n = lat.uniform_shape([a.num_heads] * 3, [a.ffn_size] * 3, f)
         assert t.predict(h, n) == pytest.approx(whole(h, n))
@@ -184,14 +186,14 @@ def test_measure_latencies_times_every_model_in_the_same_rounds():
                               torch.arange(24).expand(2, -1) < 7)
     timer = FakeTimer()
     ms = lat.measure_latencies({"dense": model, "pruned": shrunk}, BATCH, SEQ, "cpu", 1, timer=timer)
-    assert timer.calls == 2 * lat.LATENCY_REPEATS
+    assert timer.calls == 2 * LATENCY_REPEATS
     assert ms["dense"] == pytest.approx(FIXED + 2 * (attn_ms(4) + ffn_ms(24)))
     assert ms["pruned"] == pytest.approx(FIXED + attn_ms(2) + attn_ms(0) + 2 * ffn_ms(16))  # 7 neurons padded to 16
 
 
 def test_ffn_grid_interpolates_between_steps(monkeypatch):
-    monkeypatch.setattr(lat, "LATENCY_PER_UNIT_MAX", 8)
-    monkeypatch.setattr(lat, "LATENCY_FFN_STEP", {"cpu": 16})
+    monkeypatch.setattr(timing, "LATENCY_PER_UNIT_MAX", 8)
+    monkeypatch.setattr(timing, "LATENCY_FFN_STEP", {"cpu": 16})
     model = tiny_model("bert", ffn=72)
     t = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=FakeTimer(), progress=False)
     assert t.grid["ffn"] == [0, 16, 32, 48, 64, 72]
@@ -239,7 +241,7 @@ def test_cache_hit_only_re_times_the_dense_model_and_keys_differ(cache):
     assert json.loads(open(t1.path).read())["key"]["threads"] == 1
     again = FakeTimer()
     t2 = lat.latency_table(model, BATCH, SEQ, "cpu", 1, timer=again, progress=False)
-    assert again.calls == lat.LATENCY_REPEATS and t2.to_json() == t1.to_json()  # the dense model once, no table
+    assert again.calls == LATENCY_REPEATS and t2.to_json() == t1.to_json()  # the dense model once, no table
     assert t2.check["action"] == "ok" and t2.check["ratio"] == pytest.approx(1.0)
     assert t1.measured_at and t1.check is None
     # another thread count, sequence length or shape is another table

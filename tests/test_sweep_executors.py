@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from conftest import GLUE_DIR, MODELS_DIR, ROOT, needs_shared
-from kprune_lib.workbook import executors
+from kprune_lib.workbook import executors, slurm
 from kprune_lib.cli import main as cli_main
-from kprune_lib.workbook.executors import (SlurmOptions, assign_devices, default_workers, slurm_options, visible_gpus,
-                                  worker_env)
+from kprune_lib.workbook.executors import assign_devices, default_workers, visible_gpus, worker_env
+from kprune_lib.workbook.slurm import SlurmOptions, slurm_options
 from kprune_lib.workbook.sweep import GridError, load_grid, run_sweep
 from slurm_cluster import ClusterUnavailable, slurm_cluster
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
@@ -120,7 +120,7 @@ def cluster():
 @pytest.fixture
 def on_cluster(cluster, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", cluster["SLURM_CONF"])
-    monkeypatch.setattr(executors, "SLURM_POLL_S", 1.0)
+    monkeypatch.setattr(slurm, "SLURM_POLL_S", 1.0)
     return cluster
 
 
@@ -156,11 +156,11 @@ def test_slurm_options_from_grid_and_cli():
     assert slurm_options() == SlurmOptions()
     opts = slurm_options({"partition": "gpu", "gpus": 1, "mem_gb": 8}, partition="big", time_min=30, gpus=None)
     assert opts == SlurmOptions(partition="big", gpus=1, mem_gb=8, time_min=30)  # CLI over grid; None: not given
-    params = executors._submitted_parameters(opts)
+    params = slurm._submitted_parameters(opts)
     assert params["partition"] == "big" and params["gpus_per_node"] == 1 and params["mem"] == "8192M"
     assert params["time"] == 30 and params["cpus_per_task"] == 4 and params["array_parallelism"] == 32
-    assert "gpus_per_node" not in executors._submitted_parameters(SlurmOptions(mem_gb=0))
-    assert "mem" not in executors._submitted_parameters(SlurmOptions(mem_gb=0))
+    assert "gpus_per_node" not in slurm._submitted_parameters(SlurmOptions(mem_gb=0))
+    assert "mem" not in slurm._submitted_parameters(SlurmOptions(mem_gb=0))
     for bad, message in (({"partitions": "x"}, "unknown slurm key"), ({"gpus": -1}, "gpus must be"),
                          ({"time_min": 1.5}, "time_min must be"), ({"partition": ""}, "partition must be"),
                          ({"mem_gb": "lots"}, "mem_gb must be")):
@@ -209,7 +209,7 @@ def test_slurm_without_slurm_commands(tmp_path, capsys, monkeypatch):
 
 
 def test_slurm_controller_unreachable(tmp_path, capsys, monkeypatch):
-    if not executors.shutil.which("sinfo"):
+    if not slurm.shutil.which("sinfo"):
         pytest.skip("sinfo not installed (.ci/run installs slurm-wlm)")
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -225,7 +225,7 @@ def test_slurm_controller_unreachable(tmp_path, capsys, monkeypatch):
 
 
 def test_slurm_unknown_partition(tmp_path, capsys, on_cluster):
-    jobs = executors.slurm_states()
+    jobs = slurm.slurm_states()
     line = one_line_error(capsys, ["sweep", str(fake_grid(tmp_path)), "--executor", "slurm", "--partition", "gpuz"])
     assert "unknown SLURM partition 'gpuz'; this cluster has debug" in line
     # a request the cluster cannot meet is refused by sbatch: one line, and submitit's files are removed
@@ -233,7 +233,7 @@ def test_slurm_unknown_partition(tmp_path, capsys, on_cluster):
                                    "--cpus-per-task", "1", "--mem-gb", "1"], logged_before=True)
     assert "sbatch refused the sweep's jobs" in line and "time limit" in line  # the partition's MaxTime is 60
     assert not (tmp_path / "runs").exists()
-    assert executors.slurm_states() == jobs  # nothing was submitted
+    assert slurm.slurm_states() == jobs  # nothing was submitted
 
 
 # ---- SLURM on a real one-node cluster ------------------------------------------------------------------------
@@ -290,8 +290,8 @@ def test_ctrl_c_cancels_the_slurm_jobs(tmp_path, fake_nb, on_cluster):
     _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err, err
     assert gone(kernel), "the cancelled job's kernel is still running"
-    states = executors.slurm_states()
-    assert states and not set(states.values()) & executors.SLURM_ACTIVE, states  # the sleeping job was cancelled
+    states = slurm.slurm_states()
+    assert states and not set(states.values()) & slurm.SLURM_ACTIVE, states  # the sleeping job was cancelled
     assert "CANCELLED" in states.values() and not (tmp_path / "results").exists()
     assert (runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "summary.json").exists()
 

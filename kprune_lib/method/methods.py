@@ -114,3 +114,22 @@ def same_settings(name: str) -> str | None:
                 and other.role == "candidate":
             return other.name
     return None
+
+
+def methods_by_role() -> str:
+    """The registry's names grouped by role (`kprune prune --help`)."""
+    roles = {"method": "the paper's", "plus": "K-prune+", "candidate": "K-prune+ candidates", "ablation": "ablations",
+             "baseline": "baseline"}
+    groups = [f"{label}: {', '.join(m.name for m in REGISTRY.values() if m.role == role)}"
+              for role, label in roles.items() if any(m.role == role for m in REGISTRY.values())]
+    return "; ".join(groups)
+
+
+def format_methods() -> str:
+    """`kprune methods`: one line per registered method."""
+    rows = [("method", "role", "labels", "budgets", "tasks", "what it is")]
+    for m in REGISTRY.values():
+        tasks = "all" if len(m.problems) == 3 else "GLUE"
+        rows.append((m.name, m.role, "gold" if m.needs_labels else "none", "+".join(m.budgets), tasks, m.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)

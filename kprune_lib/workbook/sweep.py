@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from kprune_lib.workbook import executors
+from kprune_lib.workbook import slurm as slurm_jobs
 from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, SUMMARY, Point, execute_notebook, render_html,
                                         run_point)
 from kprune_lib.method.methods import METHOD_NAMES
@@ -77,7 +78,7 @@ class Grid:
     results_dir: Path
     sources: dict[str, Source] = field(default_factory=dict)  # task -> where its model and data come from
     executor: str = "local"  # where points run: local worker processes or SLURM jobs (kprune_lib.workbook.executors)
-    slurm: dict = field(default_factory=dict)  # the grid's `slurm:` options (executors.SlurmOptions)
+    slurm: dict = field(default_factory=dict)  # the grid's `slurm:` options (slurm_jobs.SlurmOptions)
 
 
 def _local(path: str | None, base: Path, must_exist: bool) -> str | None:
@@ -169,7 +170,7 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
                                         device, extra))
     try:
         executor = executors.check_executor(spec.get("executor", "local"))
-        executors.slurm_options(spec.get("slurm"))
+        slurm_jobs.slurm_options(spec.get("slurm"))
     except executors.ExecutorError as e:
         raise GridError(f"{path}: {e}") from None
     return Grid(points, Path(_local(spec.get("output_dir", "papermill_runs"), base, True)),
@@ -250,7 +251,7 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
 
     executor (default: the grid's `executor:`, else local): "local" runs `workers` worker processes (default: one
     per GPU, else one); "slurm" submits one job per point with the grid's `slurm:` options, overridden by `slurm`
-    (see executors.SlurmOptions). Settings are checked before any point runs or is submitted."""
+    (see slurm_jobs.SlurmOptions). Settings are checked before any point runs or is submitted."""
     grid = load_grid(grid_path)
     out = Path(output_dir) if output_dir else grid.output_dir
     res = Path(results_dir) if results_dir else grid.results_dir
@@ -261,9 +262,9 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
         try:
             kind = executors.check_executor(executor or grid.executor)
             if kind == "slurm":
-                options = executors.slurm_options(grid.slurm, **(slurm or {}))
+                options = slurm_jobs.slurm_options(grid.slurm, **(slurm or {}))
                 if todo:
-                    executors.check_slurm(options)
+                    slurm_jobs.check_slurm(options)
                 if workers:
                     log("sweep: --workers applies to the local executor; on SLURM, array_parallelism jobs run at once")
             else:
@@ -282,7 +283,7 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
         log(f"sweep: {len(grid.points)} points, {len(outcome['skipped'])} finished, {len(todo)} to run, {how}")
         if todo:
             try:
-                runs = (executors.run_slurm(todo, out, options, notebooks_dir, log=log) if kind == "slurm" else
+                runs = (slurm_jobs.run_slurm(todo, out, options, notebooks_dir, log=log) if kind == "slurm" else
                         executors.run_local(todo, out, workers, notebooks_dir, gpus=gpus, log=log))
             except executors.ExecutorError as e:
                 raise GridError(str(e)) from None
