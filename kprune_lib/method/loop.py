@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from kprune_lib.encoder.arch import Arch
-from kprune_lib.config import SCHEDULES
+from kprune_lib.config import SCHEDULES, Budget
 from kprune_lib.costs.budget import unit_costs
-from kprune_lib.config import Budget
 from kprune_lib.costs.flops import model_flops
+from kprune_lib.encoder.arch import Arch
 from kprune_lib.costs.latency import LatencyTable
 from kprune_lib.encoder.masks import UnitMasks, head_dims, kept_per_layer, per_layer
 from kprune_lib.method.measurement import (PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives,
@@ -240,7 +239,7 @@ def _measure(run: _Run, s: int) -> KnowledgeSums:
 
 def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums) -> None:
     """Batch j's share of iteration s's measurement; its autograd graph and activations go on return."""
-    arch, sched, clock = run.arch, run.schedule, run.clock
+    sched, clock = run.schedule, run.clock
     with clock("measure_forward_backward"):
         if predictive_gradient_vanishes(s, run.pred_knowledge, run.gold_first):  # s = 0: the forward only
             with torch.no_grad():
