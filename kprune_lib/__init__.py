@@ -8,7 +8,7 @@ Layers, each importing only from those below it (tests/test_layers.py checks):
     method/ | artifacts/ | data/                        the algorithm | what a run ships | tasks and data
     costs/                                              what a unit costs: FLOPs, latency tables, budgets
     encoder/                                            the model as the method sees it (+ hf/, the shipped code)
-    config, _atomic, _version                           defaults, the one atomic writer, the version
+    config, _atomic, _version, _provenance              defaults, the one atomic writer, the version, provenance
 
 The public names below are imported on first use (PEP 562): `import kprune_lib` does not import torch.
 """

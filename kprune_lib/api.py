@@ -5,15 +5,12 @@ import copy
 import inspect
 import json
 import logging
-import platform
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import transformers
 
-from kprune_lib._version import __version__
+from kprune_lib._provenance import provenance
 from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import BATCH_TOKENS, LATENCY_STALE_TOLERANCE, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
@@ -189,6 +186,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
 
     dense_metrics = score(m)
     params_dense = encoder_params(m)
+    prov = provenance(dev)  # before pruning: the state of the code and machine the run starts from
     result = run_method(m, batches, t.problem, cfg, seq_len, progress=progress, latency=table)
     prune_physically(m, result.head_mask, result.neuron_mask)
     pruned_metrics = score(m)
@@ -233,9 +231,8 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
         "pruning_seconds": result.seconds, "stage_seconds": result.timings,
         "ridge_fallbacks": result.ridge_fallbacks, "sublayers": result.sublayers,
         "hyperparameters": hyperparameters, "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "versions": {"kprune_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {k: prov[k] for k in ("kprune_lib", "torch", "transformers", "python")}, "date": prov["date"],
+        "provenance": prov,
     }
     if data_info:  # SQuAD: where the sample and the evaluation set came from
         summary["data"] = data_info

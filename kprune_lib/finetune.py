@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from kprune_lib._atomic import atomic_dir, check_target
-from kprune_lib._version import __version__
+from kprune_lib._provenance import provenance
 from kprune_lib.artifacts.checkpoint import ModelLoadError, damaged_weights, load_tokenizer, weights_bytes
 from kprune_lib.data.batching import pad_batch, tokenize
 from kprune_lib.data.evaluate import evaluate_glue
@@ -201,6 +200,7 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, co
     seconds = time.perf_counter() - start
     metrics = score(net)
     per_epoch = math.ceil(len(features) / cfg.batch_size)
+    prov = provenance(dev)
     record = {
         "base": str(model), "task": t.name, "train_examples": n_examples, "train_features": len(features),
         **asdict(cfg), "max_length": max_length, "steps": len(losses), "dev_metrics": metrics,
@@ -209,9 +209,8 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, co
         "train_seconds": seconds, "optimizer": "AdamW", "schedule": "linear warm-up then linear decay to 0",
         "shuffle": "every epoch, seeded", "padding": "dynamic, per batch",
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "versions": {"kprune_lib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {k: prov[k] for k in ("kprune_lib", "torch", "transformers", "python")}, "date": prov["date"],
+        "provenance": prov,
         **({"data": data_info} if data_info else {}),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -18,7 +18,7 @@ LAYERS = [
     ("method", "artifacts", "data"),
     ("costs",),
     ("encoder",),
-    ("config", "_atomic", "_version", "_aliases"),
+    ("config", "_atomic", "_version", "_provenance", "_aliases"),
 ]
 
 

@@ -20,7 +20,8 @@ import torch
 from kprune_lib._atomic import write_json
 from kprune_lib.config import LATENCY_CACHE_ENV, LATENCY_STALE_TOLERANCE, LATENCY_TABLE_POLICIES
 from kprune_lib.costs.latency_model import LatencyTable, monotone
-from kprune_lib.costs.timing import (Timer, device_name, ffn_grid, max_positions, measure_latencies, measure_latency,
+from kprune_lib._provenance import device_name
+from kprune_lib.costs.timing import (Timer, ffn_grid, max_positions, measure_latencies, measure_latency,
                                      measure_table, shape_of, uniform_shape)
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.sublayer import MHA

@@ -17,11 +17,9 @@ import copy
 import datetime
 import logging
 import os
-import platform
 import statistics
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -72,18 +70,6 @@ def num_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def shape_of(arch: Arch) -> tuple[list[int], list[int]]:
