@@ -141,7 +141,7 @@ DEFAULT_MAX_LENGTH = 128
 FFN_WIDTH_MULTIPLE = 16  # physically pruned FFN widths padded up to a multiple of this with inert zero neurons
 #   (kprune_lib.encoder.physical.aligned_width): 4.5-5.3 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons a layer
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
-ACCURACY_DROP_POINTS = 3.0  # reports: "within 3 points of dense" = metric ×100 ≥ dense ×100 − this (absolute; paper Table 2)
+ACCURACY_DROP_POINTS = 3.0  # reports: "within 3 points of dense" = metric ×100 ≥ dense ×100 − this (absolute)
 # latency tables (kprune_lib.costs.latency): timing protocol, unit grids, where they are cached
 LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing
 LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the median per point is kept
