@@ -195,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     _squad_options(e, None)
 
     w = sub.add_parser("sweep", formatter_class=fmt, help="run notebook 04 over a YAML grid, then the report",
-                       description="Execute notebooks/04 (papermill) for every unfinished point of GRID into "
+                       description="Execute notebooks/04 (papermill) for every point of GRID into "
                                    "OUTPUT/<task>/<method>/c<constraint>/seed<seed>/, aggregate RESULTS/results.csv "
-                                   "and render RESULTS/report.html with notebooks/05. Resumable.")
+                                   "and render RESULTS/report.html with notebooks/05. A finished point is reused "
+                                   "only when its point.json identity (model and data fingerprints, every parameter) "
+                                   "equals the planned one; any other reruns, and the sweep says why.")
     w.add_argument("grid", help="YAML grid, e.g. papermill_runs/grid_minilm.yaml")
     w.add_argument("--workers", type=_positive_int, default=argparse.SUPPRESS,
                    help="local executor: points run in parallel worker processes, each on its own GPU "
@@ -206,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--results-dir", default=None, help="results.csv, report.html, figures/ (overrides the grid's results_dir)")
     w.add_argument("--no-report", action="store_true", help="aggregate results.csv but do not render the report")
     w.add_argument("--report-only", action="store_true", help="run no point; aggregate and render the report")
+    w.add_argument("--reuse", choices=("identical", "never"), default="identical",
+                   help="identical: reuse a finished point whose identity matches; never: rerun every point")
+    w.add_argument("--dry-run", action="store_true",
+                   help="list each point with what would happen (reuse, or run and why); change nothing")
     w.add_argument("--executor", choices=("local", "slurm"), default=argparse.SUPPRESS,
                    help="where points run: local worker processes, or one SLURM job per point through submitit "
                         "(default: the grid's executor:, else local)")
@@ -333,7 +339,8 @@ def _run(argv: list[str] | None) -> int:
                                                          "cpus_per_task", "mem_gb", "array_parallelism")}
             return main_sweep(args.grid, getattr(args, "workers", None), args.output_dir, args.results_dir,
                               report=not args.no_report, report_only=args.report_only,
-                              executor=getattr(args, "executor", None), slurm=slurm)
+                              executor=getattr(args, "executor", None), slurm=slurm, reuse=args.reuse,
+                              dry_run=args.dry_run)
         except GridError as e:
             print(f"kprune: error: {e}", file=sys.stderr)
             return 2

@@ -89,7 +89,7 @@ def test_offline_check_passes_with_fixtures_or_a_populated_cache(tmp_path, monke
     grid_path = fallback_grid(tmp_path / "g.yaml", tmp_path / "fixtures")
     grid = load_grid(grid_path)
     with pytest.raises(GridError) as e:
-        check_fallbacks(grid, grid_path)
+        check_fallbacks(grid.sources, grid_path)
     assert "\n" not in str(e.value) and "offline" in str(e.value) and "org/mini-mrpc" in str(e.value)
     # the same fallbacks already in the local Hugging Face cache: offline runs can use them
     for t in ("mrpc", "stsb"):
@@ -97,7 +97,7 @@ def test_offline_check_passes_with_fixtures_or_a_populated_cache(tmp_path, monke
         snap.mkdir(parents=True)
         (snap / "config.json").write_text("{}")
     (cache / "datasets" / HUB_GLUE.replace("/", "___")).mkdir(parents=True)
-    check_fallbacks(grid, grid_path)
+    check_fallbacks(grid.sources, grid_path)
     # the local fixtures present: no hub needed at all
     for t in ("mrpc", "stsb"):
         (tmp_path / "fixtures" / "models" / t).mkdir(parents=True)
@@ -105,7 +105,7 @@ def test_offline_check_passes_with_fixtures_or_a_populated_cache(tmp_path, monke
     shutil.rmtree(cache)
     grid = load_grid(grid_path)
     assert all(not s.hub_fallbacks() for s in grid.sources.values())
-    check_fallbacks(grid, grid_path)
+    check_fallbacks(grid.sources, grid_path)
 
 
 def test_sweep_offline_without_fixtures_stops_before_any_run(tmp_path):

@@ -8,10 +8,13 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 
 from kprune_lib import PruneConfig, api
 from kprune_lib.workbook import steps as workbook
-from kprune_lib.workbook.sweep import aggregate, render_report
+from kprune_lib._atomic import write_json
+from kprune_lib.workbook.points import point_record
+from kprune_lib.workbook.sweep import aggregate, load_grid, render_report
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,19 +32,26 @@ def chromium(profile, *args, timeout=120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """A real report: two methods pruned on a tiny model, aggregated as the sweep does, notebook 05 executed."""
+    """A real report: two methods pruned on a tiny model, each point's folder as a sweep run leaves it (point.json,
+    summary.json), aggregated and reported as the sweep does (notebook 05 executed)."""
     base = tmp_path_factory.mktemp("report")
     model, glue = make_tiny_checkpoint(base / "ckpt"), make_tiny_glue(base / "glue")
-    for method in ("kprune", "kwon-fisher"):
-        for constraint in (0.4, 0.7):
-            run_dir = base / "runs" / "mrpc" / method / f"c{constraint:g}" / "seed0"
-            summary = api.prune(str(model), "mrpc", str(run_dir / "pruned"), data_dir=str(glue), device="cpu",
-                                progress=False, config=PruneConfig(num_tokens=600, constraint=constraint, method=method))
-            summary.update(workbook.latency(str(model), str(run_dir / "pruned" / "model"), "mrpc", data_dir=str(glue),
-                                            device="cpu", repeats=1))
-            workbook.write_summary(run_dir, summary)
-    aggregate(base / "runs", base / "results" / "results.csv")
-    return render_report(base / "results")
+    grid_path = base / "grid.yaml"
+    grid_path.write_text(yaml.safe_dump({"tasks": {"mrpc": {"model": str(model)}}, "data_dir": str(glue),
+                                         "constraints": [0.4, 0.7], "methods": ["kprune", "kwon-fisher"],
+                                         "num_tokens": 600, "device": "cpu", "output_dir": str(base / "runs")}))
+    grid = load_grid(grid_path)
+    for p in grid.points:
+        run_dir = base / "runs" / p.relative_dir
+        summary = api.prune(str(model), "mrpc", str(run_dir / "pruned"), data_dir=str(glue), device="cpu",
+                            progress=False, config=PruneConfig(num_tokens=600, constraint=p.constraint,
+                                                               method=p.method))
+        summary.update(workbook.latency(str(model), str(run_dir / "pruned" / "model"), "mrpc", data_dir=str(glue),
+                                        device="cpu", repeats=1))
+        write_json(run_dir / "point.json", point_record(p))
+        workbook.write_summary(run_dir, summary)
+    aggregate(grid.points, base / "runs", base / "results" / "results.csv")
+    return render_report(base / "results", grid_path=grid_path)
 
 
 @needs_fixtures

@@ -11,7 +11,9 @@ import yaml
 
 from conftest import ROOT, SHARED
 from kprune_lib.cli import main as cli_main
-from kprune_lib.workbook.sweep import GridError, Point, aggregate, load_grid
+from kprune_lib.workbook.identity import identity_key
+from kprune_lib.workbook.points import point_record
+from kprune_lib.workbook.sweep import GridError, Point, aggregate, load_grid, run_sweep
 from test_notebooks import make_tiny_checkpoint, make_tiny_glue, needs_fixtures
 
 
@@ -68,26 +70,54 @@ def test_shipped_grids_are_valid():
     assert len(load_grid(ROOT / "papermill_runs" / "grid_tiny.yaml", base=ROOT).points) == 2
 
 
-def test_aggregate_reads_point_summaries_and_lists_failures(tmp_path):
+def finish(point, run_dir: Path, summary: dict) -> None:
+    """A point folder as a finished run leaves it: point.json with the point's identity, then summary.json."""
+    (run_dir / "pruned").mkdir(parents=True)
+    (run_dir / "point.json").write_text(json.dumps(point_record(point, wall_seconds=1.0)))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "pruned" / "summary.json").write_text(json.dumps(summary))  # the library's copy: not a point
+
+
+def test_aggregate_reads_the_grids_own_points_and_lists_failures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "glue").mkdir()
+    grid = load_grid(write_grid(tmp_path / "g.yaml", tasks={"mrpc": {"model": "org/m"}, "stsb": {"model": "org/m"}},
+                                data_dir="glue", constraints=[0.5], methods=["kprune", "kwon-fisher"],
+                                output_dir="runs", results_dir="res"))
+    points = {(p.task, p.method): p for p in grid.points}
     for method, pruned in (("kprune", 0.8), ("kwon-fisher", 0.7)):
-        d = tmp_path / "runs" / "mrpc" / method / "c0.5" / "seed0"
-        (d / "pruned").mkdir(parents=True)
-        summary = {"task": "mrpc", "method": method, "constraint": 0.5, "seed": 0, "metric": "accuracy",
-                   "dense": {"accuracy": 0.85, "f1": 0.9}, "pruned": {"accuracy": pruned, "f1": pruned},
-                   "flops_removed": 0.49, "pruning_seconds": 3.0, "latency_speedup": 1.5}
-        (d / "summary.json").write_text(json.dumps(summary))
-        (d / "pruned" / "summary.json").write_text(json.dumps(summary))  # the library's copy: not a point
-    bad = tmp_path / "runs" / "stsb" / "kprune" / "c0.5" / "seed0"
+        p = points[("mrpc", method)]
+        finish(p, tmp_path / "runs" / p.relative_dir, {
+            "task": "mrpc", "method": method, "constraint": 0.5, "seed": 0, "metric": "accuracy",
+            "model": str(tmp_path / "models" / "m"), "dense": {"accuracy": 0.85, "f1": 0.9},
+            "pruned": {"accuracy": pruned, "f1": pruned}, "flops_removed": 0.49, "pruning_seconds": 3.0,
+            "latency_speedup": 1.5, "provenance": {"commit": "abc", "dirty": False, "torch": "2.13.0"}})
+    bad = tmp_path / "runs" / points[("stsb", "kprune")].relative_dir
     bad.mkdir(parents=True)
     (bad / "error.txt").write_text("stsb/kprune/c0.5/seed0\nPapermillExecutionError: boom\n\ntrace")
-    df = aggregate(tmp_path / "runs", tmp_path / "res" / "results.csv")
+    other = tmp_path / "runs" / "mrpc" / "kprune" / "c0.9" / "seed0"  # another grid's point in the same folder
+    finish(points[("mrpc", "kprune")], other, json.loads((tmp_path / "runs" / points[("mrpc", "kprune")].relative_dir
+                                                          / "summary.json").read_text()))
+    df = aggregate(grid.points, tmp_path / "runs", tmp_path / "res" / "results.csv")
     assert len(df) == 2
     back = pd.read_csv(tmp_path / "res" / "results.csv")
     assert back.method.tolist() == ["kprune", "kwon-fisher"]
     assert back.pruned.tolist() == [0.8, 0.7] and back.dense.tolist() == [0.85, 0.85]
     assert back.pruned_f1.tolist() == [0.8, 0.7]
+    # provenance, identity and relative paths
+    assert back.commit.tolist() == ["abc", "abc"] and back.torch.tolist() == ["2.13.0", "2.13.0"]
+    assert back.identity.tolist() == [identity_key(points[("mrpc", m)].identity) for m in ("kprune", "kwon-fisher")]
+    assert back.run_dir.tolist() == ["../runs/mrpc/kprune/c0.5/seed0", "../runs/mrpc/kwon-fisher/c0.5/seed0"]
+    assert back.model.tolist() == ["../models/m"] * 2 and back.grid.tolist() == ["../g.yaml"] * 2
+    assert back.wall_seconds.tolist() == [1.0, 1.0]
     fails = pd.read_csv(tmp_path / "res" / "failures.csv")
-    assert fails.run_dir.tolist() == [str(bad)] and "boom" in fails.error[0]
+    assert fails.run_dir.tolist() == ["../runs/stsb/kprune/c0.5/seed0"] and "boom" in fails.error[0]
+    # a point whose recorded identity differs from the grid's is not the grid's result
+    p = points[("mrpc", "kwon-fisher")]
+    record = json.loads((tmp_path / "runs" / p.relative_dir / "point.json").read_text())
+    record["identity"]["num_tokens"] += 1
+    (tmp_path / "runs" / p.relative_dir / "point.json").write_text(json.dumps(record))
+    assert aggregate(grid.points, tmp_path / "runs", tmp_path / "res" / "results.csv").method.tolist() == ["kprune"]
 
 
 @needs_fixtures
@@ -96,11 +126,12 @@ def test_sweep_runs_points_records_failures_resumes_and_reports(tmp_path):
     glue = make_tiny_glue(tmp_path / "glue")
     runs, results = tmp_path / "runs", tmp_path / "results"
     grid = write_grid(tmp_path / "grid.yaml",
-                      tasks={"mrpc": {"model": str(model)}, "rte": {"model": str(tmp_path / "no-such-model")}},
+                      tasks={"mrpc": {"model": str(model)}, "rte": {"model": str(tmp_path / "empty-model")}},
                       data_dir=str(glue), num_tokens=800, constraints=[0.5], methods=["kprune", "kwon-fisher"],
                       seeds=[0], device="cpu", parameters={"latency_repeats": 1},
                       output_dir=str(runs), results_dir=str(results))
-    # the rte points fail (no model); the sweep records them and goes on, in 2 worker processes
+    (tmp_path / "empty-model").mkdir()
+    # the rte points fail (a model folder without a model); the sweep records them and goes on, in 2 worker processes
     assert cli_main(["sweep", str(grid), "--workers", "2"]) == 1
     for method in ("kprune", "kwon-fisher"):
         d = runs / "mrpc" / method / "c0.5" / "seed0"
@@ -113,7 +144,7 @@ def test_sweep_runs_points_records_failures_resumes_and_reports(tmp_path):
         assert not (d / "error.txt").exists()
     for method in ("kprune", "kwon-fisher"):
         err = (runs / "rte" / method / "c0.5" / "seed0" / "error.txt").read_text()
-        assert "no-such-model" in err and not (runs / "rte" / method / "c0.5" / "seed0" / "summary.json").exists()
+        assert "empty-model" in err and not (runs / "rte" / method / "c0.5" / "seed0" / "summary.json").exists()
     df = pd.read_csv(results / "results.csv")
     assert sorted(df.method) == ["kprune", "kwon-fisher"] and set(df.task) == {"mrpc"}
     assert ((df.flops_removed >= 0.5 - 1e-9) & (df.flops_removed < 0.6)).all()
@@ -135,10 +166,22 @@ def test_sweep_runs_points_records_failures_resumes_and_reports(tmp_path):
         {p: t for p, t in stamps.items() if p.name != "report.html"}
     assert (runs / "mrpc" / "kprune" / "c0.5" / "seed0" / "report.html").exists()
 
+    # the same grid with more tokens: every point reruns, the sweep says why, and the old results are gone
+    spec["num_tokens"] = 900
+    write_grid(grid, **spec)
+    logs = []
+    outcome = run_sweep(grid, log=logs.append, report=False)
+    assert sorted(outcome["ran"]) == ["mrpc/kprune/c0.5/seed0", "mrpc/kwon-fisher/c0.5/seed0"]
+    assert "mrpc/kprune/c0.5/seed0: num_tokens changed (800 -> 900) — rerunning" in logs
+    for method in ("kprune", "kwon-fisher"):
+        d = runs / "mrpc" / method / "c0.5" / "seed0"
+        assert json.loads((d / "summary.json").read_text())["num_tokens"] == 900
+        record = json.loads((d / "point.json").read_text())
+        assert record["identity"]["num_tokens"] == 900 and record["wall_seconds"] > 0
+    assert pd.read_csv(results / "results.csv").num_tokens.tolist() == [900, 900]
+
 
 def _sweep_api(grid, **kw):
-    from kprune_lib.workbook.sweep import run_sweep
-
     return run_sweep(grid, log=lambda msg: None, **kw)
 
 

@@ -141,3 +141,15 @@ def load_hub(task: GlueTask, split: str) -> Examples:
 
 def load_glue(task: GlueTask, split: str, data_dir: str | Path | None = None) -> Examples:
     return load_local(task, split, data_dir) if data_dir is not None else load_hub(task, split)
+
+
+def files_read(task: GlueTask, data_dir: str | Path) -> list[Path]:
+    """The local files load_glue reads for this task (every split present: the sample's train split and the
+    evaluation's validation split among them); what a sweep point's identity fingerprints (workbook/identity.py)."""
+    out = []
+    for split in _SPLIT_FILES:
+        try:
+            out += _task_files(task, split, Path(data_dir))
+        except DataError:
+            continue
+    return out

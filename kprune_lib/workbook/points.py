@@ -5,17 +5,23 @@ neither imports the other.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kprune_lib._atomic import write_text
+from kprune_lib._atomic import write_json, write_text
 from kprune_lib.config import KERNEL_START_TRIES
+from kprune_lib.workbook.identity import differences, identity_key
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 POINT_NOTEBOOK = "04_prune_and_evaluate.py"
 SUMMARY, ERROR, EXECUTED, HTML = "summary.json", "error.txt", "04_prune_and_evaluate.ipynb", "report.html"
+POINT_JSON = "point.json"  # the point's identity (workbook/identity.py) and how it was run (grid, command, wall time)
+OUTPUTS = (SUMMARY, ERROR, EXECUTED, HTML, POINT_JSON, "pruned")  # what a run leaves; cleared before a rerun
 
 
 def point_dir(task: str, method: str, constraint: float, seed: int) -> Path:
@@ -34,6 +40,8 @@ class Point:
     num_tokens: int
     device: str = "auto"
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # further notebook-04 parameters
+    identity: dict = field(default_factory=dict, compare=False, hash=False)  # workbook/identity.point_identity
+    context: dict = field(default_factory=dict, compare=False, hash=False)  # grid, grid_sha256, command, sources
 
     @property
     def relative_dir(self) -> Path:
@@ -82,19 +90,60 @@ def render_html(notebook: Path, html: Path) -> Path:
     return write_text(html, body)
 
 
-def run_point(point: Point, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
-    """Execute notebook 04 for one point: 'ran', 'skipped' (summary.json already there) or 'failed' (error.txt)."""
+def read_record(run_dir: Path) -> dict | None:
+    """The point.json of a point folder, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((Path(run_dir) / POINT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def reuse_reason(point: Point, run_dir: Path) -> str | None:
+    """None when the folder holds this very point, finished; else why it must run (one phrase)."""
     run_dir = Path(run_dir)
-    if (run_dir / SUMMARY).exists():
+    if not (run_dir / SUMMARY).exists():
+        return "failed before" if (run_dir / ERROR).exists() else "not run yet"
+    record = read_record(run_dir)
+    return differences(None if record is None else record.get("identity"), point.identity)
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove what an earlier run of a point left (another identity's results must not survive a rerun)."""
+    for name in OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def point_record(point: Point, **more) -> dict:
+    """What point.json holds: the label, the identity and its key, the context (grid, command, sources), `more`."""
+    return {"label": point.label(), "key": identity_key(point.identity), "identity": point.identity,
+            **point.context, **more}
+
+
+def run_point(point: Point, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> str:
+    """Execute notebook 04 for one point: 'ran', 'skipped' (this point, finished) or 'failed' (error.txt).
+
+    A folder holding another identity's results (or none recorded) is cleared first, so a failed rerun leaves no
+    stale summary.json behind. point.json is written before the notebook runs and again, with the wall time, after."""
+    run_dir = Path(run_dir)
+    if reuse_reason(point, run_dir) is None:
         if not (run_dir / HTML).exists() and (run_dir / EXECUTED).exists():
             render_html(run_dir / EXECUTED, run_dir / HTML)
         return "skipped"
+    clear_outputs(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR).unlink(missing_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(run_dir / POINT_JSON, point_record(point, started=started))
+    t0 = time.perf_counter()
     try:
         execute_notebook(notebooks_dir / POINT_NOTEBOOK, run_dir / EXECUTED, point.parameters(run_dir))
         if not (run_dir / SUMMARY).exists():
             raise RuntimeError(f"notebook finished without writing {run_dir / SUMMARY}")
+        write_json(run_dir / POINT_JSON, point_record(point, started=started,
+                                                 wall_seconds=round(time.perf_counter() - t0, 1)))
         render_html(run_dir / EXECUTED, run_dir / HTML)
         return "ran"
     except Exception as e:  # record and go on with the sweep

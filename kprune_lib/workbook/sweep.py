@@ -1,14 +1,15 @@
 """Papermill sweeps: notebook 04 for every point of a YAML grid, then results/results.csv and the report (notebook 05).
 
 A point is (task, method, constraint, seed); it runs in OUTPUT_DIR/<task>/<method>/c<constraint>/seed<seed>/:
-the executed notebook, summary.json (written last by the notebook: its existence marks the point finished),
-report.html (nbconvert, inputs hidden), pruned/model/. A failed point leaves error.txt and the sweep goes on;
-re-running a sweep skips finished points. Grid format: see papermill_runs/grid_minilm.yaml and docs/workbook.md.
+point.json (its identity: model and data fingerprints, every parameter; workbook/identity.py), the executed
+notebook, summary.json (written last by the notebook), report.html (nbconvert, inputs hidden), pruned/model/. A
+failed point leaves error.txt and the sweep goes on. A re-run reuses a finished point only when its recorded
+identity equals the planned one, and says why it reruns any other (`--reuse never` reruns all; `--dry-run` lists
+what would run and why). results.csv and the report hold the grid's own points only.
+Grid format: see papermill_runs/grid_minilm.yaml and docs/workbook.md.
 
-Fallbacks (papermill_runs/grid_demo.yaml): a task's `fallback:` (a hub id) replaces its `model:` when that is no local
-folder, and `data_dir_fallback:` (null: the hub's nyu-mll/glue) replaces a `data_dir:` that does not exist; see
-resolve_sources. A sweep that needs such a fallback checks the hub first (check_fallbacks) and stops before running
-anything when the hub is offline or unreachable and the fallback is not in the local Hugging Face cache.
+Where each task's model and data come from (local folders, hub fallbacks, a missing folder stopping the grid):
+workbook/sources.py. Aggregation and the report: workbook/aggregate.py.
 """
 from __future__ import annotations
 
@@ -16,59 +17,26 @@ import json
 import os
 import sys
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
-from kprune_lib.workbook import executors
-from kprune_lib.workbook import slurm as slurm_jobs
-from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, SUMMARY, Point, execute_notebook, render_html,
-                                        run_point)
+from kprune_lib._provenance import file_sha256
 from kprune_lib.method.methods import METHOD_NAMES
+from kprune_lib.workbook import executors
+from kprune_lib.workbook import identity as ident
+from kprune_lib.workbook import slurm as slurm_jobs
+from kprune_lib.workbook.aggregate import aggregate, render_report
+from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, POINT_NOTEBOOK, Point, clear_outputs, reuse_reason,
+                                        run_point)
+from kprune_lib.workbook.sources import (HUB_GLUE, NO_FALLBACK, GridError, Source, check_fallbacks, check_sources,
+                                         local_path, resolve_sources)
 
-RESULTS_NOTEBOOK = "05_results.py"
 GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "data_dir_fallback", "num_tokens",
              "device", "parameters", "output_dir", "results_dir", "executor", "slurm"}
 TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters"}
-HUB_GLUE = "nyu-mll/glue"  # where GLUE data come from without a data_dir (kprune_lib.data.glue.load_hub)
-NO_FALLBACK = object()  # data_dir_fallback not given: a missing data_dir stays as written (its points fail)
-
-
-class GridError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one task's model and data come from (resolve_sources)."""
-    task: str
-    model: str  # an absolute local folder, or a hub id
-    data_dir: str | None  # an absolute local folder, or None: the hub's nyu-mll/glue
-    model_missing: str | None = None  # the grid's model path, when it is absent and `fallback` replaced it
-    data_missing: str | None = None  # the grid's data_dir, when it is absent and `data_dir_fallback` replaced it
-
-    def hub_fallbacks(self) -> list[tuple[str, str]]:
-        """(repo type, repo id) of every fallback that comes from the hub."""
-        out = []
-        if self.model_missing is not None and not Path(self.model).is_dir():
-            out.append(("model", self.model))
-        if self.data_missing is not None and self.data_dir is None:
-            out.append(("dataset", HUB_GLUE))
-        return out
-
-    def describe(self) -> str:
-        """One log line: the model and data this task uses, and which fallback replaced a missing local folder."""
-        model = f"{'local folder' if Path(self.model).is_dir() else 'hub id'} {self.model}"
-        if self.model_missing is not None:
-            model += f" (fallback: {self.model_missing} not found)"
-        if self.data_dir is None:
-            data = f"hub {HUB_GLUE}"
-        else:
-            data = f"local folder {self.data_dir}" if Path(self.data_dir).is_dir() else f"{self.data_dir} (not found)"
-        if self.data_missing is not None:
-            data += f" (fallback: {self.data_missing} not found)"
-        return f"sweep: {self.task}: model {model}; data {data}"
+REUSE = ("identical", "never")  # --reuse: a finished point whose identity matches is reused | every point reruns
 
 
 @dataclass
@@ -76,46 +44,46 @@ class Grid:
     points: list[Point]
     output_dir: Path
     results_dir: Path
+    path: Path | None = None  # the grid file
     sources: dict[str, Source] = field(default_factory=dict)  # task -> where its model and data come from
     executor: str = "local"  # where points run: local worker processes or SLURM jobs (kprune_lib.workbook.executors)
     slurm: dict = field(default_factory=dict)  # the grid's `slurm:` options (slurm_jobs.SlurmOptions)
 
 
-def _local(path: str | None, base: Path, must_exist: bool) -> str | None:
-    """Relative paths are relative to the working directory; a model that is no local folder stays a hub id."""
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    p = p if p.is_absolute() else base / p
-    return str(p.resolve()) if (must_exist or p.exists()) else str(path)
+def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
+    """The points with their identity (model and data fingerprinted once per source) and context."""
+    grid_hash = file_sha256(path)
+    fps: dict[tuple, dict] = {}
+
+    def fingerprint(kind, *args):
+        if (kind, *args) not in fps:
+            fps[(kind, *args)] = (ident.model_fingerprint(*args) if kind == "model" else
+                                  ident.data_fingerprint(*args[:2], dict(args[2])))
+        return fps[(kind, *args)]
+
+    out = []
+    for p in points:
+        params = {**defaults, **p.parameters(Path("."))}
+        data_opts = tuple((k, params.get(k)) for k in ("train_file", "eval_file"))
+        tok = params.get("tokenizer")
+        try:
+            identity = ident.point_identity(params, fingerprint("model", p.model),
+                                            fingerprint("data", p.task, p.data_dir, data_opts),
+                                            fingerprint("model", tok) if tok else None)
+        except (TypeError, ValueError) as e:
+            raise GridError(f"{path}: {p.label()}: {e}") from None
+        context = {"grid": str(path), "grid_sha256": grid_hash, "command": sys.argv,
+                   "sources": {"model": p.model, "data_dir": p.data_dir, "tokenizer": tok}}
+        out.append(replace(p, identity=identity, context=context))
+    return out
 
 
-def _exists(path: str, base: Path) -> bool:
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else base / p).exists()
-
-
-def resolve_sources(task: str, model: str, data_dir: str | None, base: str | Path, fallback: str | None = None,
-                    data_dir_fallback=NO_FALLBACK) -> Source:
-    """The model and data of one task: the grid's local folders where they exist, else their fallbacks.
-
-    model: used when it is an existing local path (relative to base); otherwise `fallback` (a hub id, or another
-    folder) when the task has one, else the value as written (a hub id). data_dir: used when it exists; otherwise
-    `data_dir_fallback` when the grid has one (None: the hub's nyu-mll/glue), else the folder as written (its points
-    then fail). Without fallbacks, or with local paths that exist, the result is what it always was."""
-    base = Path(base)
-    model_missing = data_missing = None
-    if fallback is not None and not _exists(model, base):
-        model_missing, model = model, fallback
-    if data_dir is not None and data_dir_fallback is not NO_FALLBACK and not _exists(data_dir, base):
-        data_missing, data_dir = data_dir, data_dir_fallback
-    return Source(task, _local(model, base, False), _local(data_dir, base, True), model_missing, data_missing)
-
-
-def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
-    """Parse and validate a grid file; the points are the product tasks × methods × constraints × seeds."""
+def load_grid(path: str | Path, base: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> Grid:
+    """Parse and validate a grid file; the points are the product tasks × methods × constraints × seeds, each
+    with its identity (workbook/identity.py). A local model or data folder that does not exist stops it here."""
     path = Path(path)
     base = Path(base or os.getcwd())
+    defaults = ident.notebook_parameters(Path(notebooks_dir) / POINT_NOTEBOOK)
     try:
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -160,9 +128,14 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
         if data_fallback is not NO_FALLBACK and data_fallback is not None and not isinstance(data_fallback, str):
             raise GridError(f"{path}: 'data_dir_fallback' must be a folder or null (the hub's {HUB_GLUE})")
         src = sources[str(task)] = resolve_sources(str(task), str(model), data_dir, base, fallback, data_fallback)
-        num_tokens = settings.get("num_tokens", spec.get("num_tokens", 100_000))
+        check_sources(src, path, base)
+        num_tokens = settings.get("num_tokens", spec.get("num_tokens", defaults["num_tokens"]))
         device = settings.get("device", spec.get("device", "auto"))
         extra = {**(spec.get("parameters") or {}), **(settings.get("parameters") or {})}
+        unknown = sorted(set(extra) - set(defaults))
+        if unknown:
+            raise GridError(f"{path}: unknown notebook-04 parameter(s) {unknown} in `parameters:` of {task!r}; "
+                            f"allowed: {sorted(set(defaults) - {'output_dir'})}")
         for method in methods:
             for c in constraints:
                 for seed in seeds:
@@ -173,92 +146,48 @@ def load_grid(path: str | Path, base: str | Path | None = None) -> Grid:
         slurm_jobs.slurm_options(spec.get("slurm"))
     except executors.ExecutorError as e:
         raise GridError(f"{path}: {e}") from None
-    return Grid(points, Path(_local(spec.get("output_dir", "papermill_runs"), base, True)),
-                Path(_local(spec.get("results_dir", "results"), base, True)), sources, executor,
+    return Grid(_identities(points, defaults, path),
+                Path(local_path(spec.get("output_dir", "papermill_runs"), base, True)),
+                Path(local_path(spec.get("results_dir", "results"), base, True)), path, sources, executor,
                 dict(spec.get("slurm") or {}))
 
 
-# ---- fallbacks need the hub: check it before running anything ---------------------------------------------------
-_TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-def _offline_reason(repo_type: str) -> str | None:
-    """The environment variable that keeps this kind of hub download offline, if one does."""
-    own = "TRANSFORMERS_OFFLINE" if repo_type == "model" else "HF_DATASETS_OFFLINE"
-    for var in ("HF_HUB_OFFLINE", own):
-        if os.environ.get(var, "").strip().upper() in _TRUE:
-            return f"{var}={os.environ[var]}"
-    return None
-
-
-def hub_cached(repo_type: str, repo_id: str) -> bool:
-    """Whether the local Hugging Face cache already holds this repo (then offline runs can use it)."""
-    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
-    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or home / "hub").expanduser()
-    snapshots = hub / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots"
-    if repo_type == "model":
-        return any(snapshots.glob("*/config.json"))
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
-    return any(snapshots.glob("*/*")) or (datasets_cache / repo_id.replace("/", "___")).is_dir()
-
-
-def _hub_problem(repo_type: str, repo_id: str) -> str | None:
-    """Why this repo cannot be fetched now (offline, unreachable, not found), or None when it can."""
-    reason = _offline_reason(repo_type)
-    if reason:
-        return f"the hub is offline ({reason})"
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        (api.model_info if repo_type == "model" else api.dataset_info)(repo_id, timeout=10)
-    except Exception as e:  # connection refused, DNS, timeout, proxy, 404 ...
-        if "NotFound" in type(e).__name__:
-            return "the hub answers 'not found'"
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        return f"the hub ({endpoint}) is unreachable ({type(e).__name__})"
-    return None
-
-
-def check_fallbacks(grid: Grid, grid_path: str | Path, tasks=None) -> None:
-    """Raise GridError (one line) when a fallback of these tasks needs the hub and the hub cannot deliver it.
-
-    Runs before any point: with the local fixtures missing and the hub offline or unreachable, the sweep would
-    otherwise start every point only to fail each one. A fallback already in the local HF cache passes."""
-    sources = [s for t, s in grid.sources.items() if tasks is None or t in tasks]
-    needed = list(dict.fromkeys(hub for s in sources for hub in s.hub_fallbacks() if not hub_cached(*hub)))
-    problems = {}
-    for kind, repo in needed:
-        problem = _hub_problem(kind, repo)
-        if problem:
-            problems.setdefault(problem, []).append(repo)
-    if not problems:
-        return
-    missing = sorted({m for s in sources for m in (s.model_missing, s.data_missing) if m is not None})
-    offline = sorted({r.split("=")[0] for r in map(_offline_reason, {kind for kind, _ in needed}) if r})
-    why = "; ".join(f"{p} for {', '.join(repos)}" for p, repos in problems.items())
-    todo = ("point the grid's tasks:/data_dir: at local folders, or go online"
-            + (f" (unset {', '.join(offline)})" if offline else ""))
-    raise GridError(f"{grid_path}: local fixtures missing ({', '.join(missing)}) and their hub fallbacks cannot be "
-                    f"fetched: {why}; {todo}")
+def plan(grid: Grid, out: Path, reuse: str = "identical") -> dict[Point, str | None]:
+    """Each point of the grid -> None (reuse its finished results) or why it runs (one phrase)."""
+    if reuse not in REUSE:
+        raise GridError(f"--reuse must be one of {list(REUSE)}, got {reuse!r}")
+    why = {p: reuse_reason(p, out / p.relative_dir) for p in grid.points}
+    if reuse == "never":
+        why = {p: r or "--reuse never" for p, r in why.items()}
+    return why
 
 
 def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str | Path | None = None,
               results_dir: str | Path | None = None, report: bool = True, report_only: bool = False,
               notebooks_dir: Path = NOTEBOOKS_DIR, log=print, executor: str | None = None,
-              slurm: dict | None = None) -> dict[str, list[str]]:
-    """Run every unfinished point, aggregate results.csv, render the report.
+              slurm: dict | None = None, reuse: str = "identical", dry_run: bool = False) -> dict[str, list[str]]:
+    """Run every point that is not finished with the same identity, aggregate results.csv, render the report.
 
     executor (default: the grid's `executor:`, else local): "local" runs `workers` worker processes (default: one
     per GPU, else one); "slurm" submits one job per point with the grid's `slurm:` options, overridden by `slurm`
-    (see slurm_jobs.SlurmOptions). Settings are checked before any point runs or is submitted."""
-    grid = load_grid(grid_path)
+    (see slurm_jobs.SlurmOptions). Settings are checked before any point runs or is submitted.
+    reuse: "identical" reuses a finished point whose point.json identity equals the planned one; "never" reruns
+    every point. dry_run: log each point with what would happen and why, and change nothing."""
+    grid = load_grid(grid_path, notebooks_dir=notebooks_dir)
     out = Path(output_dir) if output_dir else grid.output_dir
     res = Path(results_dir) if results_dir else grid.results_dir
     outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
+    why = plan(grid, out, reuse)
+    todo = [p for p in grid.points if why[p] is not None]
+    if dry_run:
+        for p in grid.points:
+            log(f"{p.label()}: " + ("reuse (finished, same identity)" if why[p] is None else f"run ({why[p]})"))
+        log(f"sweep (dry run): {len(grid.points)} points, {len(grid.points) - len(todo)} to reuse, {len(todo)} to "
+            f"run; nothing was changed")
+        return {"ran": [], "skipped": [p.label() for p in grid.points if why[p] is None],
+                "failed": [], "to_run": [p.label() for p in todo]}
     if not report_only:
-        todo = [p for p in grid.points if not (out / p.relative_dir / SUMMARY).exists()]
-        check_fallbacks(grid, grid_path, {p.task for p in todo})  # before anything runs or is written
+        check_fallbacks(grid.sources, grid_path, {p.task for p in todo})  # before anything runs or is written
         try:
             kind = executors.check_executor(executor or grid.executor)
             if kind == "slurm":
@@ -274,6 +203,10 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
             raise GridError(str(e)) from None
         for source in grid.sources.values():
             log(source.describe())
+        for p in todo:
+            if why[p] not in ("not run yet", "failed before"):
+                log(f"{p.label()}: {why[p]} — rerunning")
+            clear_outputs(out / p.relative_dir)  # no other identity's results survive, even if this run fails
         outcome["skipped"] = [p.label() for p in grid.points if p not in todo]
         for p in grid.points:  # finished points: only (re)render a missing HTML
             if p not in todo:
@@ -295,10 +228,12 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
                         log(f"[{k}/{len(todo)}] {p.label()}: {status}")
         for label in outcome["failed"]:
             log(f"FAILED {label}: see {out / label / ERROR}")
-    rows = aggregate(out, res / "results.csv")
-    log(f"results: {len(rows)} finished point(s) -> {res / 'results.csv'}")
+    rows = aggregate(grid.points, out, res / "results.csv")
+    stale = len(grid.points) - len(rows)
+    log(f"results: {len(rows)} finished point(s) of {len(grid.points)} -> {res / 'results.csv'}"
+        + (f" ({stale} not finished with this identity: not in it)" if stale else ""))
     if report and len(rows):
-        html = render_report(res, notebooks_dir)
+        html = render_report(res, notebooks_dir, grid.path)
         log(f"report: {html}")
     return outcome
 
@@ -318,72 +253,11 @@ def _progress(total: int, kind: str):
                 disable=None)  # drawn on a terminal only; the per-point log lines say the same in a log file
 
 
-# ---- aggregation and report ----------------------------------------------------------------------------------
-COLUMNS = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dense", "pruned", "flops_removed",
-           "flops_dense", "flops_pruned", "params_dense", "params_pruned", "pruning_seconds", "latency_dense_s",
-           "latency_pruned_s", "latency_speedup", "sample_examples", "seq_len", "device", "model", "run_dir"]
-
-
-LATENCY_COLUMNS = ["latency_budget_ms", "predicted_latency_ms", "measured_latency_ms", "measured_over_budget",
-                   "budget_miss"]  # points pruned to a latency budget only
-
-
-def summary_row(summary: dict, run_dir: Path) -> dict:
-    m = summary["metric"]
-    row = {k: summary.get(k) for k in COLUMNS}
-    if summary.get("latency_budget_ms") is not None:
-        row.update({k: summary.get(k) for k in LATENCY_COLUMNS})
-    row.update(dense=summary["dense"][m], pruned=summary["pruned"][m], run_dir=str(run_dir))
-    for name, v in summary["dense"].items():
-        row[f"dense_{name}"] = v
-    for name, v in summary["pruned"].items():
-        row[f"pruned_{name}"] = v
-    return row
-
-
-def aggregate(output_dir: str | Path, csv_path: str | Path):
-    """One row per finished point (every OUTPUT/<task>/<method>/c*/seed*/summary.json) -> results.csv.
-
-    Unfinished points with an error.txt are listed in failures.csv beside it."""
-    import pandas as pd
-
-    output_dir, csv_path = Path(output_dir), Path(csv_path)
-    rows, failures = [], []
-    for path in sorted(output_dir.glob(f"*/*/c*/seed*/{SUMMARY}")):
-        rows.append(summary_row(json.loads(path.read_text()), path.parent))
-    for path in sorted(output_dir.glob(f"*/*/c*/seed*/{ERROR}")):
-        if not (path.parent / SUMMARY).exists():
-            lines = path.read_text().splitlines()
-            failures.append({"run_dir": str(path.parent), "error": lines[1] if len(lines) > 1 else ""})
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df = df.sort_values(["task", "method", "constraint", "seed"])
-        df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
-    else:
-        df = pd.DataFrame(columns=COLUMNS)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(csv_path, index=False)
-    fail_path = csv_path.with_name("failures.csv")
-    if failures:
-        pd.DataFrame(failures).to_csv(fail_path, index=False)
-    elif fail_path.exists():
-        fail_path.unlink()
-    return df
-
-
-def render_report(results_dir: str | Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
-    """Execute notebook 05 on results_dir/results.csv -> results_dir/report.html and results_dir/figures/*.png."""
-    results_dir = Path(results_dir).resolve()
-    executed = results_dir / "05_results.ipynb"
-    execute_notebook(notebooks_dir / RESULTS_NOTEBOOK, executed,
-             {"results_csv": str(results_dir / "results.csv"), "figures_dir": str(results_dir / "figures")})
-    return render_html(executed, results_dir / "report.html")
-
-
 def main_sweep(grid: str, workers: int | None = None, output_dir: str | None = None, results_dir: str | None = None,
                report: bool = True, report_only: bool = False, executor: str | None = None,
-               slurm: dict | None = None) -> int:
+               slurm: dict | None = None, reuse: str = "identical", dry_run: bool = False) -> int:
     outcome = run_sweep(grid, workers, output_dir, results_dir, report=report, report_only=report_only,
-                        log=lambda msg: print(msg, file=sys.stderr, flush=True), executor=executor, slurm=slurm)
+                        log=lambda msg: print(msg, file=sys.stderr, flush=True), executor=executor, slurm=slurm,
+                        reuse=reuse, dry_run=dry_run)
     print(json.dumps({k: len(v) for k, v in outcome.items()}))
     return 1 if outcome["failed"] else 0
