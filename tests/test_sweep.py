@@ -59,11 +59,12 @@ def test_bad_grids_are_rejected(tmp_path, spec, message):
 
 def test_shipped_grids_are_valid():
     grid = load_grid(ROOT / "papermill_runs" / "grid_minilm.yaml", base=ROOT)
-    assert len(grid.points) == 3 * 5 * 3
+    assert len(grid.points) == 3 * 3 * 4 * 3
     assert {p.task for p in grid.points} == {"mrpc", "stsb", "sst2"}
-    assert {p.method for p in grid.points} == {"kprune", "kprune-no-tuning", "kwon-fisher"}
-    assert sorted({p.constraint for p in grid.points}) == [0.4, 0.5, 0.6, 0.7, 0.8]
-    assert {p.num_tokens for p in grid.points} == {5000}  # the committed results/ were produced at 5000
+    assert {p.method for p in grid.points} == {"kprune", "kprune-plus", "kwon-fisher", "kprune-no-tuning"}
+    assert sorted({p.constraint for p in grid.points}) == [0.4, 0.6, 0.8]
+    assert {p.seed for p in grid.points} == {0, 1, 2}
+    assert {p.num_tokens for p in grid.points} == {20000}  # the committed results/ were produced at 20 000
     if SHARED.exists():
         assert all(Path(p.model).is_dir() and Path(p.data_dir).is_dir() for p in grid.points)
         assert {Path(p.model).name for p in grid.points} == {"minilm-l6-mrpc", "minilm-l6-stsb", "minilm-l6-sst2"}

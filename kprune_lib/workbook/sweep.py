@@ -178,7 +178,8 @@ def run_sweep(grid_path: str | Path, workers: int | None = None, output_dir: str
     res = Path(results_dir) if results_dir else grid.results_dir
     outcome: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
     why = plan(grid, out, reuse)
-    todo = [p for p in grid.points if why[p] is not None]
+    # seed-major: an interrupted sweep leaves whole seeds (every task, method and constraint) rather than whole tasks
+    todo = sorted((p for p in grid.points if why[p] is not None), key=lambda p: p.seed)  # stable: grid order within
     if dry_run:
         for p in grid.points:
             log(f"{p.label()}: " + ("reuse (finished, same identity)" if why[p] is None else f"run ({why[p]})"))
