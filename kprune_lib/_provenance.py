@@ -69,5 +69,14 @@ def provenance(device=None, command: list[str] | None = None) -> dict:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "device": "cpu" if device is None else str(device), "device_name": device_name(device),
             "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": list(sys.argv if command is None else command)}
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": _command(command)}
+
+
+def _command(command: list[str] | None) -> list[str] | None:
+    """The command line given, else this process's; None inside a Jupyter kernel (its argv is the kernel launcher's:
+    a sweep records its own command in each point's point.json)."""
+    if command is not None:
+        return list(command)
+    if sys.argv and "ipykernel" in Path(sys.argv[0]).name:
+        return None
+    return list(sys.argv)
