@@ -494,29 +494,17 @@ def render_report(rows: list[dict], failures: list[dict], *, methods: list[str],
 
 
 def plot(rows: list[dict], methods: list[str], path: Path) -> None:
-    """One panel per task: metric vs % FLOPs removed, mean ± sd over seeds per method, dashed dense line."""
-    import matplotlib
-    matplotlib.use("Agg")
+    """One panel (4.5 × 3.8 in) per task: metric vs % FLOPs removed, mean ± sd over seeds per method; the workbook's
+    figure (kprune_lib.workbook.plots.metric_vs_flops: the methods' fixed styles, dense and dense − 3 points)."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.5 * max(1, len(tasks)), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        tr = [r for r in rows if r["task"] == task]
-        for m in methods:
-            cs = sorted({r["constraint"] for r in tr if r["method"] == m})
-            if not cs:
-                continue
-            pts = [[r for r in tr if r["method"] == m and r["constraint"] == c] for c in cs]
-            x = [statistics.fmean(100 * r["flops_removed"] for r in p) for p in pts]
-            stats = [mean_sd([r["pruned"] for r in p]) for p in pts]
-            ax.errorbar(x, [s[0] for s in stats], yerr=[s[1] or 0.0 for s in stats], marker="o", capsize=3, label=m)
-        ax.axhline(statistics.fmean(r["dense"] for r in tr), color="black", linestyle="--", label="dense")
-        ax.set_title(task)
-        ax.set_xlabel("% FLOPs removed")
-        ax.set_ylabel(f"{tr[0]['metric']} ×100")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    from kprune_lib.workbook import plots
+    from kprune_lib.workbook import results as views
+
+    df = pd.DataFrame([r for r in rows if r["method"] in methods])
+    df[["dense", "pruned"]] = df[["dense", "pruned"]] / 100.0  # the workbook's tables hold metrics ×1
+    fig = plots.metric_vs_flops(views.mean_over_seeds(df), panel=(4.5, 3.8))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -67,6 +67,8 @@ def test_report_renders_with_figures_in_headless_chromium(report, tmp_path):
     assert all(len(b) > 5000 for b in images)
     assert "kwon-fisher" in html and "kprune" in html  # the tables list both methods
     assert "Traceback" not in html and "load_results(" not in html  # no errors, inputs hidden
+    assert "results.csv sha256: " in html and "provenance:" in html  # says what produced it
+    assert "this sweep has no latency-budget record" in html  # reads only its own sweep
 
     shot = tmp_path / "shot.png"
     res = chromium(tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2400", url)

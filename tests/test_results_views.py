@@ -3,6 +3,7 @@ differences (unmatched seeds dropped, standard errors), kept units per layer and
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -147,11 +148,12 @@ def test_mean_over_seeds_mean_sd_and_seed_counts(results):
 
 def test_seed_table_shows_mean_sd_and_n(results):
     table = views.seed_table(results)
-    assert table.loc[("mrpc", "kprune"), 0.4] == "82.00 ± 2.00 (n=3)"
-    assert table.loc[("mrpc", "kprune-plus"), 0.8] == "74.50 ± 2.12 (n=2)"
-    assert table.loc[("mrpc", "kwon-fisher"), 0.4] == "–"
+    assert list(table.index.names) == ["task", "metric", "method"] and list(table.columns) == ["40 %", "80 %"]
+    assert table.loc[("MRPC", "accuracy (×100)", "kprune"), "40 %"] == "82.00 ± 2.00 (n=3)"
+    assert table.loc[("MRPC", "accuracy (×100)", "kprune-plus"), "80 %"] == "74.50 ± 2.12 (n=2)"
+    assert table.loc[("MRPC", "accuracy (×100)", "kwon-fisher"), "40 %"] == "–"
     one = views.seed_table(results[~((results.task == "stsb") & (results.seed == 1))])
-    assert one.loc[("stsb", "kprune"), 0.8] == "60.00 (n=1)"
+    assert one.loc[("STS-B", "Spearman ρ (×100)", "kprune"), "80 %"] == "60.00 (n=1)"
 
 
 # ---- paired differences --------------------------------------------------------------------------------------
@@ -192,9 +194,9 @@ def test_paired_view_table_in_points_with_summary_row(results):
     view = views.paired_view(results, ["kprune-plus", "kprune"], min_constraint=0.6)
     assert isinstance(view, pd.DataFrame)
     col = "kprune-plus − kprune: mean (points)"
-    assert view.loc[("mrpc", "0.8"), col] == pytest.approx(3.5)
-    assert view.loc[("mrpc", "0.8"), "standard error (points)"] == pytest.approx(0.5)
-    assert view.loc[("mrpc", "0.4"), "n"] == 3
+    assert view.loc[("MRPC", "0.8"), col] == pytest.approx(3.5)
+    assert view.loc[("MRPC", "0.8"), "standard error (points)"] == pytest.approx(0.5)
+    assert view.loc[("MRPC", "0.4"), "n"] == 3
     last = view.loc[("all tasks", "≥ 0.6")]
     assert last[col] == pytest.approx(3.25) and last["standard error (points)"] == pytest.approx(0.25)
     assert last["n"] == 2 and last["n counts"] == "(task, constraint) cells"
@@ -258,12 +260,12 @@ def test_mean_kept_and_matrix_at_the_largest_or_chosen_constraint(tmp_path, resu
 # ---- figures -------------------------------------------------------------------------------------------------
 def test_metric_vs_flops_draws_mean_sd_with_seed_counts(results):
     fig = plots.metric_vs_flops(views.mean_over_seeds(results))
-    ax = {a.get_title().split(":")[0]: a for a in fig.axes}["MRPC"]
-    labels = ax.get_legend_handles_labels()[1]
-    assert "kprune (n=3)" in labels and "kprune-plus (n=2–3)" in labels and "kwon-fisher (n=3)" in labels
-    assert "mean ± sd over seeds" in ax.get_title()
-    line = next(h for h, lab in zip(*ax.get_legend_handles_labels()) if lab == "kprune (n=3)")
-    assert line.lines[0].get_ydata() == pytest.approx([82.0, 72.0])  # ×100, sorted by FLOPs removed
+    ax = {a.get_title(): a for a in fig.axes}["MRPC"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "kprune (n=2–3)" in labels and "kprune-plus (n=2–3)" in labels and "kwon-fisher (n=3)" in labels
+    assert "mean ± sd over n seeds" in fig.legends[0].get_title().get_text()
+    line = next(x for x in ax.get_lines() if x.get_label() == "kprune")
+    assert line.get_ydata() == pytest.approx([82.0, 72.0])  # ×100, sorted by FLOPs removed
     matplotlib.pyplot.close(fig)
 
 
@@ -274,12 +276,91 @@ def test_kept_heatmap_figure_values_and_note(tmp_path, results):
     images = [a for a in fig.axes if a.get_images()]
     assert len(images) == 4  # 2 tasks × (heads, neurons)
     first = images[0]
-    assert np.asarray(first.get_images()[0].get_array()).tolist() == [[0.75, 1.0], [0.25, 0.75]]
+    assert np.asarray(first.get_images()[0].get_array()).tolist() == [[75.0, 100.0], [25.0, 75.0]]  # % kept
     assert [t.get_text() for t in first.get_yticklabels()] == ["kprune (n=2)", "kprune-plus (n=1)"]
-    assert "constraint 0.8" in first.get_title()
+    assert "80 % FLOPs removed" in first.get_title()
     assert plots.save(fig, tmp_path / "figs" / "kept.png", dpi=50) is None
     assert (tmp_path / "figs" / "kept.png").stat().st_size > 1000
     matplotlib.pyplot.close(fig)
     note = plots.kept_heatmap(views.kept_fractions(results, tmp_path / "nowhere"))
     assert isinstance(note, plots.Note) and "No per-layer heatmap" in note
     assert plots.save(note, tmp_path / "figs" / "none.png") is note and not (tmp_path / "figs" / "none.png").exists()
+
+
+# ---- relative run_dir, fingerprint, provenance ---------------------------------------------------------------
+def test_relative_run_dir_is_read_against_the_csv_folder(tmp_path, monkeypatch):
+    """The sweep writes run_dir relative to results.csv's folder: the summaries are found from any working folder;
+    absolute run_dirs keep working."""
+    results_dir = tmp_path / "sweep" / "results"
+    points = write_summaries(tmp_path / "sweep" / "points")
+    path = write_sweep_csv(results_dir / "results.csv", points_dir=points)
+    df = pd.read_csv(path)
+    df["run_dir"] = ["../points/" + str(Path(d).relative_to(points)) for d in df.run_dir]
+    df.to_csv(path, index=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = views.load_results(path)
+    assert all(Path(d).is_absolute() for d in loaded.run_dir)
+    assert len(views.point_summaries(loaded)) == len(KEPT)
+    monkeypatch.chdir(tmp_path)
+    assert len(views.point_summaries(views.load_results(write_sweep_csv(tmp_path / "abs.csv", points)))) == len(KEPT)
+
+
+def test_csv_fingerprint_is_the_sha256_of_the_bytes(tmp_path):
+    path = write_accuracy_csv(tmp_path / "a.csv")
+    assert views.csv_fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(path.read_bytes() + b"\n")
+    assert views.csv_fingerprint(path) != hashlib.sha256(path.read_bytes()[:-1]).hexdigest()
+
+
+def test_report_header_says_what_produced_the_results(tmp_path):
+    path = write_sweep_csv(tmp_path / "results" / "results.csv")
+    old = views.report_header(views.load_results(path), path)  # an older csv: no provenance columns
+    assert f"results.csv sha256: {views.csv_fingerprint(path)}" in old
+    assert f"{len(accuracy_rows())} points" in old and "sample tokens: 5000" in old and "seeds: 0, 1, 2" in old
+    for column in views.PROVENANCE_COLUMNS:
+        assert f"  {column}: not recorded" in old
+    assert "grid: no grid file given" in old
+    grid = tmp_path / "results" / "grid.yaml"
+    grid.write_text("tasks:\n  mrpc: {model: m}\nseeds: [0, 1, 2]\n")
+    digest = hashlib.sha256(grid.read_bytes()).hexdigest()
+    df = pd.read_csv(path).assign(commit="abc1234", dirty=False, torch="2.13.0", threads=2, grid=str(grid),
+                                  grid_sha256=digest, model="m", date=[f"2026-12-0{1 + i % 5}" for i in range(18)],
+                                  wall_seconds=[10.0 + i for i in range(18)])
+    df.to_csv(path, index=False)
+    text = views.report_header(views.load_results(path), path, grid)
+    assert "  commit: abc1234" in text and "  dirty: False" in text and "  torch: 2.13.0" in text
+    assert "  threads: 2" in text and "  python: not recorded" in text and "models: m" in text
+    assert "  date: 5 values, 2026-12-01 … 2026-12-05" in text and "  wall_seconds: 18 values, 10 to 27" in text
+    assert f"results.csv sha256: {views.csv_fingerprint(path)}" in text
+    assert f"sha256 {digest}; equals the csv's grid_sha256" in text and "seeds: [0, 1, 2]" in text
+    assert "DIFFERS" in views.report_header(views.load_results(path).assign(grid_sha256="0" * 64), path, grid)
+
+
+# ---- notebook 05 as the sweep runs it --------------------------------------------------------------------------
+def test_results_notebook_reads_only_its_own_sweep(tmp_path):
+    """The sweep's parameters (results_csv, figures_dir, grid_file, latency_results_dir None): the header names the
+    csv's sha256 and the grid, nothing else is read (no points_dir, no latency records by default)."""
+    import jupytext
+
+    from test_notebooks import RESULTS_NOTEBOOK, _text, execute, literal_parameters, parameters_cell
+
+    defaults = literal_parameters(parameters_cell(RESULTS_NOTEBOOK)[1][0].source)
+    assert defaults["latency_results_dir"] is None and defaults["points_dir"] is None
+    assert defaults["grid_file"] is None and "ratio_of_dense" not in defaults and "within_points" not in defaults
+    assert "ratio_of_dense" not in jupytext.read(RESULTS_NOTEBOOK).cells[2].source
+    path = write_sweep_csv(tmp_path / "results" / "results.csv", points_dir=write_summaries(tmp_path / "points"))
+    grid = tmp_path / "results" / "grid.yaml"
+    grid.write_text("methods: [kprune, kprune-plus, kwon-fisher]\n")
+    nb = execute(RESULTS_NOTEBOOK, tmp_path / "05.ipynb",
+                 {"results_csv": str(path), "figures_dir": str(tmp_path / "results" / "figures"),
+                  "grid_file": str(grid), "latency_results_dir": None})
+    text = _text(nb)
+    assert f"results.csv sha256: {views.csv_fingerprint(path)}" in text and "methods: [kprune, kprune-plus" in text
+    assert "commit: not recorded" in text
+    md = "\n".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert md.count("this sweep has no latency-budget record") == 1
+    assert not (tmp_path / "results" / "figures" / "accuracy_vs_latency.png").exists()
+    assert (tmp_path / "results" / "figures" / "kept_per_layer.png").exists()  # from the rows' run_dir

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import matplotlib
 
@@ -10,12 +11,54 @@ if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widge
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-METHOD_STYLE = {  # colour and marker per method, stable across figures
-    "kprune": ("tab:red", "o"), "kprune-no-tuning": ("tab:orange", "s"), "kprune-pred-only": ("tab:purple", "^"),
-    "kprune-rep-only": ("tab:brown", "v"), "kwon-fisher": ("tab:blue", "D"), "kprune-plus": ("tab:green", "P"),
-    "kprune-fisher": ("tab:olive", "X"), "kprune-gn": ("tab:cyan", "<"), "kprune-gold": ("tab:pink", ">"),
+from kprune_lib import config  # noqa: E402
+from kprune_lib.data.tasks import GLUE_TASKS  # noqa: E402
+from kprune_lib.method.methods import METHOD_NAMES  # noqa: E402
+
+
+Style = NamedTuple("Style", [("color", str), ("marker", str), ("linestyle", str)])
+# One colour, marker and line style per method of the registry, the same in every figure (tests/test_figures.py
+# checks that every registered method has its own). A method an older results table names that the registry no
+# longer has is drawn in FALLBACK_STYLE.
+METHOD_STYLE: dict[str, Style] = {
+    "kprune": Style("#d62728", "o", "-"), "kprune-plus": Style("#2ca02c", "P", "-"),
+    "kprune-no-tuning": Style("#ff7f0e", "s", "--"), "kprune-pred-only": Style("#9467bd", "^", "--"),
+    "kprune-rep-only": Style("#8c564b", "v", "--"), "kprune-fisher": Style("#bcbd22", "X", "-."),
+    "kprune-gn": Style("#17becf", "<", "-."), "kprune-gold": Style("#e377c2", ">", "-."),
+    "kprune-damp": Style("#7f7f7f", "d", ":"), "kwon-fisher": Style("#1f77b4", "D", "-"),
 }
+FALLBACK_STYLE = Style("#393b79", "x", ":")
+# Task names as the GLUE and SQuAD papers write them (figure titles, table headers), metric names as words.
+TASK_NAMES = {name: t.folder for name, t in GLUE_TASKS.items()} | {"squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "spearman": "Spearman ρ", "pearson": "Pearson r",
+                "matthews": "Matthews corr.", "exact_match": "exact match"}
+
+
+def method_style(method: str) -> Style:
+    return METHOD_STYLE.get(method, FALLBACK_STYLE)
+
+
+def task_name(task: str) -> str:  # 'stsb' -> 'STS-B'; a name the task table lacks is returned unchanged
+    return TASK_NAMES.get(task, task)
+
+
+def metric_name(metric: str) -> str:  # 'spearman' -> 'Spearman ρ'
+    return METRIC_NAMES.get(metric, str(metric).replace("_", " "))
+
+
+def ordered(names, order) -> list:
+    """The distinct `names` in the order of `order` (the registry's, the GLUE papers'), any others after, sorted."""
+    names = set(names)
+    return [n for n in order if n in names] + sorted(names - set(order))
+
+
+def legend_outside(fig: plt.Figure, handles, labels, title: str | None = None, where: str = "lower center"):
+    """One legend for the whole figure, outside every axes: the figure's constrained layout makes room for it."""
+    ncol = min(len(labels), max(1, int(fig.get_figwidth() / 2.8))) if "center" in where else 1
+    return fig.legend(handles, labels, loc=f"outside {where}", ncol=ncol, fontsize="small", title=title,
+                      title_fontsize="small", frameon=False)
 
 
 class Note(str):
@@ -195,76 +238,122 @@ def metric_bars(metrics: dict[str, dict], metric: str, reference: str | None = "
     return fig
 
 
+def _sd_bars(ax, x, y, sd, n, color, method: str) -> None:
+    """± sd error bars at the points with n > 1 only (no bar, no cap for one seed), labelled '_sd <method>'."""
+    spread = np.asarray(n) > 1
+    if spread.any():
+        ax.errorbar(np.asarray(x)[spread], np.asarray(y, dtype=float)[spread], yerr=np.asarray(sd, dtype=float)[spread],
+                    fmt="none", ecolor=color, elinewidth=1, capsize=3, label=f"_sd {method}", zorder=2)
+
+
 def _seeds_label(seeds) -> str:
     """'n=3', or 'n=2–3' when the points of a curve have different numbers of seeds."""
     lo, hi = int(np.min(seeds)), int(np.max(seeds))
     return f"n={lo}" if lo == hi else f"n={lo}–{hi}"
 
 
-def metric_vs_flops(mean: pd.DataFrame, ratio: float = 0.97) -> plt.Figure:
-    """Paper-style figure from `views.mean_over_seeds` (metrics ×1, drawn ×100): main metric vs FLOPs removed,
-    one panel per task, one curve per method with the mean over seeds and ± sample-sd error bars, the number of
-    seeds in the legend (n=…), the dense value and the `ratio`-of-dense line."""
-    tasks = sorted(mean.task.unique())
-    cols = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False, constrained_layout=True)
+def metric_vs_flops(mean: pd.DataFrame, panel: tuple[float, float] = (5.0, 4.2)) -> plt.Figure:
+    """Paper-style figure from `views.mean_over_seeds` (metrics ×1, drawn ×100): the main metric against the FLOPs
+    removed, one panel per task, one curve per method (its `METHOD_STYLE`): the mean over seeds at each constraint,
+    ± one sample sd where n > 1 (no bar for one seed), n in the legend. Markers and x ticks only at the constraints
+    measured. Solid black: the dense model; dashed: dense − config.ACCURACY_DROP_POINTS (absolute). A curve equal to
+    one drawn before it (e.g. two methods with the same settings) is drawn over it with large hollow markers, and its
+    legend entry says so. `panel`: inches per panel; at most 3 panels a row; one legend below the panels."""
+    tasks, methods = ordered(mean.task, TASK_NAMES), ordered(mean.method, METHOD_NAMES)
+    cols, rows = min(3, len(tasks)), math.ceil(len(tasks) / 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows), squeeze=False,
+                             layout="constrained")
+    twins: dict[str, list[str]] = {}
     for ax, task in zip(axes.flat, tasks):
         part = mean[mean.task == task]
-        for method, g in part.groupby("method"):
-            g = g.sort_values("flops_removed")
-            color, marker = METHOD_STYLE.get(method, (None, "x"))
-            seeds = g["seeds"] if "seeds" in g else [1]
-            std = g["pruned_std"] if "pruned_std" in g else 0.0 * g.pruned
-            ax.errorbar(100 * g.flops_removed, 100 * g.pruned, yerr=100 * std, color=color, marker=marker,
-                        capsize=3, label=f"{method} ({_seeds_label(seeds)})")
-        dense = float(part.dense.mean())
-        ax.axhline(100 * dense, color="k", lw=1, label="dense")
-        ax.axhline(100 * ratio * dense, color="k", ls="--", lw=1, label=f"{ratio:.0%} of dense")
-        ax.set(title=f"{task.upper()}: mean ± sd over seeds", xlabel="FLOPs removed (%)",
-               ylabel=f"{part.metric.iloc[0]} (×100)")
-        ax.legend(fontsize="small")
+        drawn: dict[str, tuple] = {}
+        for method in methods:
+            g = part[part.method == method].sort_values("constraint")
+            if g.empty:
+                continue
+            style = method_style(method)
+            x, y = 100 * g.constraint.to_numpy(dtype=float), 100 * g.pruned.to_numpy(dtype=float)
+            same = [m for m, (x0, y0) in drawn.items() if len(x0) == len(x) and np.allclose(x0, x)
+                    and np.allclose(y0, y, rtol=0, atol=1e-6)]
+            look = dict(mfc="none", ms=12, mew=1.8, zorder=4) if same else dict(ms=6, zorder=3)
+            ax.plot(x, y, color=style.color, marker=style.marker, ls=style.linestyle, label=method, **look)
+            twins[method] = list(dict.fromkeys(twins.get(method, []) + same))
+            drawn[method] = (x, y)
+            _sd_bars(ax, x, y, 100 * g.pruned_std, g.seeds, style.color, method)
+        dense = 100 * float(part.dense.mean())
+        ax.axhline(dense, color="k", lw=1, ls="-", label="_dense")
+        ax.axhline(dense - config.ACCURACY_DROP_POINTS, color="k", lw=1, ls="--", label="_threshold")
+        ticks = sorted(set(np.round(100 * part.constraint.to_numpy(dtype=float), 6)))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set(title=task_name(task), xlabel="FLOPs removed (%)", ylabel=f"{metric_name(part.metric.iloc[0])} (×100)")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
+    handles, labels = [], []
+    for method in methods:
+        style = method_style(method)
+        handles.append(Line2D([], [], color=style.color, marker=style.marker, ls=style.linestyle))
+        note = f"; hollow where equal to {', '.join(twins[method])}" if twins.get(method) else ""
+        labels.append(f"{method} ({_seeds_label(mean[mean.method == method].seeds)}{note})")
+    handles += [Line2D([], [], color="k", lw=1, ls="-"), Line2D([], [], color="k", lw=1, ls="--")]
+    labels += ["dense", f"dense − {config.ACCURACY_DROP_POINTS:g} points"]
+    legend_outside(fig, handles, labels, title="mean ± sd over n seeds (no bar where n = 1)")
     return fig
 
 
 def kept_heatmap(mean_kept: pd.DataFrame):
-    """Per task (one row of panels): heads and neurons side by side, rows = methods (n seeds), columns = layers,
-    colour and label = mean over seeds of the fraction of the layer's units kept (`views.mean_kept`).
-    A `Note` instead of a figure when there is nothing to draw."""
+    """Per task (one row of panels): heads and neurons side by side, rows = methods (n seeds; labels in the method's
+    colour), columns = layers, colour and label = the mean over seeds of the % of the layer's units kept
+    (`views.mean_kept`). A `Note` instead of a figure when there is nothing to draw."""
     if mean_kept.empty or mean_kept.fraction.isna().all():
         return Note("**No per-layer heatmap**: no point summary (summary.json with heads_kept / neurons_kept and "
                     "per-sublayer unit counts) was found at the chosen constraint; looked at each row's `run_dir`, "
                     "then `points_dir/<task>/<method>/c<constraint>/seed<seed>/`.")
-    tasks = sorted(mean_kept.task.unique())
+    tasks = ordered(mean_kept.task, TASK_NAMES)
     n_methods = mean_kept.method.nunique()
     fig, axes = plt.subplots(len(tasks), 2, figsize=(13, len(tasks) * (0.45 * n_methods + 1.6) + 0.4), squeeze=False,
-                             constrained_layout=True)
+                             layout="constrained")
     for row, task in enumerate(tasks):
         part = mean_kept[mean_kept.task == task]
         seeds = part.groupby("method").seeds.max()
+        methods = ordered(part.method, METHOD_NAMES)
         for col, kind in enumerate(("heads", "neurons")):
             ax = axes[row, col]
             sub = part[part.kind == kind]
-            grid = sub.pivot(index="method", columns="layer", values="fraction").sort_index()
-            im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="Greens", vmin=0, vmax=1)
+            grid = 100 * sub.pivot(index="method", columns="layer", values="fraction").reindex(methods)
+            im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="Greens", vmin=0, vmax=100)
             for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                            color="white" if v > 0.6 else "black")
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if v > 60 else "black")
             ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
             ax.set_yticks(range(grid.shape[0]), [f"{m} (n={seeds[m]})" for m in grid.index])
-            ax.set(xlabel="layer",
-                   title=f"{task.upper()} · {kind} kept (fraction), constraint {part.constraint.iloc[0]:g}")
-        fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, label="fraction kept (mean over seeds)")
+            for label, m in zip(ax.get_yticklabels(), grid.index):
+                label.set_color(method_style(m).color)
+            ax.set(xlabel="layer", title=f"{task_name(task)}: {kind} kept (%), {100 * part.constraint.iloc[0]:g} % "
+                                         "FLOPs removed")
+        fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, label="units kept (%, mean over seeds)")
     return fig
 
 
 def pruning_time(times: pd.DataFrame) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
-    times.plot.bar(ax=ax, color=[METHOD_STYLE.get(m, ("grey",))[0] for m in times.columns])
-    ax.set(ylabel="pruning time (s)", title="Pruning time per method", xlabel="task")
+    """Bars per task and method of `views.pruning_times` (task, method, mean, sd, n): the mean pruning time over the
+    points (constraints × seeds), ± one sample sd where n > 1, n in the legend."""
+    tasks, methods = ordered(times.task, TASK_NAMES), ordered(times.method, METHOD_NAMES)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) * max(1, len(methods)) / 2 + 2), 4.2),
+                           layout="constrained")
+    width = 0.8 / len(methods)
+    handles, labels = [], []
+    for j, method in enumerate(methods):
+        g = times[times.method == method].set_index("task").reindex(tasks)
+        x = np.arange(len(tasks)) + (j - (len(methods) - 1) / 2) * width
+        ok, style = g["mean"].notna().to_numpy(), method_style(method)
+        bars = ax.bar(x[ok], g["mean"][ok], width, color=style.color, label=method)
+        _sd_bars(ax, x[ok], g["mean"][ok], g["sd"][ok], g.n[ok], "k", method)
+        handles.append(bars)
+        labels.append(f"{method} ({_seeds_label(g.n[ok])})")
+    ax.set_xticks(range(len(tasks)), [task_name(t) for t in tasks])
+    ax.set(ylabel="pruning time (s)", xlabel="task", title="Pruning time per task and method")
+    legend_outside(fig, handles, labels, title="mean ± sd over n points (constraints × seeds); no bar where n = 1")
     return fig
 
 
@@ -279,29 +368,30 @@ def latency_table(rows: pd.DataFrame | list[dict], title: str = "") -> plt.Figur
         ax.plot(part.units, part.measured_ms, "o", ms=3, color="tab:grey", label="measured (median)")
         ax.plot(part.units, part.cost_ms, "-", color="tab:red", label="monotone table")
         ax.set(xlabel="heads" if kind == "mha" else "neurons", ylabel="ms per batch",
-               title=f"{'attention' if kind == 'attention' else 'FFN'} sublayer" + (f" · {title}" if title else ""))
+               title=f"{'attention' if kind == 'mha' else 'FFN'} sublayer" + (f" · {title}" if title else ""))
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
+    legend_outside(fig, *axes.flat[0].get_legend_handles_labels(), where="right")
     return fig
 
 
-def accuracy_vs_latency(points: pd.DataFrame, metric: str = "metric") -> plt.Figure:
-    """Dev metric (×100) vs measured latency, one curve per constraint kind (column `kind`: e.g. "latency budget",
-    "FLOPs constraint"), one line per seed where there is a `seed` column; the dense model as a star where a row has
-    kind "dense". points: kind, measured_ms, metric[, seed]."""
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+def accuracy_vs_latency(points: pd.DataFrame, metric: str = "metric", label: str = "accuracy") -> plt.Figure:
+    """Dev metric `label` (column `metric`, ×1, drawn ×100) vs measured latency, one curve per constraint kind
+    (column `kind`: e.g. "latency budget", "FLOPs constraint"), one line per seed where there is a `seed` column (n in
+    the legend); the dense model as a star where a row has kind "dense". points: kind, measured_ms, metric[, seed]."""
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     styles = {"latency budget": ("tab:red", "o"), "FLOPs constraint": ("tab:blue", "s"), "dense": ("k", "*")}
     for kind, g in points.groupby("kind", sort=False):
         color, marker = styles.get(kind, (None, "x"))
-        # one line per seed where a `seed` column is given (labelled once)
-        runs = g.groupby("seed", dropna=False, sort=True) if "seed" in g else [(None, g)]
+        # one line per seed where a `seed` column is given (labelled once, with n)
+        runs = list(g.groupby("seed", dropna=False, sort=True)) if "seed" in g else [(None, g)]
+        name = f"{kind} (n={len(runs)} seeds, a line each)" if kind != "dense" and len(runs) > 1 else kind
         for j, (_, r) in enumerate(runs):
             r = r.sort_values("measured_ms")
             ax.plot(r.measured_ms, 100 * r[metric], marker=marker, color=color, ms=9 if kind == "dense" else 6,
-                    ls="none" if kind == "dense" else "-", alpha=1.0 if j == 0 else 0.6,
-                    label=kind if j == 0 else None)
-    ax.set(xlabel="measured latency (ms per batch)", ylabel=f"{metric} (×100)", title="Accuracy vs measured latency")
-    ax.legend(fontsize="small")
+                    ls="none" if kind == "dense" else "-", alpha=1.0 if j == 0 else 0.6, label=name if j == 0 else None)
+    ax.set(xlabel="measured latency (ms per batch)", ylabel=f"{metric_name(label)} (×100)",
+           title="Accuracy vs measured latency")
+    legend_outside(fig, *ax.get_legend_handles_labels(), where="right")
     return fig
 
 

@@ -1,15 +1,23 @@
 """Notebook 05's views of a sweep's results.csv: means over seeds, paired differences, kept units per layer,
-speed-ups, pruning times and the latency-budget record."""
+speed-ups, pruning times, the latency-budget record and what produced the results (fingerprint, provenance)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-# Convention: every table returned here holds metrics ×1 (fractions: 0.853, not 85.3), the sweep's scale;
-# figures and the paired-difference view show them ×100 ("points").
+from kprune_lib import config
+from kprune_lib.data.tasks import QA_TASK_TABLE
+from kprune_lib.method.methods import METHOD_NAMES
+from kprune_lib.workbook import plots
+from kprune_lib.workbook.plots import TASK_NAMES, Note, metric_name, ordered, task_name
+
+# Convention: the data tables here (load_results, mean_over_seeds, paired_differences …) hold metrics ×1 (fractions:
+# 0.853, not 85.3), the sweep's scale; what the report shows (figures and the "report tables": seed_table,
+# speedup_table, pruning_time_table, paired_view, latency_budget_means) is ×100, with task display names.
 _SUBLAYER_KIND = {"mha": "heads", "ffn": "neurons"}  # summary sublayer kind -> heatmap panel
 
 
@@ -17,11 +25,12 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """Read a results table into one convention: metrics ×1 (fractions), one row per point.
 
     Two formats are accepted:
-    - the sweep's `results.csv` (`kprune sweep`): metrics ×1, a `run_dir` per point, latency columns;
+    - the sweep's `results.csv` (`kprune sweep`): metrics ×1 (SQuAD's, percentages in summary.json, are divided by
+      100 here), a `run_dir` per point (relative to the csv's folder, or absolute), latency and provenance columns;
     - the accuracy protocol's csv (`benchmarks/accuracy.py`, `benchmarks/results/accuracy.csv`): metrics ×100 and a
       `delta` column, recognised by `delta` without `run_dir`; its dense, pruned and delta are divided by 100.
-    The result always has `delta` (pruned − dense), `run_dir` and `latency_speedup` (NaN where the format lacks them);
-    `df.attrs["source"]` is "sweep" or "accuracy".
+    The result always has `delta` (pruned − dense), `run_dir` (absolute; NaN where the format lacks it) and
+    `latency_speedup`; `df.attrs["source"]` is "sweep" or "accuracy", `df.attrs["path"]` the csv.
     """
     df = pd.read_csv(path)
     if df.empty:
@@ -33,17 +42,26 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if source == "accuracy":
         for col in ("dense", "pruned", "delta"):
             df[col] = df[col] / 100.0
+    else:
+        qa = df.task.isin(list(QA_TASK_TABLE))
+        for col in [c for c in df.columns if c in ("dense", "pruned") or c.startswith(("dense_", "pruned_"))]:
+            if pd.api.types.is_numeric_dtype(df[col]):
+                df.loc[qa, col] = df.loc[qa, col] / 100.0
     df["delta"] = df["pruned"] - df["dense"]
     for col in ("run_dir", "latency_speedup", "flops_removed", "pruning_seconds"):
         if col not in df.columns:
             df[col] = np.nan
-    df.attrs["source"] = source
+    base = Path(path).resolve().parent
+    df["run_dir"] = [str(base / d) if isinstance(d, str) and d and not Path(d).is_absolute() else d
+                     for d in df["run_dir"]]
+    df.attrs.update(source=source, path=str(path))
     return df
 
 
 def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample sd (0 for one seed) of the main metric, and mean costs, per (task, method, constraint);
     `seeds` is the number of rows (seeds) averaged."""
+    df = df.assign(**{c: np.nan for c in ("flops_removed", "pruning_seconds", "latency_speedup") if c not in df})
     g = df.groupby(["task", "method", "constraint"], as_index=False)
     out = g.agg(metric=("metric", "first"), dense=("dense", "mean"), pruned=("pruned", "mean"),
                 pruned_std=("pruned", "std"), flops_removed=("flops_removed", "mean"),
@@ -53,46 +71,88 @@ def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _label(df: pd.DataFrame) -> pd.DataFrame:
+    """task -> its display name (MRPC, STS-B …) and metric -> '<metric as words> (×100)', for report tables."""
+    return df.assign(task=df.task.map(task_name), metric=[f"{metric_name(m)} (×100)" for m in df.metric])
+
+
+def _task_order(df: pd.DataFrame, index: list[str]) -> pd.DataFrame:
+    """Rows in the GLUE papers' task order and the registry's method order (by the raw names)."""
+    order = {"task": ordered(df.task, TASK_NAMES), "method": ordered(df.method, METHOD_NAMES)}
+    key = lambda col: col.map({n: i for i, n in enumerate(order[col.name])}) if col.name in order else col  # noqa: E731
+    return df.sort_values(index, key=key, kind="stable")
+
+
 def seed_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, method) × constraint: the pruned metric ×100 as 'mean ± sd (n=seeds)'; 'mean (n=1)' for one."""
-    mean = mean_over_seeds(df)
+    """Report table: per task (display name), metric and method, the pruned metric ×100 at each constraint
+    (columns: % of FLOPs removed) as 'mean ± sd (n=seeds)'; 'mean (n=1)' for one seed, '–' where not run."""
+    mean = _task_order(mean_over_seeds(df), ["task", "method", "constraint"])
     text = [f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if n > 1 else "") + f" (n={n})"
             for m, s, n in zip(mean.pruned, mean.pruned_std, mean.seeds)]
-    return mean.assign(pruned=text).pivot(index=["task", "method"], columns="constraint", values="pruned").fillna("–")
+    mean = _label(mean).assign(pruned=text, constraint=[f"{100 * c:g} %" for c in mean.constraint])
+    table = mean.pivot_table(index=["task", "metric", "method"], columns="constraint", values="pruned",
+                             aggfunc="first", sort=False)
+    table = table[sorted(table.columns, key=lambda c: float(c.split()[0]))].fillna("–")
+    table.columns.name = "FLOPs removed"
+    return table
 
 
-def speedup_table(df: pd.DataFrame, within: float = 0.03) -> pd.DataFrame:
-    """Per task and method, the most compressed model whose metric is within `within` (3 points) of dense."""
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Report table: per task and method, the most compressed model whose mean metric is within
+    `config.ACCURACY_DROP_POINTS` (3) points of dense, absolute: pruned ×100 ≥ dense ×100 − 3. Its metric ×100
+    (mean over n seeds), % of FLOPs removed, FLOPs speedup 1 / (1 − removed) and measured latency speedup (sweeps
+    only). Methods without such a model have no row (`none_within` names them); all-NaN columns are left out."""
     mean = mean_over_seeds(df)
-    ok = mean[mean.pruned >= mean.dense - within]
-    rows = []
-    for (task, method), g in mean.groupby(["task", "method"]):
-        good = ok[(ok.task == task) & (ok.method == method)]
-        row = {"task": task, "method": method, "dense": g.dense.iloc[0]}
-        if good.empty:
-            row.update(constraint=np.nan, pruned=np.nan, flops_removed=np.nan, flops_speedup=np.nan,
-                       latency_speedup=np.nan)
-        else:
-            best = good.loc[good.flops_removed.idxmax()]
-            row.update(constraint=best.constraint, pruned=best.pruned, flops_removed=best.flops_removed,
-                       flops_speedup=1.0 / (1.0 - best.flops_removed), latency_speedup=best.latency_speedup)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index(["task", "method"])
+    ok = mean[100 * mean.pruned >= 100 * mean.dense - config.ACCURACY_DROP_POINTS - 1e-9]
+    best = ok.loc[ok.groupby(["task", "method"]).flops_removed.idxmax()] if len(ok) else ok
+    best = _label(_task_order(best, ["task", "method"]))
+    table = pd.DataFrame({"task": best.task, "metric": best.metric, "method": best.method,
+                          "dense (×100)": 100 * best.dense, "pruned (×100)": 100 * best.pruned, "n seeds": best.seeds,
+                          "FLOPs removed (%)": 100 * best.flops_removed,
+                          "FLOPs speedup (×)": 1.0 / (1.0 - best.flops_removed),
+                          "latency speedup (×)": best.latency_speedup})
+    return table.set_index(["task", "metric", "method"]).dropna(axis=1, how="all").round(2)
 
 
-def latency_budget_misses(df: pd.DataFrame) -> pd.DataFrame | str:
+def none_within(df: pd.DataFrame):
+    """A `Note` naming the (task, method) pairs of `df` with no model within ACCURACY_DROP_POINTS of dense."""
+    have = set(speedup_table(df).index.droplevel("metric"))
+    pairs = _task_order(df[["task", "method"]].drop_duplicates(), ["task", "method"])
+    lost = [f"{task_name(t)} {m}" for t, m in zip(pairs.task, pairs.method) if (task_name(t), m) not in have]
+    drop = config.ACCURACY_DROP_POINTS
+    if not lost:
+        return Note(f"Every method has a model within {drop:g} points of dense on every task.")
+    return Note(f"No model within {drop:g} points of dense (so no row above): {', '.join(lost)}.")
+
+
+def latency_budget_misses(df: pd.DataFrame):
     """The points pruned to a latency budget, with budget, predicted and measured latency and the miss flag; a
-    sentence when the results hold none."""
+    `Note` when the results hold none."""
     if "latency_budget_ms" not in df or df.latency_budget_ms.isna().all():
-        return "No point of these results was pruned to a latency budget."
-    cols = ["task", "method", "seed", "latency_budget_ms", "predicted_latency_ms", "measured_latency_ms",
-            "measured_over_budget", "budget_miss"]
-    return df[df.latency_budget_ms.notna()][[c for c in cols if c in df]].reset_index(drop=True)
+        return Note("No point of these results was pruned to a latency budget.")
+
+    names = {"task": "task", "method": "method", "seed": "seed", "latency_budget_ms": "budget (ms)",
+             "predicted_latency_ms": "predicted (ms)", "measured_latency_ms": "measured (ms)",
+             "measured_over_budget": "measured / budget", "budget_miss": "miss"}
+    out = df[df.latency_budget_ms.notna()][[c for c in names if c in df]].rename(columns=names)
+    return out.assign(task=out.task.map(task_name)).reset_index(drop=True)
+
+
+def pruning_times(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task and method: mean, sample sd (NaN for one) and n of the pruning time (s) over the points (constraints ×
+    seeds). Columns task, method, mean, sd, n."""
+    g = df.dropna(subset=["pruning_seconds"]).groupby(["task", "method"]).pruning_seconds
+    return pd.DataFrame({"mean": g.mean(), "sd": g.std(), "n": g.count()}).reset_index()
 
 
 def pruning_time_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean pruning time (s) per task and method."""
-    return df.pivot_table(index="task", columns="method", values="pruning_seconds", aggfunc="mean")
+    """Report table: task (display name) × method, the pruning time in s as 'mean ± sd (n=points)'."""
+    t = _task_order(pruning_times(df), ["task", "method"])
+    text = [f"{m:.1f}" + (f" ± {s:.1f}" if n > 1 else "") + f" (n={n})" for m, s, n in zip(t["mean"], t.sd, t.n)]
+    table = t.assign(task=t.task.map(task_name), time=text).pivot_table(
+        index="task", columns="method", values="time", aggfunc="first", sort=False).fillna("–")
+    table.columns.name = "pruning time (s)"
+    return table
 
 
 def _rounded(constraint) -> pd.Series | float:
@@ -132,8 +192,6 @@ def paired_view(df: pd.DataFrame, compare: list[str], min_constraint: float = 0.
     with the mean of the per-seed differences A − B, its standard error and n seed pairs, then one row with the
     mean over the cells with constraint ≥ min_constraint (n = cells); rounded to 3 decimals. A Markdown `Note`
     instead when A or B has no rows, or no seed has both."""
-    from kprune_lib.workbook.plots import Note
-
     if len(compare) != 2 or compare[0] == compare[1]:
         return Note(f"**Paired differences skipped**: `compare` must name two different methods, got {compare!r}.")
     a, b = compare
@@ -147,7 +205,7 @@ def paired_view(df: pd.DataFrame, compare: list[str], min_constraint: float = 0.
         return Note(f"**Paired differences {a} − {b} skipped**: no seed has both methods in any (task, constraint).")
     s = paired_summary(paired, min_constraint)
     label = f"{a} − {b}"
-    table = pd.DataFrame({"task": paired.task, "constraint": paired.constraint.map(lambda c: f"{c:g}"),
+    table = pd.DataFrame({"task": paired.task.map(task_name), "constraint": paired.constraint.map(lambda c: f"{c:g}"),
                           f"{label}: mean (points)": 100 * paired["mean"].astype(float),
                           "standard error (points)": 100 * paired.se.astype(float), "n": paired.n.astype(int),
                           "n counts": "seed pairs"})
@@ -233,11 +291,13 @@ def kept_fractions(df: pd.DataFrame, points_dir: str | Path | None = None,
     return mean_kept(kept_per_layer(point_summaries(df, points_dir)), constraint)
 
 
-def latency_budget_record(results_dir: str | Path):
+def latency_budget_record(results_dir: str | Path | None):
     """The newest full record `<date>-latency-budget.json` of benchmarks/latency_budget.py under results_dir (dict,
-    its path under "path"), or a Markdown `Note` saying how to make one."""
-    from kprune_lib.workbook.plots import Note
-
+    its path under "path"), or a Markdown `Note`: that results_dir is None (a sweep's report: its sweep has no such
+    record), or how to make one."""
+    if results_dir is None:
+        return Note("**Accuracy at equal latency**: this sweep has no latency-budget record (`latency_results_dir` "
+                    "is None; pass the folder of `make latency-budget`'s records to show one).")
     found = sorted(Path(results_dir).glob("*-latency-budget.json"))  # `--quick` runs end in -latency-budget-quick
     if not found:
         return Note(f"**Accuracy at equal latency skipped**: no `*-latency-budget.json` under `{results_dir}` — run "
@@ -266,22 +326,19 @@ def latency_budget_points(record: dict) -> pd.DataFrame:
 def latency_budget_figure(record):
     """Accuracy vs measured latency of a latency-budget record, latency budgets against the FLOPs-constrained
     models of the same measured latency, one line per seed (a `Note` is passed through)."""
-    from kprune_lib.workbook import plots
-
     if isinstance(record, plots.Note):
         return record
-    fig = plots.accuracy_vs_latency(latency_budget_points(record))
+    fig = plots.accuracy_vs_latency(latency_budget_points(record), label="accuracy")
     fig.axes[0].set_title(f"Accuracy vs measured latency ({Path(record['path']).name})", fontsize="small")
     return fig
 
 
 def latency_budget_means(record):
     """Per budget fraction, the means over seeds: measured / budget (final interleaved rounds), the metric (×100) of
-    the latency-budget and FLOPs-constrained models of equal measured latency and their difference, n seeds."""
-    from kprune_lib.workbook.plots import Note
-
+    the latency-budget and FLOPs-constrained models of equal measured latency and their difference, n seeds. None
+    for a `Note` (the figure's cell has shown it already)."""
     if isinstance(record, Note):
-        return record
+        return None
     rows = pd.DataFrame(record["rows"])
     g = rows.groupby("budget_fraction", sort=False)
     out = pd.DataFrame({"measured / budget": g.measured_over_budget.mean(),
@@ -293,3 +350,51 @@ def latency_budget_means(record):
                         "n seeds": g.seed.nunique()})
     out.index = [f"{100 * f:.0f} % of dense" for f in out.index]
     return out.round(3)
+
+
+# ---- what produced the results --------------------------------------------------------------------------------
+PROVENANCE_COLUMNS = ("commit", "dirty", "kprune_lib", "python", "torch", "transformers", "device_name", "threads",
+                      "date", "grid", "grid_sha256", "wall_seconds")
+
+
+def csv_fingerprint(path: str | Path) -> str:
+    """sha256 (hex) of the file's bytes: names the exact results table a report was made from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _distinct(values: pd.Series) -> str:
+    """The distinct values of a column, in a line: all of them up to 3, else a range (numbers) or first … last."""
+    v = values.dropna()
+    if v.empty:
+        return "not recorded"
+    uniq = sorted(v.astype(str).unique()) if not pd.api.types.is_numeric_dtype(v) else sorted(v.unique())
+    if len(uniq) <= 3:
+        return ", ".join(f"{u:g}" if isinstance(u, float) else str(u) for u in uniq)
+    if pd.api.types.is_numeric_dtype(v):
+        return f"{len(uniq)} values, {min(uniq):g} to {max(uniq):g} (sum {v.sum():g})"
+    return f"{len(uniq)} values, {uniq[0]} … {uniq[-1]}"
+
+
+def report_header(df: pd.DataFrame, csv_path: str | Path, grid_file: str | Path | None = None) -> str:
+    """What produced a report, as text: the table read (its format and sha256), the number of points, tasks,
+    methods, models, sample tokens and seeds, the distinct values of every provenance column (or "not recorded" for a
+    column an older csv lacks), and the grid file's YAML (its sha256 checked against the csv's `grid_sha256`)."""
+    def col(name):
+        return _distinct(df[name]) if name in df else "not recorded"
+
+    lines = [f"{len(df)} points from {csv_path} ({df.attrs.get('source', 'sweep')} format)",
+             f"results.csv sha256: {csv_fingerprint(csv_path)}",
+             f"tasks: {', '.join(task_name(t) for t in ordered(df.task, TASK_NAMES))}",
+             f"methods: {', '.join(ordered(df.method, METHOD_NAMES))}", f"models: {col('model')}",
+             f"sample tokens: {col('num_tokens')}", f"seeds: {col('seed')} (n = {df.seed.nunique()})",
+             "provenance:"] + [f"  {name}: {col(name)}" for name in PROVENANCE_COLUMNS]
+    if grid_file is None:
+        return "\n".join(lines + ["grid: no grid file given"])
+    grid = Path(grid_file)
+    if not grid.is_file():
+        return "\n".join(lines + [f"grid: {grid} not found"])
+    digest = hashlib.sha256(grid.read_bytes()).hexdigest()
+    recorded = set(df.grid_sha256.dropna().astype(str)) if "grid_sha256" in df else set()
+    check = ("equals the csv's grid_sha256" if recorded == {digest} else
+             "the csv records no grid_sha256" if not recorded else "DIFFERS from the csv's grid_sha256")
+    return "\n".join(lines + [f"grid {grid} (sha256 {digest}; {check}):", "", grid.read_text().rstrip()])
