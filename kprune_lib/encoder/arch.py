@@ -53,19 +53,36 @@ class UnsupportedArchitecture(ValueError):
     pass
 
 
+def arch_table(model: nn.Module) -> ArchTable:
+    """The table of a model's architecture; `UnsupportedArchitecture` if there is none (a check that needs no Arch)."""
+    model_type = base_type(getattr(model.config, "model_type", None))
+    if model_type not in TABLES:
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))} "
+            "(use a checkpoint of one of these)"
+        )
+    return TABLES[model_type]
+
+
 class Arch:
-    """A model seen through its architecture table."""
+    """A model seen through its architecture table.
+
+    Built once per model and passed down (`Arch.of` lets an entry point take either). It caches only what the
+    config says (the table, the layer count, the dense head count and FFN width, hidden size, head size), and
+    physical pruning changes modules, never the config (`physical.prune_physically`); what a layer has now (`units`,
+    `heads_in_layer`, `neurons_in_layer`, every module) is read live from the model. So one Arch stays valid from
+    loading through masking, tuning, physical pruning and saving; only a copy of the model needs an Arch of its own.
+    """
+
+    @classmethod
+    def of(cls, model: nn.Module | Arch) -> Arch:
+        """`model` itself when it is an Arch already, else a view of it: for entry points that take either."""
+        return model if isinstance(model, Arch) else cls(model)
 
     def __init__(self, model: nn.Module):
-        model_type = base_type(getattr(model.config, "model_type", None))
-        if model_type not in TABLES:
-            raise UnsupportedArchitecture(
-                f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))} "
-                "(use a checkpoint of one of these)"
-            )
         self.model = model
-        self.table = TABLES[model_type]
-        self.model_type = model_type
+        self.table = arch_table(model)
+        self.model_type = base_type(model.config.model_type)
         cfg = model.config
         self.num_layers = len(self.layers)
         self.num_heads = int(getattr(cfg, self.table.heads_attr))  # heads of the dense model
