@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
 
 from kprune_lib.encoder import hf
-from kprune_lib.encoder.arch import Arch
+from kprune_lib.encoder.arch import Arch, arch_table
 from kprune_lib.encoder.physical import prune_physically, shape_masks
 
 KPRUNE_FILE = "kprune.json"
@@ -63,7 +63,7 @@ def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = 
                    "pass a checkpoint folder or a hub id (offline, only local folders and cached ids work)")
             raise ModelLoadError(f"could not load model {name_or_dir!r}: {_first_line(e)} — {fix}") from None
     tok = load_tokenizer(tokenizer or name_or_dir, model, given=tokenizer is not None)
-    Arch(model)  # fail early on unsupported architectures
+    arch_table(model)  # fail early on unsupported architectures
     return model.to(device).eval(), tok
 
 
@@ -115,8 +115,9 @@ def check_tokenizer(tok, model, source: str, fix: str = "pass the right one with
         raise ModelLoadError(f"the tokenizer of {source!r} turns plain English into unknown tokens only; {fix}")
 
 
-def pruned_shape(model) -> dict:
-    arch = Arch(model)
+def pruned_shape(model: torch.nn.Module | Arch) -> dict:
+    """Heads and neurons per layer of a model (or its Arch) as it is now."""
+    arch = Arch.of(model)
     return {"heads_per_layer": [arch.heads_in_layer(i) for i in range(arch.num_layers)],
             "neurons_per_layer": [arch.neurons_in_layer(i) for i in range(arch.num_layers)]}
 
@@ -126,17 +127,19 @@ def _stock_class_name(model) -> str:
     return next(c.__name__ for c in type(model).__mro__ if c.__module__.startswith("transformers."))
 
 
-def save_pruned(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
-    """Write a (physically pruned) model: model.safetensors, config.json, the model code, tokenizer files and
-    kprune.json.
+def save_pruned(model: torch.nn.Module | Arch, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+    """Write a (physically pruned) model, given as such or as its Arch: model.safetensors, config.json, the model
+    code, tokenizer files and kprune.json.
 
     config.json names a kprune model type with the per-layer shapes and an `auto_map`, and the code files
     (`hf.CODE_FILES`) travel with it, so stock transformers loads the folder with `trust_remote_code=True`.
     info: extra provenance for kprune.json (kept unit indices, constraint, FLOPs, hyper-parameters …).
     """
+    arch = Arch.of(model)
+    model = arch.model
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = pruned_shape(model)
+    shape = pruned_shape(arch)
     model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     hf.pruned_config(model, shape["heads_per_layer"], shape["neurons_per_layer"]).save_pretrained(out_dir)
     hf.copy_code(out_dir)
@@ -183,7 +186,7 @@ def load_pruned(model_dir: str | Path):
     model = cls(config).to(torch.float32)
     arch = Arch(model)
     shape = shape_masks(meta["heads_per_layer"], meta["neurons_per_layer"], arch.num_heads, arch.ffn_size)
-    prune_physically(model, *shape, width_multiple=1)  # the saved widths exactly (padding, if any, is in them)
+    prune_physically(arch, *shape, width_multiple=1)  # the saved widths exactly (padding, if any, is in them)
     try:
         load_safetensors(model, str(model_dir / WEIGHTS_FILE), strict=True)
     except SafetensorError as e:

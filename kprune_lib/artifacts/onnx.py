@@ -122,22 +122,25 @@ class _Exported(nn.Module):
         return (out.start_logits, out.end_logits) if self.qa else out.logits
 
 
-def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    """ONNX input and output names of a task model."""
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if Arch(model).table.token_types else [])
-    outputs = ["start_logits", "end_logits"] if hasattr(model, "qa_outputs") else ["logits"]
+def io_names(model: nn.Module | Arch) -> tuple[list[str], list[str]]:
+    """ONNX input and output names of a task model (or its Arch)."""
+    arch = Arch.of(model)
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if arch.table.token_types else [])
+    outputs = ["start_logits", "end_logits"] if hasattr(arch.model, "qa_outputs") else ["logits"]
     return inputs, outputs
 
 
-def example_inputs(model: nn.Module, batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(model: nn.Module | Arch, batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random int64 inputs of the given shape: ids inside the vocabulary, row 0 padded over its last third."""
+    arch = Arch.of(model)
+    model = arch.model
     g = torch.Generator().manual_seed(seed)
     vocab = int(model.config.vocab_size)
     ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if seq > 2:
         mask[0, seq - seq // 3:] = 0
-    names, _ = io_names(model)
+    names, _ = io_names(arch)
     out = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in names:
         tt = torch.zeros(batch, seq, dtype=torch.long)
@@ -146,10 +149,11 @@ def example_inputs(model: nn.Module, batch: int, seq: int, seed: int = 0) -> dic
     return out
 
 
-def _max_positions(model: nn.Module) -> int:
-    n = int(getattr(model.config, "max_position_embeddings", 512))
-    if Arch(model).model_type in ("roberta", "xlm-roberta"):  # positions start after the pad id
-        n -= int(getattr(model.config, "pad_token_id", 1) or 1) + 1
+def _max_positions(arch: Arch) -> int:
+    config = arch.model.config
+    n = int(getattr(config, "max_position_embeddings", 512))
+    if arch.model_type in ("roberta", "xlm-roberta"):  # positions start after the pad id
+        n -= int(getattr(config, "pad_token_id", 1) or 1) + 1
     return n
 
 
@@ -157,6 +161,11 @@ def _max_positions(model: nn.Module) -> int:
 def load_for_export(model_dir: str | Path) -> nn.Module:
     """A pruned `OUT/model` folder (via `load_pruned`), else a dense checkpoint (local folder or hub id) of a supported
     architecture; sequence classification or question answering, as its config.json says."""
+    return _load_arch(model_dir).model
+
+
+def _load_arch(model_dir: str | Path) -> Arch:
+    """`load_for_export`'s model in float32 and eval mode, seen through its Arch."""
     path = Path(model_dir)
     try:
         if (path / KPRUNE_FILE).is_file():
@@ -170,13 +179,14 @@ def load_for_export(model_dir: str | Path) -> nn.Module:
             qa = any(a.endswith("ForQuestionAnswering") for a in (getattr(config, "architectures", None) or []))
             auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
             model = auto.from_pretrained(str(model_dir), config=config, dtype=torch.float32)
-        Arch(model)
+        arch = Arch(model)  # fails on an unsupported architecture
     except Exception as e:  # noqa: BLE001 - any failure to rebuild the model is the user's folder, said in one line
         if isinstance(e, (KeyboardInterrupt, MemoryError)):
             raise
         raise OnnxExportError(f"cannot export {model_dir}: not a loadable model ({_first_line(e)}); pass a pruned "
                               f"OUT/model folder (written by kprune prune) or a fine-tuned checkpoint folder") from None
-    return model.float().eval()
+    model.float().eval()  # in place: the Arch still sees it
+    return arch
 
 
 # ---- output file ----------------------------------------------------------------------------------------------
@@ -238,7 +248,7 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _check(path: Path, model: nn.Module, wrapped: nn.Module, opset: int, shapes) -> float:
+def _check(path: Path, arch: Arch, wrapped: nn.Module, opset: int, shapes) -> float:
     """Load the file in onnxruntime, check its opset, run it on `shapes`, return max abs diff against PyTorch."""
     import onnx
 
@@ -255,7 +265,7 @@ def _check(path: Path, model: nn.Module, wrapped: nn.Module, opset: int, shapes)
                               f"use --opset {MIN_OPSET}–{max_opset()} (default {DEFAULT_OPSET})") from None
     worst = 0.0
     for i, (b, s) in enumerate(shapes):
-        feed = example_inputs(model, b, s, seed=i + 1)
+        feed = example_inputs(arch, b, s, seed=i + 1)
         got = sess.run(None, {k: v.numpy() for k, v in feed.items()})
         with torch.no_grad():
             ref = wrapped(**feed)
@@ -301,17 +311,17 @@ def export_onnx(model: str | Path, output: str | Path, opset: int = DEFAULT_OPSE
                               f"(up to {top}); use --opset {MIN_OPSET}–{top} (default {DEFAULT_OPSET})")
     target = Path(output)
     with _atomic_file(target, overwrite) as tmp:  # fails early on an unwritable output, before loading anything
-        net = load_for_export(model)
-        arch = Arch(net)
+        arch = _load_arch(model)
+        net = arch.model
         heads = [arch.heads_in_layer(i) for i in range(arch.num_layers)]
         neurons = [arch.neurons_in_layer(i) for i in range(arch.num_layers)]
-        inputs, outputs = io_names(net)
+        inputs, outputs = io_names(arch)
         graph_model = copy.deepcopy(net)
         stripped = strip_empty_linears(graph_model)
         wrapped = _Exported(graph_model, "token_type_ids" in inputs, outputs[0] == "start_logits").eval()
         reference = _Exported(net, "token_type_ids" in inputs, outputs[0] == "start_logits").eval()
-        seq_cap = max(4, min(_max_positions(net), 64))
-        traced = example_inputs(net, 2, min(8, seq_cap))
+        seq_cap = max(4, min(_max_positions(arch), 64))
+        traced = example_inputs(arch, 2, min(8, seq_cap))
         try:
             _torch_export(wrapped, traced, inputs, outputs, opset, tmp)
         except OnnxExportError:
@@ -323,7 +333,7 @@ def export_onnx(model: str | Path, output: str | Path, opset: int = DEFAULT_OPSE
                                   f"{MIN_OPSET}–{top} (default {DEFAULT_OPSET}), KPRUNE_DEBUG=1 shows the traceback") from e
         diff = None
         if check:
-            diff = _check(tmp, net, reference, opset, [(3, min(13, seq_cap)), (1, min(5, seq_cap))])
+            diff = _check(tmp, arch, reference, opset, [(3, min(13, seq_cap)), (1, min(5, seq_cap))])
             if not diff <= PARITY_TOL:
                 raise OnnxExportError(f"the exported graph disagrees with PyTorch (max abs logit difference {diff:.3g} "
                                       f"> {PARITY_TOL}); please report this model")

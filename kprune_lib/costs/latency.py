@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kprune_lib._atomic import write_json
 from kprune_lib.config import LATENCY_CACHE_ENV, LATENCY_STALE_TOLERANCE, LATENCY_TABLE_POLICIES
@@ -43,8 +44,8 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "kprune"
 
 
-def table_key(model, batch: int, seq: int, device: torch.device, threads: int) -> dict:
-    arch = Arch(model)
+def table_key(arch: Arch, batch: int, seq: int, device: torch.device, threads: int) -> dict:
+    model = arch.model
     heads, neurons = shape_of(arch)
     return {"version": TABLE_VERSION, "device": device.type, "device_name": device_name(device),
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": threads,
@@ -82,12 +83,13 @@ def load_table(path: str | Path) -> LatencyTable:
 
 
 
-def latency_table(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
-                  *, timer: Timer | None = None, refresh: bool = False, progress: bool = True,
-                  policy: str = "remeasure", tolerance: float = LATENCY_STALE_TOLERANCE) -> LatencyTable:
-    """The latency table of `model` (its shape as it is now) on `device` (default: the model's) with `threads` CPU
-    threads (default: torch's), at `batch` examples × `seq` real tokens: from the cache when a table with the same
-    key is there (unless refresh), else measured and cached (written atomically).
+def latency_table(model: nn.Module | Arch, batch: int, seq: int, device: torch.device | str | None = None,
+                  threads: int | None = None, *, timer: Timer | None = None, refresh: bool = False,
+                  progress: bool = True, policy: str = "remeasure",
+                  tolerance: float = LATENCY_STALE_TOLERANCE) -> LatencyTable:
+    """The latency table of `model` (a model or its Arch; its shape as it is now) on `device` (default: the
+    model's) with `threads` CPU threads (default: torch's), at `batch` examples × `seq` real tokens: from the cache
+    when a table with the same key is there (unless refresh), else measured and cached (written atomically).
 
     A cached table is checked first (`check_staleness`): the dense model is re-timed once; if it runs more than
     `tolerance` away from the table's total, the table was measured in another machine state (load, clocks,
@@ -95,21 +97,22 @@ def latency_table(model, batch: int, seq: int, device: torch.device | str | None
     so, and `table.check` records what was seen (summary.json's `latency.table_check`)."""
     if policy not in LATENCY_TABLE_POLICIES:
         raise ValueError(f"latency table policy must be one of {LATENCY_TABLE_POLICIES}, got {policy!r}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    arch = Arch.of(model)
+    device = torch.device(device) if device is not None else next(arch.model.parameters()).device
     threads = threads or torch.get_num_threads()
-    if seq > max_positions(model):
-        raise ValueError(f"latency sequence length {seq} exceeds the model's {max_positions(model)} positions; "
-                         f"use --latency-seq {max_positions(model)} or less")
-    key = table_key(model, batch, seq, device, threads)
+    if seq > (most := max_positions(arch)):
+        raise ValueError(f"latency sequence length {seq} exceeds the model's {most} positions; "
+                         f"use --latency-seq {most} or less")
+    key = table_key(arch, batch, seq, device, threads)
     path = cache_path(key)
     check = None
     if not refresh and (table := _load(path, key)) is not None:
-        check = check_staleness(table, measure_latency(model, batch, seq, device, threads, timer=timer), tolerance,
+        check = check_staleness(table, measure_latency(arch, batch, seq, device, threads, timer=timer), tolerance,
                                 policy)
         if check["action"] != "remeasured":
             table.check = check
             return table
-    table = measure_table(model, batch, seq, device, threads, timer=timer, progress=progress)
+    table = measure_table(arch, batch, seq, device, threads, timer=timer, progress=progress)
     table.key = key
     write_json(path, table.to_json(), indent=1)
     table.path = str(path)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from kprune_lib.encoder.arch import Arch
@@ -78,11 +79,11 @@ def shape_of(arch: Arch) -> tuple[list[int], list[int]]:
     return [arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)]
 
 
-def max_positions(model) -> int:
+def max_positions(arch: Arch) -> int:
     """Longest sequence the model's position embeddings take (RoBERTa-style ids start after the padding index)."""
-    cfg = model.config
+    cfg = arch.model.config
     n = int(getattr(cfg, "max_position_embeddings", 10**9))
-    if Arch(model).model_type in ("roberta", "xlm-roberta"):
+    if arch.model_type in ("roberta", "xlm-roberta"):
         n -= int(cfg.pad_token_id) + 1
     return n
 
@@ -95,11 +96,10 @@ def ffn_grid(width: int, device_type: str) -> list[int]:
     return sorted(set(range(0, width, step)) | {width})
 
 
-def random_inputs(model, batch: int, seq: int, device: torch.device) -> dict:
+def random_inputs(arch: Arch, batch: int, seq: int, device: torch.device) -> dict:
     """A batch of `batch` examples × `seq` real tokens (random ids; no padding)."""
-    arch = Arch(model)
     g = torch.Generator().manual_seed(0)
-    vocab = int(model.config.vocab_size)
+    vocab = int(arch.model.config.vocab_size)
     ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq), generator=g)
     inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
     if arch.table.token_types:
@@ -135,15 +135,13 @@ def _ffn_fn(arch: Arch, i: int, neurons: int, x: torch.Tensor) -> Callable[[], t
     return lambda: ln(x + w2(act(w1(x))))
 
 
-def measure_table(model, batch: int, seq: int, device: torch.device, threads: int, *, timer: Timer | None = None,
-                  progress: bool = True) -> LatencyTable:
+def measure_table(model: nn.Module | Arch, batch: int, seq: int, device: torch.device, threads: int, *,
+                  timer: Timer | None = None, progress: bool = True) -> LatencyTable:
     """Measure the table (no cache): see the module docstring for the protocol."""
     t_start = time.perf_counter()
     load_before = _loadavg()
-    if next(model.parameters()).device != device:
-        model = copy.deepcopy(model).to(device)
-    model.eval()
-    arch = Arch(model)
+    arch = _on_device(Arch.of(model), device)
+    model = arch.model.eval()
     heads, neurons = shape_of(arch)
     timer = timer or wall_timer(device)
     # the layers with the most heads / neurons are shrunk to every grid point
@@ -151,7 +149,7 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
     grid = {MHA: list(range(max(heads) + 1)), "ffn": ffn_grid(max(neurons), device.type)}
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch, seq, arch.hidden, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
-    inputs = random_inputs(model, batch, seq, device)
+    inputs = random_inputs(arch, batch, seq, device)
     with torch.inference_mode(), num_threads(threads):
         points = [(MHA, h, _attention_fn(arch, i_attn, h, x)) for h in grid[MHA]]
         # an FFN point is timed at the physical width it gets (the timer is told that width)
@@ -159,8 +157,8 @@ def measure_table(model, batch: int, seq: int, device: torch.device, threads: in
         fractions = [0.0, *LATENCY_CALIBRATION, 1.0]
         shapes = [uniform_shape(heads, neurons, f) for f in fractions]
         for f, shape in zip(fractions, shapes):
-            m = model if f == 1.0 else _shrunk_copy(model, heads, neurons, *shape)
-            points.append(("model", shape_of(Arch(m)), lambda m=m: m(**inputs)))  # its physical shape
+            a = arch if f == 1.0 else _shrunk_copy(arch, heads, neurons, *shape)
+            points.append(("model", shape_of(a), lambda m=a.model: m(**inputs)))  # its physical shape
         times = _timed_rounds(points, timer, f"latency table ({device.type}, batch {batch}, seq {seq})", progress)
     medians = [1e3 * statistics.median(t) for t in times]
     measured = {kind: [m for (k, _, _), m in zip(points, medians) if k == kind] for kind in KINDS}
@@ -195,12 +193,22 @@ def uniform_shape(heads: list[int], neurons: list[int], fraction: float) -> tupl
     return [round(fraction * h) for h in heads], [round(fraction * n) for n in neurons]
 
 
-def _shrunk_copy(model, heads: list[int], neurons: list[int], keep_heads: list[int], keep_neurons: list[int]):
-    """A physically pruned copy of the model keeping the first keep_heads[i] of layer i's heads[i] heads and the
-    first keep_neurons[i] of its neurons[i] neurons."""
+def _on_device(arch: Arch, device: torch.device) -> Arch:
+    """`arch` if its model is on `device`, else a copy of the model moved there (a new model: its own Arch)."""
+    if next(arch.model.parameters()).device == device:
+        return arch
+    return Arch(copy.deepcopy(arch.model).to(device))
+
+
+def _shrunk_copy(arch: Arch, heads: list[int], neurons: list[int], keep_heads: list[int],
+                 keep_neurons: list[int]) -> Arch:
+    """A physically pruned copy of the model (a new model: its own Arch) keeping the first keep_heads[i] of layer
+    i's heads[i] heads and the first keep_neurons[i] of its neurons[i] neurons."""
     head_mask = [torch.arange(h) < k for h, k in zip(heads, keep_heads)]
     neuron_mask = [torch.arange(n) < k for n, k in zip(neurons, keep_neurons)]
-    return prune_physically(copy.deepcopy(model), head_mask, neuron_mask)
+    shrunk = Arch(copy.deepcopy(arch.model))
+    prune_physically(shrunk, head_mask, neuron_mask)
+    return shrunk
 
 
 def _timed_rounds(points: list[tuple], timer: Timer, desc: str, progress: bool,
@@ -218,31 +226,34 @@ def _timed_rounds(points: list[tuple], timer: Timer, desc: str, progress: bool,
     return times
 
 
-def measure_latency(model, batch: int, seq: int, device: torch.device | str | None = None, threads: int | None = None,
-                    *, timer: Timer | None = None, progress: bool = False) -> float:
+def measure_latency(model: nn.Module | Arch, batch: int, seq: int, device: torch.device | str | None = None,
+                    threads: int | None = None, *, timer: Timer | None = None, progress: bool = False) -> float:
     """Median milliseconds of the model's whole forward on `batch` × `seq` real tokens (same protocol as the table)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if next(model.parameters()).device != device:
-        model = copy.deepcopy(model).to(device)
-    model.eval()
-    inputs = random_inputs(model, batch, seq, device)
-    shape = shape_of(Arch(model))
+    arch = Arch.of(model)
+    device = torch.device(device) if device is not None else next(arch.model.parameters()).device
+    arch = _on_device(arch, device)
+    model = arch.model.eval()
+    inputs = random_inputs(arch, batch, seq, device)
+    shape = shape_of(arch)
     with torch.inference_mode(), num_threads(threads):
         times = _timed_rounds([("model", shape, lambda: model(**inputs))], timer or wall_timer(device),
                               f"latency ({device.type}, batch {batch}, seq {seq})", progress)
     return 1e3 * statistics.median(times[0])
 
 
-def measure_latencies(models: dict, batch: int, seq: int, device: torch.device | str, threads: int | None = None,
-                      *, timer: Timer | None = None, progress: bool = False) -> dict[str, float]:
-    """Median milliseconds of each model's forward (name -> ms), the models timed in the same interleaved rounds so
-    that a change of the machine's load hits them alike (for comparisons at equal measured latency)."""
+def measure_latencies(models: dict[str, nn.Module | Arch], batch: int, seq: int, device: torch.device | str,
+                      threads: int | None = None, *, timer: Timer | None = None,
+                      progress: bool = False) -> dict[str, float]:
+    """Median milliseconds of each model's forward (name -> ms; a model or its Arch), the models timed in the same
+    interleaved rounds so that a change of the machine's load hits them alike (for comparisons at equal measured
+    latency)."""
     device = torch.device(device)
     points = []
     with torch.inference_mode(), num_threads(threads):
         for name, model in models.items():
-            model = model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
-            inputs = random_inputs(model.eval(), batch, seq, device)
-            points.append(("model", shape_of(Arch(model)), lambda m=model, x=inputs: m(**x)))
+            arch = _on_device(Arch.of(model), device)
+            arch.model.eval()
+            inputs = random_inputs(arch, batch, seq, device)
+            points.append(("model", shape_of(arch), lambda m=arch.model, x=inputs: m(**x)))
         times = _timed_rounds(points, timer or wall_timer(device), f"latency of {len(models)} models", progress)
     return {name: 1e3 * statistics.median(t) for name, t in zip(models, times)}

@@ -22,9 +22,10 @@ def aligned_width(kept: int, width: int, multiple: int = FFN_WIDTH_MULTIPLE) -> 
     return 0 if kept == 0 else min(width, -(-kept // multiple) * multiple)
 
 
-def prune_physically(model: nn.Module, head_mask: torch.Tensor, neuron_mask: torch.Tensor,
+def prune_physically(model: nn.Module | Arch, head_mask: torch.Tensor, neuron_mask: torch.Tensor,
                      width_multiple: int = FFN_WIDTH_MULTIPLE) -> nn.Module:
-    """Remove the heads / neurons whose mask is 0 from a dense-shaped model, in place.
+    """Remove the heads / neurons whose mask is 0 from a dense-shaped model (or the model of an `Arch`, which stays
+    valid: see `Arch`), in place; returns the model.
 
     head_mask: (L, H) bool/0-1 over the model's current heads; neuron_mask: (L, N) likewise.
     A layer left with no head gets `NoAttention` (no Q/K/V work) and an output projection of
@@ -34,7 +35,7 @@ def prune_physically(model: nn.Module, head_mask: torch.Tensor, neuron_mask: tor
     row, zero bias, zero output column: they add exactly 0): matrix kernels run aligned widths faster than the few
     neurons cost (measured in benchmarks/RESULTS.md); `width_multiple=1` keeps exactly the masked neurons.
     """
-    arch = Arch(model)
+    arch = Arch.of(model)
     for i in range(arch.num_layers):
         heads = head_mask[i].bool().to("cpu")
         if heads.numel() != arch.heads_in_layer(i):
@@ -50,7 +51,7 @@ def prune_physically(model: nn.Module, head_mask: torch.Tensor, neuron_mask: tor
         prune_block(arch.layer(i), arch.table, dims, keep, int(heads.sum()), arch.head_size)
         if pad:
             zero_neurons(arch, i, slice(kept.numel(), None))
-    return model
+    return arch.model
 
 
 @torch.no_grad()
