@@ -75,12 +75,15 @@ def test_ablations_run_kprune_with_their_hyperparameters():
 
     masks = {}
     for method in ("kprune-pred-only", "kprune-rep-only"):
-        m1, m2 = tiny_model(layers=3), tiny_model(layers=3)
+        m1, m2, m3 = tiny_model(layers=3), tiny_model(layers=3), tiny_model(layers=3)
         r1 = run_method(m1, batches, "classification", PruneConfig(method=method), SEQ, progress=False)
         cfg = resolve_method(PruneConfig(method=method))
+        # the loop's keyword form (settings by name over the default config) and its config form
         r2 = kprune(m2, batches, "classification", constraint=cfg.constraint, seq_len=SEQ, lam_pred=cfg.lam_pred,
                     lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, progress=False)
-        assert torch.equal(r1.head_mask, r2.head_mask) and torch.equal(r1.neuron_mask, r2.neuron_mask)
+        r3 = kprune(Arch(m3), batches, "classification", PruneConfig(method=method), seq_len=SEQ, progress=False)
+        for r in (r2, r3):
+            assert torch.equal(r1.head_mask, r.head_mask) and torch.equal(r1.neuron_mask, r.neuron_mask)
         masks[method] = torch.cat([r1.head_mask.flatten(), r1.neuron_mask.flatten()])
     assert not torch.equal(masks["kprune-pred-only"], masks["kprune-rep-only"])  # the ablation changes something
 
@@ -118,8 +121,8 @@ def test_fisher_equals_finite_differences_of_the_hf_forward(problem):
     """(∂L/∂m_u)² summed over batches, with m_u scaling a whole head / neuron, against central differences."""
     model = tiny_model(num_labels=2 if problem == "classification" else 1).double()
     batches = labelled(problem, n_batches=2)
-    fh, fn = fisher_scores(model, batches, problem)
     arch, eps = Arch(model), 1e-5
+    fh, fn = fisher_scores(arch, batches, problem)
     dh = arch.head_size
     for layer, head in ((0, 1), (1, 3)):
         s, dims = 2 * layer, list(range(head * dh, (head + 1) * dh))
@@ -137,7 +140,7 @@ def test_fisher_equals_finite_differences_of_the_hf_forward(problem):
 
 def test_fisher_needs_labels():
     with pytest.raises(ValueError, match="gold labels"):
-        fisher_scores(tiny_model(), random_batches(1), "classification")
+        fisher_scores(Arch(tiny_model()), random_batches(1), "classification")
 
 
 def test_greedy_selection_by_score_per_flop():
@@ -173,7 +176,7 @@ def test_kwon_fisher_meets_budget_and_equals_masked_model(constraint):
     assert res.flops_pruned > (1 - constraint) * res.flops_dense - fh  # greedy leaves less than one head unspent
     assert res.flops_pruned == pytest.approx(float(res.head_mask.sum()) * fh + float(res.neuron_mask.sum()) * fn)
     # selection = greedy on the Fisher scores / FLOPs
-    fis_h, fis_n = fisher_scores(reference, batches, "classification")
+    fis_h, fis_n = fisher_scores(Arch(reference), batches, "classification")
     L, H, N = 3, arch.num_heads, arch.ffn_size
     expected = greedy_flops_selection(torch.cat([fis_h.flatten(), fis_n.flatten()]),
                                       torch.cat([torch.full((L * H,), fh), torch.full((L * N,), fn)]),
@@ -194,6 +197,30 @@ def test_kwon_fisher_regression_runs_through_run_method():
     res = run_method(model, labelled("regression"), "regression", PruneConfig(method="kwon-fisher", constraint=0.5), SEQ)
     assert 0.4 < 1 - res.flops_pruned / res.flops_dense <= 0.5 + 1e-9
     assert "fisher" in res.timings
+
+
+def test_the_given_arch_is_passed_down(monkeypatch):
+    """run_method (both algorithms), physical pruning and saving take the Arch they are given and build none."""
+    from kprune_lib.artifacts.checkpoint import pruned_shape
+
+    built = []
+    init = Arch.__init__
+    monkeypatch.setattr(Arch, "__init__", lambda self, model: (built.append(model), init(self, model))[1])
+    for method in ("kprune", "kwon-fisher"):
+        arch = Arch(tiny_model(layers=2))
+        res = run_method(arch, labelled("classification"), "classification", PruneConfig(method=method), SEQ,
+                         progress=False)
+        prune_physically(arch, res.head_mask, res.neuron_mask)
+        assert pruned_shape(arch)["heads_per_layer"] == res.heads_kept  # the Arch sees the model's new shape
+    assert len(built) == 2  # the two built here
+
+
+def test_kprune_refuses_a_method_of_another_algorithm():
+    with pytest.raises(ValueError, match="run_method"):
+        from kprune_lib.method.loop import kprune
+
+        kprune(tiny_model(), labelled("classification"), "classification", PruneConfig(method="kwon-fisher"),
+               seq_len=SEQ)
 
 
 def test_one_shot_global_mask_is_one_threshold_over_iteration0_scores():

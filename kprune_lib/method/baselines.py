@@ -23,31 +23,26 @@ from kprune_lib.method.search import kpms_threshold
 from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
 
 
-def run_method(model: torch.nn.Module, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
+def run_method(model: torch.nn.Module | Arch, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
                progress: bool = True, record_knowledge: bool = False, latency=None) -> PruneResult:
-    """Prune `model` in place (dense shapes, pruned projection columns zeroed) with `config.method` (its registry
-    entry, `methods.REGISTRY`, says which algorithm runs and with which settings).
+    """Prune `model` (or the model of an `Arch`) in place (dense shapes, pruned projection columns zeroed) with
+    `config.method` (its registry entry, `methods.REGISTRY`, says which algorithm runs and with which settings).
     With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`)."""
     cfg = resolve(config)
-    method = get(cfg.method)
-    by_latency = cfg.latency_budget_ms is not None
     check(cfg, problem)
-    if method.algorithm == "fisher-greedy":
+    if get(cfg.method).algorithm == "fisher-greedy":
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
-    return kprune(model, batches, problem, constraint=None if by_latency else cfg.constraint,
-                  latency=latency, latency_budget_ms=cfg.latency_budget_ms, seq_len=seq_len, lam_pred=cfg.lam_pred,
-                  lam_rep=cfg.lam_rep, mu=cfg.mu, temperature=cfg.temperature, tuning=cfg.tuning,
-                  schedule=cfg.schedule, ridge=cfg.ridge, progress=progress, record_knowledge=record_knowledge,
-                  pred_knowledge=cfg.pred_knowledge, gold_first=cfg.gold_first, damping=cfg.damping)
+    return kprune(model, batches, problem, cfg, seq_len=seq_len, latency=latency, progress=progress,
+                  record_knowledge=record_knowledge)
 
 
 # ---- Kwon et al. style Fisher baseline --------------------------------------------------------------------------
-def fisher_scores(model: torch.nn.Module, batches: list[dict], problem: str) -> tuple[torch.Tensor, torch.Tensor]:
+def fisher_scores(arch: Arch, batches: list[dict], problem: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Empirical Fisher of the mask variables: Σ_batches (∂L/∂m)², one variable per head (L, H) and neuron (L, N).
 
     batches need "labels" (gold labels). The model's parameters are left untouched.
     """
-    arch = Arch(model)
+    model = arch.model
     model.eval()
     p = next(model.parameters())
     L = arch.num_layers
@@ -91,22 +86,22 @@ def greedy_flops_selection(scores: torch.Tensor, costs: torch.Tensor, budget: fl
     return keep
 
 
-def kwon_fisher(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float,
+def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, constraint: float,
                 seq_len: float) -> PruneResult:
     """Kwon et al. (2022) style masks: Fisher scores, one global FLOPs-constrained greedy pass, no tuning.
 
-    The model is changed in place only by zeroing the pruned units' output-projection columns (as K-prune leaves
-    it: dense shapes, equal to the masked model); kept weights are not rescaled.
+    The model (or the model of an `Arch`) is changed in place only by zeroing the pruned units' output-projection
+    columns (as K-prune leaves it: dense shapes, equal to the masked model); kept weights are not rescaled.
     """
     t0 = time.perf_counter()
-    arch = Arch(model)
+    arch = Arch.of(model)
     L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
     if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
         raise ValueError("kwon-fisher prunes dense models only and this one was pruned before: use --method kprune, "
                          "or give kwon-fisher the original checkpoint")
     fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
     flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size)
-    fisher_h, fisher_n = fisher_scores(model, batches, problem)
+    fisher_h, fisher_n = fisher_scores(arch, batches, problem)
     t_fisher = time.perf_counter() - t0
     scores = torch.cat([fisher_h.flatten(), fisher_n.flatten()])
     costs = torch.cat([torch.full((L * H,), fh, dtype=torch.float64), torch.full((L * N,), fn, dtype=torch.float64)])

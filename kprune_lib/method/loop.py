@@ -21,19 +21,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from kprune_lib.config import SCHEDULES, Budget
+from kprune_lib.config import PruneConfig
 from kprune_lib.costs.budget import unit_costs
 from kprune_lib.costs.flops import model_flops
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.costs.latency import LatencyTable
 from kprune_lib.encoder.masks import UnitMasks, head_dims, kept_per_layer, per_layer
-from kprune_lib.method.measurement import (PRED_KNOWLEDGE, KnowledgeSums, SampleGroups, importance_scores, objectives,
-                                        predictive_gradient_vanishes, teacher_signal)
+from kprune_lib.method.measurement import (KnowledgeSums, SampleGroups, importance_scores, objectives,
+                                           predictive_gradient_vanishes, teacher_signal)
+from kprune_lib.method.methods import configure, get, resolve
 from kprune_lib.method.schedules import AUTOCAST, SCHEDULE_CLASSES, NaiveSchedule, Schedule
 from kprune_lib.method.search import kpms_step
 from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
@@ -110,11 +111,10 @@ class _Run:
     """What every step of one pruning run reads."""
 
     arch: Arch
+    config: PruneConfig  # the hyper-parameters, as resolved (`methods.resolve`)
     schedule: Schedule  # also holds the problem, temperature and autocast setting
     clock: _Clock
     groups: SampleGroups
-    pred_knowledge: str
-    gold_first: bool
     fixed: dict[int, torch.Tensor]  # {t: (w_t,)} decided dim masks (all ones while t is undecided)
     progress: bool
 
@@ -123,14 +123,18 @@ class _Run:
         return 2 * self.arch.num_layers
 
 
-def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constraint: float | None = None,
-           seq_len: float, lam_pred: float, lam_rep: float, mu: float, temperature: float, tuning: bool = True,
-           schedule: str = "cached", ridge: float = 1e-6, progress: bool = True,
-           record_knowledge: bool = False, autocast: str | None = None, pred_knowledge: str = "batch",
-           gold_first: bool = False, damping: float = 0.0, latency: LatencyTable | None = None,
-           latency_budget_ms: float | None = None) -> PruneResult:
-    """Prune `model` in place (masked, its current shapes) to remove `constraint` of its FLOPs. A model pruned before
-    (layers of different widths) prunes further the same way: its FLOPs are those of its own units.
+def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, config: PruneConfig | None = None, *,
+           seq_len: float, latency: LatencyTable | None = None, progress: bool = True, record_knowledge: bool = False,
+           autocast: str | None = None, **settings) -> PruneResult:
+    """Prune `model` (or the model of an `Arch`) in place (masked, its current shapes) to its budget: by default
+    remove `constraint` of its FLOPs. A model pruned before (layers of different widths) prunes further the same way:
+    its FLOPs are those of its own units.
+
+    config: the hyper-parameters (`PruneConfig`, default `PruneConfig()`; a registry method's settings applied,
+    `methods.resolve`; a method of another algorithm runs through `baselines.run_method`); settings: its fields by
+    name, over it (`kprune(model, batches, problem, constraint=0.5, seq_len=…, lam_rep=…)`). Read here:
+    constraint or latency_budget_ms, lam_pred, lam_rep, mu, temperature, tuning, schedule, ridge, pred_knowledge,
+    gold_first, damping.
 
     batches: the pruning sample, padded (B, T) tensors on the model's device. A batch's optional "group" (B,) names
     each row's sample batch (`batching.sample_batches`), the unit of the paper's batch-mean gradient; without it
@@ -151,13 +155,16 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     ranked r-th in its sublayer costs C_t(r) − C_t(r−1); the budget is G⁻¹(latency_budget_ms) − Σ_t C_t(0) (G: the
     table's in-situ calibration, `LatencyTable.sublayer_budget`).
     """
-    _validate(batches, schedule, autocast, pred_knowledge, gold_first)
+    cfg = resolve(configure(config, **settings))
+    if get(cfg.method).algorithm != "kprune":
+        raise ValueError(f"method {cfg.method} is not K-prune's loop: run it with baselines.run_method")
+    _validate(batches, cfg, autocast)
     t_start = time.perf_counter()
-    arch = Arch(model)
-    budget = Budget.of(constraint, latency_budget_ms)
+    arch = Arch.of(model)
+    model = arch.model
     # what a unit costs: FLOPs, or milliseconds from the latency table; of the given model's own units (a model
     # pruned before has fewer than its config's)
-    costs = unit_costs(budget, arch, seq_len, latency)
+    costs = unit_costs(cfg.budget, arch, seq_len, latency)
     L, n_sub = arch.num_layers, 2 * arch.num_layers
     flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
                               seq_len, arch.hidden, arch.head_size)
@@ -171,18 +178,17 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     try:
-        sched = SCHEDULE_CLASSES[schedule](arch, batches, problem, temperature, autocast, clock)
-        run = _Run(arch, sched, clock, SampleGroups.of(batches, device), pred_knowledge, gold_first, fixed, progress)
+        sched = SCHEDULE_CLASSES[cfg.schedule](arch, batches, problem, cfg.temperature, autocast, clock)
+        run = _Run(arch, cfg, sched, clock, SampleGroups.of(batches, device), fixed, progress)
         with clock("teacher"):
             sched.prepare_teacher()
-        for s in tqdm(sublayers(L), desc=f"K-prune ({schedule})", disable=not progress, unit="sublayer"):
+        for s in tqdm(sublayers(L), desc=f"K-prune ({cfg.schedule})", disable=not progress, unit="sublayer"):
             t_sub = time.perf_counter()
             # 1. measure: knowledge of every sublayer t ≥ s (one pass over the sample)
             know = _measure(run, s)
             # 2. search (KPMS): scores {t ≥ s: (units_t,)} -> keep (units_s,) bool, threshold τ, budget left
             with clock("score_search"):
-                scores = _scores(arch, s, know, costs, lam_rep, lam_pred, mu,
-                                 knowledge.setdefault(s, {}) if record_knowledge else None)
+                scores = _scores(run, s, know, costs, knowledge.setdefault(s, {}) if record_knowledge else None)
                 keep, tau, spendable = kpms_step(scores, {t: costs.walk_costs(t, scores[t]) for t in scores}, s,
                                                  spendable)
                 keep_units[s], target_scores[s] = keep, scores[s].cpu()
@@ -190,11 +196,11 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
             idx = _dims(arch, s, keep)
             eqs = _normal_equations(run, s, idx)
             with clock("tuning_solve"):
-                tuned = kpwt_step(arch.out_proj(s), eqs, idx, tuning, ridge, damping)
+                tuned = kpwt_step(arch.out_proj(s), eqs, idx, cfg.tuning, cfg.ridge, cfg.damping)
                 fixed[s] = torch.zeros_like(fixed[s]).index_fill_(0, idx, 1.0)
             # 4. advance to s + 1 with sublayer s decided
             sched.advance(s, fixed[s])
-            records.append(_record(s, keep, tau, spendable, eqs, tuned, tuning, time.perf_counter() - t_sub))
+            records.append(_record(s, keep, tau, spendable, eqs, tuned, cfg.tuning, time.perf_counter() - t_sub))
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
@@ -205,19 +211,16 @@ def kprune(model: torch.nn.Module, batches: list[dict], problem: str, *, constra
     predicted = None if latency is None else \
         latency.predict(kept_per_layer(head_mask), kept_per_layer(neuron_mask))
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,
-                       flops_dense, flops_pruned, target_scores, knowledge, latency_budget_ms, predicted)
+                       flops_dense, flops_pruned, target_scores, knowledge, cfg.latency_budget_ms, predicted)
 
 
-def _validate(batches, schedule, autocast, pred_knowledge, gold_first) -> None:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+def _validate(batches, cfg: PruneConfig, autocast) -> None:
+    """What a PruneConfig cannot check itself (its own fields it checks when built)."""
     if not batches:
         raise ValueError("empty pruning sample: increase num_tokens")
     if autocast not in AUTOCAST:
         raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r}")
-    if pred_knowledge not in PRED_KNOWLEDGE:
-        raise ValueError(f"pred_knowledge must be one of {PRED_KNOWLEDGE}, got {pred_knowledge!r}")
-    if gold_first and not all("labels" in b for b in batches):
+    if cfg.gold_first and not all("labels" in b for b in batches):
         raise ValueError("gold_first needs gold labels in the sample batches (a GLUE task)")
 
 
@@ -229,8 +232,8 @@ def _measure(run: _Run, s: int) -> KnowledgeSums:
     what tuning sublayer s will need (`Schedule.hold`)."""
     arch, n_sub = run.arch, run.n_sub
     device = run.fixed[s].device
-    know = KnowledgeSums({t: arch.out_proj(t).in_features for t in range(s, n_sub)}, run.groups, run.pred_knowledge,
-                         device)
+    know = KnowledgeSums({t: arch.out_proj(t).in_features for t in range(s, n_sub)}, run.groups,
+                         run.config.pred_knowledge, device)
     for j, b in enumerate(tqdm(run.schedule.batches, desc=f"sublayer {s}", leave=False, disable=not run.progress)):
         _measure_batch(run, s, j, b, know)
         run.schedule.trim()
@@ -241,7 +244,7 @@ def _measure_batch(run: _Run, s: int, j: int, b: dict, know: KnowledgeSums) -> N
     """Batch j's share of iteration s's measurement; its autograd graph and activations go on return."""
     sched, clock = run.schedule, run.clock
     with clock("measure_forward_backward"):
-        if predictive_gradient_vanishes(s, run.pred_knowledge, run.gold_first):  # s = 0: the forward only
+        if predictive_gradient_vanishes(s, run.config.pred_knowledge, run.config.gold_first):  # s = 0: forward only
             with torch.no_grad():
                 x_s, feats, out = sched.forward(j, s, {}, {})
             sched.soft_target(j, out)
@@ -268,30 +271,35 @@ def _forward_backward(run: _Run, s: int, j: int, b: dict):
               for t in range(s, run.n_sub)}
     x_s, feats, out = sched.forward(j, s, masks, probes)
     target = sched.soft_target(j, out)
-    gold = b["labels"] if run.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
-    objs = objectives(out, target, sched.problem, sched.temperature, run.pred_knowledge, gold)
+    gold = b["labels"] if run.config.gold_first and s == 0 else None  # K-prune+: a signal that is not zero at s = 0
+    objs = objectives(out, target, sched.problem, sched.temperature, run.config.pred_knowledge, gold)
     leaves = list(masks.values()) + list(probes.values())
     grad_sets = [torch.autograd.grad(y, leaves, retain_graph=k < len(objs) - 1)[len(masks):]
                  for k, y in enumerate(objs)]  # per objective: the probes' gradients (B, w_t), t = s … 2L−1
     return x_s, feats, {t: [grads[i] for grads in grad_sets] for i, t in enumerate(probes)}
 
 
-def measure_knowledge(model: torch.nn.Module, batches: list[dict], problem: str, *, temperature: float,
-                      teacher_outputs: list, pred_knowledge: str = "batch") -> dict[int, dict[str, torch.Tensor]]:
-    """Step 1 of the loop for every sublayer at once, on `model` as it is now, against a teacher's outputs (its
-    logits per batch; e.g. the dense model's for a pruned student): the loop's own measurement (`_forward_backward`,
-    `measurement.KnowledgeSums`: per-example mask gradients regrouped by sample batch, float64 sums), so what the
-    workbook shows is what the pruning computes. Returns {t: {"k_pred", "k_rep"}} per-unit tensors on the CPU."""
-    _validate(batches, "naive", None, pred_knowledge, False)
-    arch = Arch(model)
+def measure_knowledge(model: torch.nn.Module | Arch, batches: list[dict], problem: str,
+                      config: PruneConfig | None = None, *, teacher_outputs: list,
+                      **settings) -> dict[int, dict[str, torch.Tensor]]:
+    """Step 1 of the loop for every sublayer at once, on `model` (or the model of an `Arch`) as it is now, against a
+    teacher's outputs (its logits per batch; e.g. the dense model's for a pruned student): the loop's own
+    measurement (`_forward_backward`, `measurement.KnowledgeSums`: per-example mask gradients regrouped by sample
+    batch, float64 sums), so what the workbook shows is what the pruning computes. config and settings as `kprune`'s;
+    read here: temperature, pred_knowledge. Returns {t: {"k_pred", "k_rep"}} per-unit tensors on the CPU."""
+    cfg = replace(resolve(configure(config, **settings)), gold_first=False)  # the teacher's signal throughout
+    _validate(batches, cfg, None)
+    arch = Arch.of(model)
+    model = arch.model
     device = next(model.parameters()).device
     clock = _Clock(device)
-    sched = _MeasureOnly(arch, batches, problem, temperature, None, clock)
-    sched.targets = [teacher_signal(z, problem, temperature) for z in teacher_outputs]
+    sched = _MeasureOnly(arch, batches, problem, cfg.temperature, None, clock)
+    sched.targets = [teacher_signal(z, problem, cfg.temperature) for z in teacher_outputs]
     L = arch.num_layers
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(2 * L)}
-    run = _Run(arch, sched, clock, SampleGroups.of(batches, device), pred_knowledge, False, fixed, False)
-    know = KnowledgeSums({t: arch.out_proj(t).in_features for t in sublayers(L)}, run.groups, pred_knowledge, device)
+    run = _Run(arch, cfg, sched, clock, SampleGroups.of(batches, device), fixed, False)
+    know = KnowledgeSums({t: arch.out_proj(t).in_features for t in sublayers(L)}, run.groups, cfg.pred_knowledge,
+                         device)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     model.eval()
@@ -321,15 +329,15 @@ class _MeasureOnly(NaiveSchedule):
 
 
 # ---- 2. search ------------------------------------------------------------------------------------------------------
-def _scores(arch: Arch, s: int, know: KnowledgeSums, costs, lam_rep: float, lam_pred: float,
-            mu: float, record: dict | None) -> dict[int, torch.Tensor]:
+def _scores(run: _Run, s: int, know: KnowledgeSums, costs, record: dict | None) -> dict[int, torch.Tensor]:
     """The importance scores (units_t,) of every undecided sublayer t ≥ s, KPMS's candidates (paper §4.2):
     μ (λ_rep K_rep + λ_pred K_pred) / F_head for heads, (λ_rep K_rep + λ_pred K_pred) / F_neuron for neurons.
     record: if given, receives {t: {"k_pred", "k_rep", "score"}} per-unit tensors on the CPU."""
+    arch, cfg = run.arch, run.config
     scores = {}
     for t in sublayers(arch.num_layers, start=s):
         kr, kp = know.per_unit(t, arch.unit_width(t), arch.out_proj(t).weight)
-        scores[t] = importance_scores(kr, kp, lam_rep, lam_pred, costs.unit_cost(t), t.pick(mu, 1.0))
+        scores[t] = importance_scores(kr, kp, cfg.lam_rep, cfg.lam_pred, costs.unit_cost(t), t.pick(cfg.mu, 1.0))
         if record is not None:
             record[t] = {"k_pred": kp.cpu(), "k_rep": kr.cpu(), "score": scores[t].cpu()}
         if not bool(torch.isfinite(scores[t]).all()):

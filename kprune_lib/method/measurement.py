@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kprune_lib.config import PRED_KNOWLEDGE  # "batch": the paper's squared batch-mean gradient; "example": empirical Fisher
+from kprune_lib.config import PruneConfig  # the default of pred_knowledge
 
 PROBLEMS = ("classification", "regression", "qa")
 
@@ -87,7 +87,7 @@ def curvature_projections(output: torch.Tensor, problem: str, temperature: float
     return out
 
 
-def objectives(output, target, problem: str, temperature: float, pred_knowledge: str = "batch",
+def objectives(output, target, problem: str, temperature: float, pred_knowledge: str = PruneConfig.pred_knowledge,
                gold_labels: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The scalars whose gradients with respect to per-example mask rows measure predictive knowledge, each summed
     over the batch's examples (row i of a mask then gets example i's own gradient):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from kprune_lib.config import Budget, PruneConfig
+
 PROBLEMS = ("classification", "regression", "qa")
 BUDGET_KINDS = ("flops", "latency")
 
@@ -81,6 +83,16 @@ def supporting(problem: str | None = None, budget: str | None = None) -> str:
     ok = [m.name for m in REGISTRY.values() if (problem is None or problem in m.problems)
           and (budget is None or budget in m.budgets)]
     return ", ".join(ok)
+
+
+def configure(config: PruneConfig | None = None, **settings) -> PruneConfig:
+    """`config` (default `PruneConfig()`) with keyword settings of its fields: how every entry that takes a config
+    also takes its fields by name (`api.prune`, `loop.kprune`). A constraint given by name beside a latency budget is
+    refused (`Budget.of`: exactly one of the two), though it equals the default constraint."""
+    configured = replace(config or PruneConfig(), **settings)
+    if "constraint" in settings:
+        Budget.of(settings["constraint"], configured.latency_budget_ms)
+    return configured
 
 
 def resolve(config):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kprune_lib.config import PruneConfig  # the defaults of ridge, damping and tuning
+
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +52,8 @@ class NormalEquations:
         G, C = self._restricted(idx)
         return float(torch.einsum("dk,kl,dl->", W, G, W) - 2.0 * torch.einsum("dk,kd->", W, C) + self.rr)
 
-    def solve(self, idx: torch.Tensor | None = None, ridge: float = 1e-6, damping: float = 0.0,
-              prior: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    def solve(self, idx: torch.Tensor | None = None, ridge: float = PruneConfig.ridge,
+              damping: float = PruneConfig.damping, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """W' (d, k) solving (A_idxᵀA_idx) W'ᵀ = A_idxᵀ R (idx None: all of A's dims); returns (W', ridge used or 0.0).
 
         damping > 0 (K-prune+ candidate): min ‖A W'ᵀ − R‖² + δ‖W' − prior‖² with δ = damping · mean diag(AᵀA),
@@ -69,8 +71,8 @@ class NormalEquations:
 
 
 @torch.no_grad()
-def kpwt_step(proj: torch.nn.Linear, eqs: NormalEquations, idx: torch.Tensor, tune: bool = True,
-              ridge: float = 1e-6, damping: float = 0.0) -> tuple[float, float, float]:
+def kpwt_step(proj: torch.nn.Linear, eqs: NormalEquations, idx: torch.Tensor, tune: bool = PruneConfig.tuning,
+              ridge: float = PruneConfig.ridge, damping: float = PruneConfig.damping) -> tuple[float, float, float]:
     """One KPWT step for the target sublayer: solve for the kept projection-input dims idx (k,) and write the
     weights, W (d, w) with the solution W' (d, k) in the kept columns and zeros elsewhere. eqs: the normal equations
     of the kept dims (A = the projection inputs' columns idx, k wide). A sublayer with no dim
@@ -105,7 +107,8 @@ def symmetric_gram(A: torch.Tensor, panel: int = 384) -> torch.Tensor:
     return G
 
 
-def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, float]:
+def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor,
+                           ridge: float = PruneConfig.ridge) -> tuple[torch.Tensor, float]:
     """Solve G Xᵀ = C for X (d, k) by Cholesky in float64.
 
     If G is singular, add ridge·mean(diag G)·I (×10 until it factorises), log it and return the ridge
