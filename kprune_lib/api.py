@@ -5,19 +5,21 @@ import copy
 import inspect
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from kprune_lib._provenance import provenance
 from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
 from kprune_lib.encoder.arch import Arch
-from kprune_lib.config import BATCH_TOKENS, LATENCY_STALE_TOLERANCE, Budget, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, SQUAD_BATCH_SIZE, PruneConfig
+from kprune_lib.config import (BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, LATENCY_STALE_TOLERANCE,
+                               SQUAD_BATCH_SIZE, PruneConfig)
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import encoder_params, model_flops
 from kprune_lib.data.glue import load_glue
-from kprune_lib.costs.latency import latency_table
+from kprune_lib.costs.latency import LatencyTable, latency_table
 from kprune_lib.costs.timing import measure_latencies
 from kprune_lib._atomic import atomic_dir, check_target
 from kprune_lib.artifacts.checkpoint import load_model, pruned_shape, save_pruned, weights_bytes
@@ -135,9 +137,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
     Returns the summary dict.
     """
-    requested = replace(config or PruneConfig(), **overrides)
-    if "constraint" in overrides:  # an explicit constraint beside a latency budget: refused by the one check
-        Budget.of(overrides["constraint"], requested.latency_budget_ms)
+    requested = methods.configure(config, **overrides)  # an explicit constraint beside a latency budget: refused
     cfg = methods.resolve(requested)
     call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
@@ -150,52 +150,48 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     check_target(out, overwrite, need_bytes=weights_bytes(model))  # before any work: the pruned model is smaller
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
-    m, tok = load_model(model, qa=t.problem == "qa", device=dev, tokenizer=tokenizer)
-    check_task_head(m, t)
-    table, lat_dev = None, None
-    if cfg.latency_budget_ms is not None:  # the table first: a budget outside its feasible range stops before any work
-        lat_dev = resolve_device(cfg.latency_device or str(dev))
-        table = latency_table(m, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress,
-                              policy=cfg.latency_table_policy)
-        table.check_budget(cfg.latency_budget_ms)
-        dense_copy = copy.deepcopy(m).cpu()  # re-timed beside the pruned model: the machine's speed drifts
-    max_length = cfg.max_length or t.max_length
-    batch_size = cfg.batch_size or (SQUAD_BATCH_SIZE if t.problem == "qa" else GLUE_BATCH_SIZE)
-    batch_tokens = compute_batch_tokens(cfg, dev)
 
-    data_info = {}
-    if t.problem == "qa":
-        data = load_squad(t, data_dir, train_file, eval_file, split_articles, split_seed)
-        data_info = data.info
-        batches, n_sample, seq_len, score = pruning_data(t, tok, data, num_tokens=cfg.num_tokens, seed=cfg.seed,
-                                                         max_length=max_length, batch_size=batch_size,
-                                                         seq_len=seq_len, device=dev, progress=progress,
-                                                         batch_tokens=batch_tokens)
-    else:
-        eval_splits = _eval_splits(t, data_dir)
-        train = load_glue(t, "train", data_dir)
-        seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-        batches, n_sample = glue_sample(tok, train, num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed,
-                                        batch_size=batch_size, max_length=max_length, device=dev,
-                                        batch_tokens=batch_tokens)
-
-        def score(net):
-            return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
-    sample_tokens = int(sum(b["attention_mask"].sum() for b in batches))
-    computed_tokens = padded_tokens(batches)
-
-    dense_metrics = score(m)
-    params_dense = encoder_params(m)
+    arch, tok = _load(model, t, dev, tokenizer)  # the one Arch of this run: valid through physical pruning
+    timing = _latency_timing(arch, cfg, dev, progress)  # first: a budget outside its range stops before any work
+    sample = _draw_sample(t, tok, cfg, dev, progress, data_dir=data_dir, train_file=train_file, eval_file=eval_file,
+                          split_articles=split_articles, split_seed=split_seed, seq_len=seq_len)
+    dense_metrics, params_dense = sample.score(arch.model), encoder_params(arch.model)
     prov = provenance(dev)  # before pruning: the state of the code and machine the run starts from
-    result = run_method(m, batches, t.problem, cfg, seq_len, progress=progress, latency=table)
-    prune_physically(m, result.head_mask, result.neuron_mask)
-    pruned_metrics = score(m)
-    latency_info = {}
-    if table is not None:  # the pruned model's real end-to-end latency at the budget's batch and sequence length
-        ms = measure_latencies({"dense": dense_copy, "pruned": m}, cfg.latency_batch, cfg.latency_seq, lat_dev,
+    result = run_method(arch, sample.batches, t.problem, cfg, sample.seq_len, progress=progress,
+                        latency=timing.table if timing else None)
+    prune_physically(arch, result.head_mask, result.neuron_mask)
+    pruned_metrics = sample.score(arch.model)
+    latency_info = timing.measure(arch, cfg, result, progress) if timing else {}
+
+    summary = _summary(t, model, cfg, arch, sample, result, dense_metrics, pruned_metrics, params_dense,
+                       latency_info, dev, prov)
+    _write(out, overwrite, arch, tok, summary, result, *reproduction(call, requested, _defaults(), command))
+    return summary
+
+
+def _load(model: str, task, device: torch.device, tokenizer: str | None) -> tuple[Arch, object]:
+    """The checkpoint, checked against the task, as an Arch, and its tokenizer."""
+    m, tok = load_model(model, qa=task.problem == "qa", device=device, tokenizer=tokenizer)
+    check_task_head(m, task)
+    return Arch(m), tok
+
+
+@dataclass
+class _LatencyTiming:
+    """A latency budget's table, its device, and a CPU copy of the dense model to re-time beside the pruned one
+    (the machine's speed drifts)."""
+
+    table: LatencyTable
+    device: torch.device
+    dense: torch.nn.Module | None
+
+    def measure(self, arch: Arch, cfg: PruneConfig, result, progress: bool) -> dict:
+        """The pruned model's real end-to-end latency at the budget's batch and sequence length, for summary.json."""
+        dense, self.dense = self.dense, None  # freed once timed
+        ms = measure_latencies({"dense": dense, "pruned": arch}, cfg.latency_batch, cfg.latency_seq, self.device,
                                cfg.threads, progress=progress)
-        del dense_copy
-        latency_info = {
+        table = self.table
+        return {
             "latency_budget_ms": cfg.latency_budget_ms, "predicted_latency_ms": result.predicted_latency_ms,
             "measured_latency_ms": ms["pruned"], "dense_latency_ms": table.total_ms,
             # the dense model timed in the same interleaved rounds as measured_latency_ms; their ratio against
@@ -210,43 +206,111 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
                         "table_measured_at": table.measured_at, "table_loadavg": table.loadavg,
                         "table_check": table.check},
         }
-    hyperparameters = cfg.to_dict() | ({"constraint": None} if table is not None else {})
-    arch, widths = Arch(m), pruned_shape(m)["neurons_per_layer"]
 
+
+def _latency_timing(arch: Arch, cfg: PruneConfig, device: torch.device, progress: bool) -> _LatencyTiming | None:
+    """Under a latency budget, the model's latency table (cached or measured) with the budget checked against its
+    feasible range; None under a FLOPs constraint."""
+    if cfg.latency_budget_ms is None:
+        return None
+    lat_dev = resolve_device(cfg.latency_device or str(device))
+    table = latency_table(arch, cfg.latency_batch, cfg.latency_seq, lat_dev, cfg.threads, progress=progress,
+                          policy=cfg.latency_table_policy)
+    table.check_budget(cfg.latency_budget_ms)
+    return _LatencyTiming(table, lat_dev, copy.deepcopy(arch.model).cpu())
+
+
+@dataclass
+class _Sample:
+    """The pruning sample, L_seq, and how the task scores a model."""
+
+    batches: list[dict]
+    examples: int
+    seq_len: float
+    score: Callable[[torch.nn.Module], dict]
+    batch_tokens: int  # padded tokens per compute batch (0: as drawn)
+    data_info: dict  # SQuAD: where the sample and the evaluation set came from
+
+    def __post_init__(self) -> None:
+        self.tokens = int(sum(b["attention_mask"].sum() for b in self.batches))  # real tokens
+        self.computed_tokens = padded_tokens(self.batches)  # tokens computed, padding included
+
+
+def _draw_sample(t, tok, cfg: PruneConfig, device: torch.device, progress: bool, *, data_dir, train_file, eval_file,
+                 split_articles, split_seed, seq_len) -> _Sample:
+    """The task's data, the pruning sample drawn from it (cfg.num_tokens, cfg.seed) and its dev-set scorer."""
+    max_length = cfg.max_length or t.max_length
+    batch_size = cfg.batch_size or (SQUAD_BATCH_SIZE if t.problem == "qa" else GLUE_BATCH_SIZE)
+    batch_tokens = compute_batch_tokens(cfg, device)
+    if t.problem == "qa":
+        data = load_squad(t, data_dir, train_file, eval_file, split_articles, split_seed)
+        batches, n_sample, seq_len, score = pruning_data(t, tok, data, num_tokens=cfg.num_tokens, seed=cfg.seed,
+                                                         max_length=max_length, batch_size=batch_size,
+                                                         seq_len=seq_len, device=device, progress=progress,
+                                                         batch_tokens=batch_tokens)
+        return _Sample(batches, n_sample, seq_len, score, batch_tokens, data.info)
+    eval_splits = _eval_splits(t, data_dir)
+    train = load_glue(t, "train", data_dir)
+    seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
+    batches, n_sample = glue_sample(tok, train, num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed,
+                                    batch_size=batch_size, max_length=max_length, device=device,
+                                    batch_tokens=batch_tokens)
+
+    def score(net):
+        return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
+    return _Sample(batches, n_sample, seq_len, score, batch_tokens, {})
+
+
+def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, result, dense_metrics: dict,
+             pruned_metrics: dict, params_dense: int, latency_info: dict, dev: torch.device, prov: dict) -> dict:
+    """summary.json: the run's budget, sample, FLOPs, shapes, metrics, hyper-parameters and provenance."""
+    by_latency = cfg.latency_budget_ms is not None
+    widths = pruned_shape(arch)["neurons_per_layer"]
     summary = {
         "task": t.name, "model": str(model), "method": cfg.method,
-        "constraint": None if table is not None else cfg.constraint, **latency_info,
+        "constraint": None if by_latency else cfg.constraint, **latency_info,
         "num_tokens": cfg.num_tokens, "seed": cfg.seed,
-        "sample_examples": n_sample, "sample_tokens": sample_tokens, "seq_len": seq_len,
-        "batch_tokens": batch_tokens, "padding_ratio_computed": computed_tokens / sample_tokens,
+        "sample_examples": sample.examples, "sample_tokens": sample.tokens, "seq_len": sample.seq_len,
+        "batch_tokens": sample.batch_tokens, "padding_ratio_computed": sample.computed_tokens / sample.tokens,
         "flops_dense": result.flops_dense, "flops_pruned": result.flops_pruned,
         "flops_removed": 1.0 - result.flops_pruned / result.flops_dense,
         # the saved model's FFN widths: padded up to multiples of FFN_WIDTH_MULTIPLE with inert neurons (faster
         # kernels), so it computes slightly more than flops_pruned, the FLOPs the constraint binds
         "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": widths,
-        "flops_physical": model_flops(result.heads_kept, widths, seq_len, arch.hidden, arch.head_size),
-        "params_dense": params_dense, "params_pruned": encoder_params(m),
+        "flops_physical": model_flops(result.heads_kept, widths, sample.seq_len, arch.hidden, arch.head_size),
+        "params_dense": params_dense, "params_pruned": encoder_params(arch.model),
         "metric": t.main_metric, "dense": dense_metrics, "pruned": pruned_metrics,
         "heads_kept": result.heads_kept, "neurons_kept": result.neurons_kept,
         "pruning_seconds": result.seconds, "stage_seconds": result.timings,
         "ridge_fallbacks": result.ridge_fallbacks, "sublayers": result.sublayers,
-        "hyperparameters": hyperparameters, "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "hyperparameters": cfg.to_dict() | ({"constraint": None} if by_latency else {}),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "versions": {k: prov[k] for k in ("kprune_lib", "torch", "transformers", "python")}, "date": prov["date"],
         "provenance": prov,
     }
-    if data_info:  # SQuAD: where the sample and the evaluation set came from
-        summary["data"] = data_info
+    if sample.data_info:  # SQuAD: where the sample and the evaluation set came from
+        summary["data"] = sample.data_info
+    return summary
+
+
+def _write(out: Path, overwrite: bool, arch: Arch, tok, summary: dict, result, *card) -> None:
+    """OUT/model/ (weights, config, code, tokenizer, kprune.json with the kept units, the model card `card`) and
+    OUT/summary.json, atomically: all of it or nothing."""
     info = {"kept_heads": [r.nonzero().flatten().tolist() for r in result.head_mask],
             "kept_neurons": [r.nonzero().flatten().tolist() for r in result.neuron_mask],
             **{k: summary[k] for k in ("task", "model", "constraint", "seq_len", "flops_dense", "flops_pruned",
                                        "flops_removed", "ffn_width_multiple", "flops_physical", "hyperparameters",
                                        "ridge_fallbacks")}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_pruned(m.cpu(), tmp / "model", tok, info)
+        arch.model.cpu()  # in place: the Arch still sees it
+        save_pruned(arch, tmp / "model", tok, info)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        defaults = {k: p.default for k, p in inspect.signature(prune).parameters.items() if p.default is not p.empty}
-        write_model_card(tmp / "model", summary, *reproduction(call, requested, defaults, command))
-    return summary
+        write_model_card(tmp / "model", summary, *card)
+
+
+def _defaults() -> dict:
+    """`prune`'s keyword defaults (the model card leaves out what was left at them)."""
+    return {k: p.default for k, p in inspect.signature(prune).parameters.items() if p.default is not p.empty}
 
 
 def finetune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
