@@ -25,10 +25,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from kprune_lib.workbook.points import PointKey as Point  # one pruning run of the protocol: its key and folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,23 +50,6 @@ FAILURES_FILE = "failures.json"
 
 class AccuracyError(ValueError):
     """Bad input: reported as one line `accuracy: error: …`, exit status 2."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One pruning run of the protocol."""
-    task: str
-    method: str
-    constraint: float
-    seed: int
-
-    def label(self) -> str:
-        return f"{self.task} {self.method} c{self.constraint:g} seed{self.seed}"
-
-    def out_dir(self, root: Path) -> Path:
-        from kprune_lib.workbook.points import point_dir
-
-        return Path(root) / point_dir(self.task, self.method, self.constraint, self.seed)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -30,11 +30,29 @@ def point_dir(task: str, method: str, constraint: float, seed: int) -> Path:
 
 
 @dataclass(frozen=True)
-class Point:
+class PointKey:
+    """What names a point: (task, method, constraint, seed); its folder under an output folder and its label.
+    The accuracy protocol (benchmarks/accuracy.py) uses it as is; a sweep's Point adds where its inputs come from."""
     task: str
     method: str
     constraint: float
     seed: int
+
+    @property
+    def relative_dir(self) -> Path:
+        return point_dir(self.task, self.method, self.constraint, self.seed)
+
+    def out_dir(self, root: Path) -> Path:
+        return Path(root) / self.relative_dir
+
+    def label(self) -> str:
+        return f"{self.task}/{self.method}/c{self.constraint:g}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Point(PointKey):
+    """A sweep point: its key, its model, data, sample size and device, further notebook-04 parameters, and (from
+    load_grid) its identity and context."""
     model: str
     data_dir: str | None
     num_tokens: int
@@ -43,17 +61,10 @@ class Point:
     identity: dict = field(default_factory=dict, compare=False, hash=False)  # workbook/identity.point_identity
     context: dict = field(default_factory=dict, compare=False, hash=False)  # grid, grid_sha256, command, sources
 
-    @property
-    def relative_dir(self) -> Path:
-        return point_dir(self.task, self.method, self.constraint, self.seed)
-
     def parameters(self, run_dir: Path) -> dict:
         return {**self.extra, "model": self.model, "task": self.task, "data_dir": self.data_dir,
                 "output_dir": str(run_dir), "method": self.method, "constraint": self.constraint,
                 "num_tokens": self.num_tokens, "seed": self.seed, "device": self.device}
-
-    def label(self) -> str:
-        return f"{self.task}/{self.method}/c{self.constraint:g}/seed{self.seed}"
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
