@@ -23,15 +23,16 @@ from kprune_lib.data.batching import glue_sample, make_batches, mean_length, tok
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import head_flops, neuron_flops
-from kprune_lib.encoder.forward import encode
+from kprune_lib.encoder.forward import attention_bias, encode, projection_input, sublayer
 from kprune_lib.data.glue import load_glue
 from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, load_model
-from kprune_lib.encoder.masks import masked_model
+from kprune_lib.encoder.masks import head_dims, masked_model
 from kprune_lib.encoder.masks import kept_per_layer as units_per_layer
 from kprune_lib.method.measurement import importance_scores
 from kprune_lib.method import loop
 from kprune_lib.method.loop import PruneResult
 from kprune_lib.method.search import kpms_step
+from kprune_lib.method.tuning import NormalEquations
 from kprune_lib.encoder.sublayer import Sublayer, sublayers
 from kprune_lib.data.tasks import get_glue_task
 
@@ -57,6 +58,20 @@ class Setup:
 
     def copy_model(self) -> torch.nn.Module:
         return copy.deepcopy(self.model)
+
+
+def resolve_inputs(model: str, data_dir: str | None, fallback_model: str | None = None,
+                   base: str | Path = ".") -> tuple[str, str | None]:
+    """The notebooks' model and data: the local folders where they exist; without them (no ../shared), the hub id
+    `fallback_model` and the hub's GLUE, announced in one line. The sweep's rule (`sweep.resolve_sources`)."""
+    from kprune_lib.workbook.sweep import NO_FALLBACK, resolve_sources
+
+    src = resolve_sources("", model, data_dir, base, fallback_model,
+                          None if fallback_model is not None else NO_FALLBACK)
+    if src.model_missing is not None or src.data_missing is not None:
+        print(f"{src.model_missing or src.data_missing} not found: using model {src.model}, data "
+              f"{src.data_dir or 'from the hub (nyu-mll/glue)'} (needs the hub or its local cache)")
+    return src.model, src.data_dir
 
 
 def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = None, device: str = "auto",
@@ -156,15 +171,13 @@ def lambda_rep_sensitivity(result: PruneResult, arch: Arch, seq_len: float, conf
     target's keep/prune decisions that flip.
     """
     flops = unit_flops(arch, seq_len)
-    budget0 = (1.0 - config.constraint) * result.flops_dense
     rows = []
     for lam in lam_rep_values:
         for s in sorted(result.knowledge):
             per_t = result.knowledge[s]
             scores = {t: importance_scores(k["k_rep"], k["k_pred"], lam, config.lam_pred, flops[t],
                                            Sublayer(t).pick(config.mu, 1.0)) for t, k in per_t.items()}
-            budget = budget0 if s == 0 else result.sublayers[s - 1]["budget_left"]
-            keep, _, _ = kpms_step(scores, flops, s, budget)
+            keep, _, _ = kpms_step(scores, flops, s, budget_before(result, s, config.constraint))
             target = Sublayer(s)
             ref_keep = target.pick(result.head_mask, result.neuron_mask)[target.layer]
             rows.append({"lam_rep": lam, "iteration": s, "kind": target.unit,
@@ -220,6 +233,119 @@ def temperature_sensitivity(model: torch.nn.Module, batches: list[dict], teacher
                          "spearman K_pred": _spearman(cur[kind][0], ref[kind][0]),
                          "spearman score": _spearman(cur[kind][1], ref[kind][1])})
     return pd.DataFrame(rows)
+
+
+# ---- one iteration s recomputed from the loop's record (01, 02, 03) ---------------------------------------------
+def budget_before(result: PruneResult, s: int, constraint: float) -> float:
+    """KPMS's budget at iteration s: (1 − constraint) · F_model at s = 0, then what iteration s − 1 left."""
+    return (1.0 - constraint) * result.flops_dense if s == 0 else result.sublayers[s - 1]["budget_left"]
+
+
+def kept_units(result: PruneResult, s: int) -> torch.Tensor:
+    """(units_s,) bool: the units of sublayer s that the loop kept."""
+    s = Sublayer(s)
+    return s.pick(result.head_mask, result.neuron_mask)[s.layer].bool().cpu()
+
+
+def kept_dims(arch: Arch, s: int, keep: torch.Tensor) -> torch.Tensor:
+    """Unit keep-mask of sublayer s -> indices (k,) of its output projection's kept input dims (a head: d_h dims)."""
+    mask = head_dims(keep, arch.head_size) if Sublayer(s).is_mha else keep
+    return mask.nonzero().flatten()
+
+
+def student_at(dense: torch.nn.Module, pruned: torch.nn.Module, s: int) -> torch.nn.Module:
+    """The student of iteration s, rebuilt from the loop's end state: the dense model with the output projections of
+    the sublayers t < s taken from the pruned (dense-shaped) model. KPWT writes only those (pruned columns zeroed,
+    which masks them; the bias dropped where nothing is left) and a decided sublayer never changes again, so this is
+    the model iteration s measured and tuned, before its own search."""
+    student = copy.deepcopy(dense)
+    src, dst = Arch(pruned), Arch(student)
+    with torch.no_grad():
+        for t in range(s):
+            for name in ("weight", "bias"):
+                if getattr(dst.out_proj(t), name) is not None:
+                    getattr(dst.out_proj(t), name).copy_(getattr(src.out_proj(t), name))
+    return student
+
+
+def importance(knowledge: dict[int, dict[str, torch.Tensor]], arch: Arch, seq_len: float,
+               config: PruneConfig) -> dict[int, torch.Tensor]:
+    """{t: (units_t,) importance scores} from per-unit K_pred and K_rep, with F_unit of the FLOPs formula
+    (`measurement.importance_scores`: μ for heads, 1 for neurons)."""
+    flops = unit_flops(arch, seq_len)
+    return {t: importance_scores(k["k_rep"], k["k_pred"], config.lam_rep, config.lam_pred, flops[t],
+                                 Sublayer(t).pick(config.mu, 1.0)) for t, k in knowledge.items()}
+
+
+def score_terms(record: dict[str, torch.Tensor], t: int, arch: Arch, seq_len: float,
+                config: PruneConfig) -> pd.DataFrame:
+    """One sublayer's recorded knowledge term by term: K_pred, K_rep, their weighted sum, F_unit, the multiplier
+    (μ for heads) and the score S, one row per unit, highest score first."""
+    t = Sublayer(t)
+    f = unit_flops(arch, seq_len)[t]
+    frame = pd.DataFrame({"unit": np.arange(record["score"].numel()), "K_pred": record["k_pred"].double().numpy(),
+                          "K_rep": record["k_rep"].double().numpy()})
+    frame["λ_pred·K_pred"] = config.lam_pred * frame.K_pred
+    frame["λ_rep·K_rep"] = config.lam_rep * frame.K_rep
+    frame["F_unit"] = f
+    frame["multiplier"] = t.pick(config.mu, 1.0)
+    frame["S (recorded)"] = record["score"].double().numpy()
+    return frame.sort_values("S (recorded)", ascending=False, ignore_index=True)
+
+
+def knowledge_check(recorded: dict[int, dict[str, torch.Tensor]], recomputed: dict[int, dict[str, torch.Tensor]],
+                    rtol: float = 1e-5, atol_rel: float = 1e-6, atol_zero: float = 1e-12) -> pd.DataFrame:
+    """Recorded vs recomputed knowledge of every sublayer t of one iteration, per quantity (k_pred, k_rep, score):
+    the largest absolute difference and whether |a − b| ≤ atol + rtol·|b| holds for every unit, with atol =
+    atol_rel × the largest recorded value of that quantity over the iteration, or atol_zero where that is 0 (K_pred at
+    s = 0: the loop records the vanishing gradient as 0 without computing it; recomputed it is rounding noise)."""
+    keys = [k for k in ("k_pred", "k_rep", "score") if all(k in recomputed[t] for t in recorded)]
+    rows = []
+    for key in keys:
+        scale = max(float(recorded[t][key].abs().max()) if recorded[t][key].numel() else 0.0 for t in recorded)
+        atol = atol_rel * scale if scale > 0 else atol_zero
+        for t in sorted(recorded):
+            a, b = recomputed[t][key].double().cpu(), recorded[t][key].double().cpu()
+            rows.append({"sublayer": int(t), "quantity": key, "units": b.numel(),
+                         "max |recorded|": float(b.abs().max()) if b.numel() else 0.0,
+                         "max |difference|": float((a - b).abs().max()) if b.numel() else 0.0,
+                         "atol": atol, "close": bool(torch.allclose(a, b, rtol=rtol, atol=atol))})
+    return pd.DataFrame(rows)
+
+
+def threshold_walk(scores: dict[int, torch.Tensor], costs: dict[int, float], budget: float) -> pd.DataFrame:
+    """KPMS's walk as a table, for reading (the search itself is `search.kpms_threshold`): every candidate unit of
+    the sublayers t ≥ s in ascending score order, with the cost of the candidates scoring strictly above it and
+    whether that fits the budget. τ is the score of the first row that fits."""
+    frame = pd.concat([pd.DataFrame({"sublayer": int(t), "kind": Sublayer(t).unit, "unit": np.arange(v.numel()),
+                                     "score": v.double().cpu().numpy(), "cost": float(costs[t])})
+                       for t, v in sorted(scores.items())], ignore_index=True)
+    frame = frame.sort_values("score", kind="stable", ignore_index=True)
+    per_score = frame.groupby("score").cost.sum()
+    above = per_score[::-1].cumsum()[::-1] - per_score  # Σ cost of the units with S > this score
+    frame["cost_above"] = frame.score.map(above)
+    frame["fits"] = frame.cost_above < budget
+    return frame
+
+
+@torch.no_grad()
+def tuning_equations(student: torch.nn.Module, dense: torch.nn.Module, batches: list[dict], s: int,
+                     idx: torch.Tensor) -> NormalEquations:
+    """KPWT's normal equations of sublayer s rebuilt by plain forward passes (no schedule, nothing cached): A = the
+    kept dims idx of the student's projection input a_s, X = the student's input to sublayer s, Y_s = the dense
+    teacher's pre-LayerNorm sum, R = Y_s − X − b_s, summed over the real tokens by `NormalEquations.add`."""
+    st, te = Arch(student), Arch(dense)
+    bias_s = st.out_proj(s).bias
+    eqs = NormalEquations.zeros(len(idx), st.hidden, next(student.parameters()).device)
+    for b in batches:
+        mask = attention_bias(b["attention_mask"], student.dtype)
+        x, x_t = st.embed(b["input_ids"], b.get("token_type_ids")), te.embed(b["input_ids"], b.get("token_type_ids"))
+        for t in range(s):
+            x, x_t = sublayer(st, t, x, mask)[0], sublayer(te, t, x_t, mask)[0]
+        y_teacher = sublayer(te, s, x_t, mask)[1]
+        residual = y_teacher - x if bias_s is None else y_teacher - x - bias_s
+        eqs.add(projection_input(st, s, x, mask)[..., idx.to(x.device)], residual, b["attention_mask"])
+    return eqs
 
 
 # ---- 02 mask search / 03 tuning ------------------------------------------------------------------------------
