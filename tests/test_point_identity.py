@@ -166,3 +166,18 @@ def test_the_identity_holds_every_resolved_hyper_parameter_and_no_location(world
     record = json.loads((root / "runs" / p.relative_dir / "point.json").read_text())
     assert record["key"] == identity_key(ident) and record["sources"]["model"] == str(root / "models" / "mini")
     assert record["grid_sha256"] and record["command"]
+
+
+def test_a_knob_added_to_the_code_after_a_point_ran_is_no_change_at_its_default(world):
+    """Points recorded before an option existed (their identity lacks it) are reused while the option sits at its
+    default (new options keep the old behaviour there), and rerun when the grid sets it to anything else."""
+    root, spec = world
+    for path in (root / "runs").rglob("point.json"):  # as if `damping` (PruneConfig) and `ridge` (notebook) were new
+        record = json.loads(path.read_text())
+        del record["identity"]["resolved"]["damping"], record["identity"]["parameters"]["ridge"]
+        path.write_text(json.dumps(record))
+    assert set(reasons(root / "grid.yaml").values()) == {None}
+    spec["parameters"]["ridge"] = 1e-3
+    planned = reasons(write_grid(root / "copy.yaml", **spec))
+    assert set(planned.values()) == {"hyper-parameters changed (ridge)"}
+

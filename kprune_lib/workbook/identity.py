@@ -17,7 +17,9 @@ version, git commit, command and date are recorded beside it too (provenance): t
 are the same experiment, and its provenance says which code produced it.
 
 A finished point is reused only when its recorded identity equals the one planned now; `differences` says what
-changed in one phrase ("model changed", "num_tokens changed (5000 -> 20000)").
+changed in one phrase ("model changed", "num_tokens changed (5000 -> 20000)"). A knob added to the code after a
+point ran (a new notebook-04 parameter or PruneConfig field) does not make it stale while it sits at its default:
+new options default to the old behaviour.
 """
 from __future__ import annotations
 
@@ -124,10 +126,31 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def differences(recorded: dict | None, planned: dict) -> str | None:
-    """None when the identities are equal; else one phrase naming what changed."""
+def default_values(notebook_defaults: dict) -> dict:
+    """The defaults a knob takes when a grid does not set it: notebook 04's parameters and PruneConfig's fields."""
+    from kprune_lib.config import PruneConfig
+
+    return {"parameters": dict(notebook_defaults), "resolved": asdict(PruneConfig())}
+
+
+def _without_new_defaults(planned: dict, recorded: dict, defaults: dict) -> dict:
+    """`planned` less the knobs the recorded identity lacks (added to the code after it ran) that sit at their
+    default: code that gains an option keeps its old behaviour at the option's default, so points recorded before
+    the option existed are still these points. A new knob set to anything else is a change."""
+    out = dict(planned)
+    for part in ("parameters", "resolved"):
+        old, new, base = recorded.get(part) or {}, planned.get(part) or {}, defaults.get(part) or {}
+        out[part] = {k: v for k, v in new.items() if k in old or k not in base or v != base[k]}
+    return out
+
+
+def differences(recorded: dict | None, planned: dict, defaults: dict | None = None) -> str | None:
+    """None when the identities are equal; else one phrase naming what changed. With `defaults`
+    (default_values), knobs added to the code since the point ran count as unchanged while at their default."""
     if recorded is None:
         return "no point.json (finished before point identities were recorded)"
+    if defaults is not None:
+        planned = _without_new_defaults(planned, recorded, defaults)
     if recorded == planned:
         return None
     if recorded.get("version") != planned.get("version"):

@@ -59,7 +59,8 @@ class Point(PointKey):
     device: str = "auto"
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # further notebook-04 parameters
     identity: dict = field(default_factory=dict, compare=False, hash=False)  # workbook/identity.point_identity
-    context: dict = field(default_factory=dict, compare=False, hash=False)  # grid, grid_sha256, command, sources
+    context: dict = field(default_factory=dict, compare=False, hash=False)  # grid, grid_sha256, command, sources,
+    #   defaults (identity.default_values: knobs added since a point ran count as unchanged at their default)
 
     def parameters(self, run_dir: Path) -> dict:
         return {**self.extra, "model": self.model, "task": self.task, "data_dir": self.data_dir,
@@ -115,7 +116,8 @@ def reuse_reason(point: Point, run_dir: Path) -> str | None:
     if not (run_dir / SUMMARY).exists():
         return "failed before" if (run_dir / ERROR).exists() else "not run yet"
     record = read_record(run_dir)
-    return differences(None if record is None else record.get("identity"), point.identity)
+    return differences(None if record is None else record.get("identity"), point.identity,
+                       point.context.get("defaults"))
 
 
 def clear_outputs(run_dir: Path) -> None:
@@ -130,8 +132,8 @@ def clear_outputs(run_dir: Path) -> None:
 
 def point_record(point: Point, **more) -> dict:
     """What point.json holds: the label, the identity and its key, the context (grid, command, sources), `more`."""
-    return {"label": point.label(), "key": identity_key(point.identity), "identity": point.identity,
-            **point.context, **more}
+    context = {k: v for k, v in point.context.items() if k != "defaults"}
+    return {"label": point.label(), "key": identity_key(point.identity), "identity": point.identity, **context, **more}
 
 
 def run_point(point: Point, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> str:

@@ -52,7 +52,7 @@ class Grid:
 
 def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
     """The points with their identity (model and data fingerprinted once per source) and context."""
-    grid_hash = file_sha256(path)
+    grid_hash, knob_defaults = file_sha256(path), ident.default_values(defaults)
     fps: dict[tuple, dict] = {}
 
     def fingerprint(kind, *args):
@@ -73,7 +73,7 @@ def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
         except (TypeError, ValueError) as e:
             raise GridError(f"{path}: {p.label()}: {e}") from None
         context = {"grid": str(path), "grid_sha256": grid_hash, "command": sys.argv,
-                   "sources": {"model": p.model, "data_dir": p.data_dir, "tokenizer": tok}}
+                   "sources": {"model": p.model, "data_dir": p.data_dir, "tokenizer": tok}, "defaults": knob_defaults}
         out.append(replace(p, identity=identity, context=context))
     return out
 
