@@ -1,5 +1,6 @@
 """The workbook notebooks: text-tracked, a literal `parameters` cell with the library defaults, no algorithm code,
-and every one of them executes through papermill on a tiny model."""
+and every one of them executes through papermill on a tiny model; 01–03 recompute one iteration of the loop and
+assert it equals the loop's record (the assert lives in the notebook), rendered to HTML as `make report` does."""
 from __future__ import annotations
 
 import ast
@@ -20,6 +21,7 @@ from kprune_lib import PruneConfig
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 PRUNING_NOTEBOOKS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
+STEP_NOTEBOOKS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")]  # recompute one iteration, assert it
 CORE_FIELDS = {"constraint", "num_tokens", "seed", "lam_pred", "lam_rep", "mu", "temperature", "schedule"}
 MINILM = MODELS_DIR / "minilm-l6-mrpc"
 needs_fixtures = pytest.mark.skipif(not (MINILM.exists() and (GLUE_DIR / "MRPC").exists()),
@@ -99,15 +101,32 @@ def test_parameters_cell_is_first_code_cell_of_literals(path):
 
 @pytest.mark.parametrize("path", PRUNING_NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameter_defaults_equal_prune_config(path):
+    """The library's defaults, except the sample size of the teaching notebooks 01–03: the workbook's 20 000 tokens
+    (minutes on a CPU; render.NUM_TOKENS), not PruneConfig's 100 000."""
+    from kprune_lib.workbook.render import NUM_TOKENS
+
     params = literal_parameters(parameters_cell(path)[1][0].source)
-    defaults = PruneConfig()
+    defaults = PruneConfig(num_tokens=NUM_TOKENS) if path in STEP_NOTEBOOKS else PruneConfig()
     missing = CORE_FIELDS - set(params)
     assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
     for f in fields(PruneConfig):
         if f.name in params:
             assert params[f.name] == getattr(defaults, f.name), \
-                f"{path.name}: {f.name} = {params[f.name]!r}, PruneConfig default is {getattr(defaults, f.name)!r}"
+                f"{path.name}: {f.name} = {params[f.name]!r}, expected default {getattr(defaults, f.name)!r}"
             assert type(params[f.name]) is type(getattr(defaults, f.name)) or getattr(defaults, f.name) is None
+
+
+@pytest.mark.parametrize("path", STEP_NOTEBOOKS, ids=lambda p: p.stem)
+def test_step_notebooks_state_the_equations_and_assert_a_recomputed_step(path):
+    """01–03 teach: LaTeX equations naming the library function that computes each, a `step` parameter, and an
+    assert of the recomputed iteration against the loop's record in a code cell (executed below)."""
+    nb = jupytext.read(path)
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert "$$" in markdown and "kprune_lib.method." in markdown
+    assert isinstance(literal_parameters(parameters_cell(path)[1][0].source)["step"], int)
+    asserts = [c for c in code if any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(c)))]
+    assert any("Sublayer(step)" in c for c in asserts), f"{path.name}: no assert on the recomputed iteration `step`"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -190,18 +209,62 @@ def test_prepare_draws_the_same_sample_as_api(tiny):
 
 
 @needs_fixtures
-@pytest.mark.parametrize("name", ["01_knowledge_measurement", "02_mask_search", "03_weight_tuning"])
-def test_analysis_notebooks_execute(tiny, tmp_path, name):
-    nb = execute(ROOT / "notebooks" / f"{name}.py", tmp_path / f"{name}.ipynb",
-                 {**TINY_PARAMS, "model": tiny["model"], "data_dir": tiny["data_dir"]})
+@pytest.mark.parametrize("name,step", [("01_knowledge_measurement", 3), ("02_mask_search", 2),
+                                       ("03_weight_tuning", 1)])
+def test_analysis_notebooks_execute(tiny, tmp_path, name, step):
+    """Executed and rendered as `make report` does (render.render_notebooks: HTML with the inputs); each notebook
+    recomputes iteration `step` with the library's functions and asserts it equals the loop's record (a failed
+    assert fails the execution)."""
+    from kprune_lib.workbook.render import render_notebooks
+
+    html = render_notebooks(tmp_path / "html", tmp_path / "work", [name],
+                            {**TINY_PARAMS, "model": tiny["model"], "data_dir": tiny["data_dir"], "step": step,
+                             "output_dir": "not a parameter of 01-03"}, log=lambda msg: None)[name]
+    nb = nbformat.read(str(tmp_path / "work" / f"{name}.ipynb"), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "step" in injected[0].source and "output_dir" not in injected[0].source  # only the notebook's own
     _figures_rendered(nb)
     text = _text(nb)
+    assert f"iteration {step} (" in text and "equal the loop's record" in text
+    page = html.read_text()
+    assert "workbook.student_at" in page or "kpms_step" in page  # inputs shown
+    assert page.count("<img") >= 2 and "$$" in page  # figures and the equations
     if name.startswith("01"):
         assert "FLOPs removed" in text and "spearman score" in text
     elif name.startswith("02"):
         assert "one-shot global" in text and "budget_left" in text
     else:
         assert "rel_error_after_tuning" in text and "K-prune, no tuning" in text
+
+
+def test_resolve_inputs_falls_back_to_the_hub_when_the_fixtures_are_missing(tmp_path, capsys):
+    """No ../shared: the hub id and the hub's GLUE, in one line (nothing is downloaded here); local folders that exist
+    are used as they are, silently."""
+    from kprune_lib.workbook.steps import resolve_inputs
+
+    model, data = resolve_inputs("missing/minilm-l6-mrpc", "missing/glue", "M-FAC/bert-mini-finetuned-mrpc",
+                                 base=tmp_path)
+    assert (model, data) == ("M-FAC/bert-mini-finetuned-mrpc", None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "missing/minilm-l6-mrpc not found" in lines[0] and "hub" in lines[0]
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "glue").mkdir()
+    assert resolve_inputs("ckpt", "glue", "M-FAC/bert-mini-finetuned-mrpc", base=tmp_path) == \
+        (str(tmp_path / "ckpt"), str(tmp_path / "glue"))
+    assert resolve_inputs("some/hub-id", "glue", None, base=tmp_path) == ("some/hub-id", str(tmp_path / "glue"))
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_makefile_passes_workers_only_when_given_and_report_renders_the_notebooks():
+    def dry(*args):
+        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    sweep = [line for line in dry("sweep", "WORKERS=").splitlines() if "kprune sweep" in line]
+    assert sweep and "--workers" not in sweep[-1]  # the executor's default: one worker per GPU
+    assert "--workers 3" in dry("sweep", "WORKERS=3") and "--workers" not in dry("demo").split("kprune sweep")[-1]
+    report = dry("report")
+    assert "--report-only" in report and "-m kprune_lib.workbook.render --out results/notebooks" in report
 
 
 @needs_fixtures
