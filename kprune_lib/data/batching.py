@@ -35,12 +35,20 @@ def sample_size(pool_size: int, num_tokens: int, seq_len: float) -> int:
     return min(int(num_tokens / seq_len), pool_size)
 
 
-def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -> torch.Tensor:
+def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int,
+                   examples: int | None = None) -> torch.Tensor:
     """The pruning sample, drawn exactly as the authors' code draws it: the legacy numpy RandomState seeded once
     with `seed`, then `choice(pool_size, n)` with replacement, n = sample_size(...), kept in draw order
-    (batches are consecutive draws). Same checkpoint, data and seed -> the authors' sample, hence their masks."""
+    (batches are consecutive draws). Same checkpoint, data and seed -> the authors' sample, hence their masks.
+
+    examples: n given as a count instead (Kwon et al.'s main.py: `--num_samples`, 2048): the same draw, only its
+    size differs: not derived from num_tokens and not capped by the pool (it draws with replacement)."""
     if pool_size == 0:
         raise DataError("empty pruning sample: the training split has no examples")
+    if examples is not None:
+        if examples < 1:
+            raise DataError(f"the pruning sample needs at least one example, got {examples}")
+        return torch.from_numpy(np.random.RandomState(seed).choice(pool_size, examples)).long()
     n = sample_size(pool_size, num_tokens, seq_len)
     if n < 1:
         raise DataError(f"empty pruning sample: num_tokens {num_tokens} is below one example of average length "
@@ -49,21 +57,23 @@ def sample_indices(pool_size: int, num_tokens: int, seq_len: float, seed: int) -
 
 
 def draw_sample(pool_size: int, features_of, *, num_tokens: int, seq_len: float, seed: int, batch_size: int,
-                pad_id: int, device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
+                pad_id: int, device=None, batch_tokens: int = 0, examples: int | None = None) -> tuple[list[dict], int]:
     """THE pruning sample, for every task: the example indices drawn as the authors' code draws them
-    (`sample_indices`), their features (`features_of(indices)` -> one dict per index, in draw order) in compute
-    batches (`sample_batches`, each row tagged with its sample batch). Returns (batches, number of examples)."""
-    idx = sample_indices(pool_size, num_tokens, seq_len, seed).tolist()
+    (`sample_indices`; `examples`: that many instead of num_tokens' worth), their features (`features_of(indices)`
+    -> one dict per index, in draw order) in compute batches (`sample_batches`, each row tagged with its sample
+    batch). Returns (batches, number of examples)."""
+    idx = sample_indices(pool_size, num_tokens, seq_len, seed, examples).tolist()
     return sample_batches(features_of(idx), batch_size, pad_id, device, batch_tokens), len(idx)
 
 
 def glue_sample(tokenizer, train: Examples, *, num_tokens: int, seq_len: float, seed: int, batch_size: int,
-                max_length: int, device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
+                max_length: int, device=None, batch_tokens: int = 0,
+                examples: int | None = None) -> tuple[list[dict], int]:
     """The pruning sample of a GLUE task: `draw_sample` over the training examples, tokenising only the drawn ones
     (an example's tokens do not depend on the others), with their gold labels (for methods that need them)."""
     return draw_sample(len(train), lambda idx: tokenize(tokenizer, train.take(idx), max_length, labels=True),
                        num_tokens=num_tokens, seq_len=seq_len, seed=seed, batch_size=batch_size,
-                       pad_id=tokenizer.pad_token_id, device=device, batch_tokens=batch_tokens)
+                       pad_id=tokenizer.pad_token_id, device=device, batch_tokens=batch_tokens, examples=examples)
 
 
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
