@@ -158,7 +158,7 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     dense_metrics, params_dense = sample.score(arch.model), encoder_params(arch.model)
     prov = provenance(dev)  # before pruning: the state of the code and machine the run starts from
     result = run_method(arch, sample.batches, t.problem, cfg, sample.seq_len, progress=progress,
-                        latency=timing.table if timing else None)
+                        latency=timing.table if timing else None, score=sample.score)
     prune_physically(arch, result.head_mask, result.neuron_mask)
     pruned_metrics = sample.score(arch.model)
     latency_info = timing.measure(arch, cfg, result, progress) if timing else {}
@@ -254,7 +254,7 @@ def _draw_sample(t, tok, cfg: PruneConfig, device: torch.device, progress: bool,
     seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
     batches, n_sample = glue_sample(tok, train, num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed,
                                     batch_size=batch_size, max_length=max_length, device=device,
-                                    batch_tokens=batch_tokens)
+                                    batch_tokens=batch_tokens, examples=methods.get(cfg.method).sample_examples)
 
     def score(net):
         return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
@@ -290,6 +290,8 @@ def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, resul
     }
     if sample.data_info:  # SQuAD: where the sample and the evaluation set came from
         summary["data"] = sample.data_info
+    if getattr(result, "stages", None):  # a method with stages (kwon): masks and dev metrics after each
+        summary["stages"] = result.stages
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Methods: the ablations' hyper-parameters, the Kwon-style Fisher baseline and the one-shot global mask."""
+"""Methods: the ablations' hyper-parameters, the fisher-greedy ablation (formerly kwon-fisher) and the one-shot
+global mask. Kwon et al.'s own pipeline (`--method kwon`) is tested in test_kwon.py."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,7 @@ from kprune_lib.encoder.arch import Arch
 from kprune_lib.method.baselines import fisher_scores, greedy_flops_selection, kwon_fisher, one_shot_global_masks, run_method
 from kprune_lib.data.batching import pad_batch, tokenize
 from kprune_lib.config import PruneConfig
-from kprune_lib.method.methods import METHOD_NAMES, REGISTRY, check, same_settings
+from kprune_lib.method.methods import METHOD_NAMES, REGISTRY, check, get, same_settings
 from kprune_lib.method.methods import resolve as resolve_method
 from kprune_lib.costs.flops import head_flops, neuron_flops
 from kprune_lib.data.glue import Examples
@@ -162,6 +163,34 @@ def test_greedy_selection_properties_random():
         for u in (~keep).nonzero().flatten().tolist():  # a dropped unit did not fit when its turn came
             better_kept = keep & (ratio > ratio[u])
             assert float(costs[better_kept].sum()) + float(costs[u]) > budget - 1e-9
+
+
+def test_kwon_fisher_is_a_deprecated_alias_of_fisher_greedy():
+    """The old name runs the same algorithm with the same settings and traits, and is recorded under its own name
+    (grids, summaries and benchmarks that name it keep working for one release)."""
+    with pytest.warns(DeprecationWarning, match="kwon-fisher is deprecated.*fisher-greedy"):
+        alias = get("kwon-fisher")
+    assert alias.name == "kwon-fisher" and "kwon-fisher" not in REGISTRY and "kwon-fisher" in METHOD_NAMES
+    assert {**vars(alias), "name": "fisher-greedy"} == vars(REGISTRY["fisher-greedy"])
+    assert resolve_method(PruneConfig(method="kwon-fisher")).method == "kwon-fisher"
+    batches = labelled("classification")
+    old, new = (run_method(tiny_model(layers=3), batches, "classification", PruneConfig(method=m, constraint=0.5),
+                           SEQ) for m in ("kwon-fisher", "fisher-greedy"))
+    assert torch.equal(old.head_mask, new.head_mask) and torch.equal(old.neuron_mask, new.neuron_mask)
+    assert old.flops_pruned == new.flops_pruned
+
+
+def test_fisher_scores_sum_kwons_per_batch_mask_gradients():
+    from kprune_lib.method.kwon import mask_gradients
+
+    model, batches = tiny_model(layers=2), labelled("classification")
+    g_h, g_n = mask_gradients(Arch(model), batches, "classification")
+    assert g_h.shape == (3, 2, 4) and g_n.shape == (3, 2, 24)
+    f_h, f_n = fisher_scores(Arch(model), batches, "classification")
+    torch.testing.assert_close(f_h, (g_h.double() ** 2).sum(0))
+    torch.testing.assert_close(f_n, (g_n.double() ** 2).sum(0))
+    one = mask_gradients(Arch(model), batches[1:2], "classification")  # row b is batch b's own gradient
+    torch.testing.assert_close(one[0][0], g_h[1])
 
 
 @pytest.mark.parametrize("constraint", [0.3, 0.6])

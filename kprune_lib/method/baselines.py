@@ -1,10 +1,12 @@
-"""Ablations of K-prune and the Kwon et al. (2022) style Fisher baseline, all run on the same sample.
+"""The dispatch of every method, the fisher-greedy ablation and the one-shot global mask, all run on the same sample.
 
 What each `--method` is and changes is declared once in `methods.REGISTRY`; this module runs them:
-`run_method` dispatches on the entry's algorithm; `kwon_fisher` is the Kwon et al.-style Fisher baseline
-(Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per neuron,
-Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs; no iteration, no weight
-tuning, no mask rescaling); `one_shot_global_masks` is the one-threshold ablation of KPMS's iteration.
+`run_method` dispatches on the entry's algorithm (K-prune's loop, Kwon et al.'s pipeline `kwon.kwon`, or
+`kwon_fisher`); `kwon_fisher` is the fisher-greedy ablation of Kwon et al. (formerly the kwon-fisher baseline: Kwon's
+Fisher information of the task loss on the TRUE labels w.r.t. one mask variable per head and per neuron,
+Σ_batches (∂L/∂m)²; one global FLOPs-constrained greedy selection by Fisher/FLOPs; no split search, no
+rearrangement, no mask rescaling, no tuning); `one_shot_global_masks` is the one-threshold ablation of KPMS's
+iteration.
 """
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ import torch
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import PruneConfig
 from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
-from kprune_lib.encoder.forward import encode
-from kprune_lib.encoder.masks import apply_masks, head_dims
-from kprune_lib.method.measurement import gold_loss
+from kprune_lib.encoder.masks import head_dims
+from kprune_lib.method.kwon import kwon, mask_gradients
 from kprune_lib.method.methods import check, get, resolve
 from kprune_lib.method.loop import PruneResult, kprune
 from kprune_lib.method.search import kpms_threshold
@@ -24,49 +25,37 @@ from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
 
 
 def run_method(model: torch.nn.Module | Arch, batches: list[dict], problem: str, config: PruneConfig, seq_len: float,
-               progress: bool = True, record_knowledge: bool = False, latency=None) -> PruneResult:
+               progress: bool = True, record_knowledge: bool = False, latency=None, score=None) -> PruneResult:
     """Prune `model` (or the model of an `Arch`) in place (dense shapes, pruned projection columns zeroed) with
     `config.method` (its registry entry, `methods.REGISTRY`, says which algorithm runs and with which settings).
-    With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`)."""
+    With `config.latency_budget_ms`, `latency` is the model's latency table (`latency.latency_table`).
+    score(model) -> dev metrics: a method with stages (kwon) records them after each (`KwonResult.stages`)."""
     cfg = resolve(config)
     check(cfg, problem)
-    if get(cfg.method).algorithm == "fisher-greedy":
-        return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len)
+    algorithm = get(cfg.method).algorithm
+    if algorithm == "fisher-greedy":
+        return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, name=cfg.method)
+    if algorithm == "kwon":
+        return kwon(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, score=score,
+                    progress=progress, name=cfg.method)
     return kprune(model, batches, problem, cfg, seq_len=seq_len, latency=latency, progress=progress,
                   record_knowledge=record_knowledge)
 
 
-# ---- Kwon et al. style Fisher baseline --------------------------------------------------------------------------
+# ---- fisher-greedy (formerly kwon-fisher) ------------------------------------------------------------------------
 def fisher_scores(arch: Arch, batches: list[dict], problem: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Empirical Fisher of the mask variables: Σ_batches (∂L/∂m)², one variable per head (L, H) and neuron (L, N).
+    """Empirical Fisher of the mask variables: Σ_batches (∂L/∂m)², one variable per head (L, H) and neuron (L, N),
+    from Kwon's per-batch mask gradients (`kwon.mask_gradients`), summed batch by batch in float64.
 
     batches need "labels" (gold labels). The model's parameters are left untouched.
     """
-    model = arch.model
-    model.eval()
-    p = next(model.parameters())
-    L = arch.num_layers
-    head_m = torch.ones(L, arch.num_heads, device=p.device, dtype=p.dtype, requires_grad=True)
-    neuron_m = torch.ones(L, arch.ffn_size, device=p.device, dtype=p.dtype, requires_grad=True)
-    fisher_h = torch.zeros(L, arch.num_heads, device=p.device, dtype=torch.float64)
-    fisher_n = torch.zeros(L, arch.ffn_size, device=p.device, dtype=torch.float64)
-    requires_grad = {n: q.requires_grad for n, q in model.named_parameters()}
-    model.requires_grad_(False)
-    try:
-        for b in batches:
-            if "labels" not in b:
-                raise ValueError("kwon-fisher needs gold labels in the sample batches (tokenize(..., labels=True))")
-            masks = {s: head_dims(head_m[s.layer], arch.head_size) if s.is_mha else neuron_m[s.layer]
-                     for s in sublayers(L)}  # one variable per head (shared by its d_h dims) and per neuron
-            with apply_masks(arch, masks):
-                logits = arch.head(encode(arch, b))  # (B, C)
-            g_h, g_n = torch.autograd.grad(gold_loss(logits, b["labels"], problem), [head_m, neuron_m])
-            fisher_h += g_h.double() ** 2
-            fisher_n += g_n.double() ** 2
-    finally:
-        for n, q in model.named_parameters():
-            q.requires_grad_(requires_grad[n])
-    return fisher_h.cpu(), fisher_n.cpu()
+    g_h, g_n = mask_gradients(arch, batches, problem)
+    fisher_h = torch.zeros(g_h.shape[1:], dtype=torch.float64)
+    fisher_n = torch.zeros(g_n.shape[1:], dtype=torch.float64)
+    for gh, gn in zip(g_h, g_n):
+        fisher_h += gh.double() ** 2
+        fisher_n += gn.double() ** 2
+    return fisher_h, fisher_n
 
 
 def greedy_flops_selection(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> torch.Tensor:
@@ -87,8 +76,9 @@ def greedy_flops_selection(scores: torch.Tensor, costs: torch.Tensor, budget: fl
 
 
 def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, constraint: float,
-                seq_len: float) -> PruneResult:
-    """Kwon et al. (2022) style masks: Fisher scores, one global FLOPs-constrained greedy pass, no tuning.
+                seq_len: float, name: str = "fisher-greedy") -> PruneResult:
+    """fisher-greedy: Kwon's Fisher scores, one global FLOPs-constrained greedy pass, no tuning (`name`: the method
+    as asked for, for its errors).
 
     The model (or the model of an `Arch`) is changed in place only by zeroing the pruned units' output-projection
     columns (as K-prune leaves it: dense shapes, equal to the masked model); kept weights are not rescaled.
@@ -97,8 +87,8 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
     arch = Arch.of(model)
     L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
     if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
-        raise ValueError("kwon-fisher prunes dense models only and this one was pruned before: use --method kprune, "
-                         "or give kwon-fisher the original checkpoint")
+        raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
+                         f"or give {name} the original checkpoint")
     fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
     flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size)
     fisher_h, fisher_n = fisher_scores(arch, batches, problem)

@@ -7,10 +7,14 @@ algorithm, its branch in `baselines.run_method`); tests/test_methods_e2e.py then
 
 A method's `settings` are the `PruneConfig` fields it fixes (`resolve`): e.g. kprune-pred-only is the paper's
 loop with λ_rep = 0. `algorithm` names the code that runs it: "kprune" (the paper's Algorithm 1,
-`prune.kprune`) or "fisher-greedy" (`baselines.kwon_fisher`).
+`prune.kprune`), "kwon" (Kwon et al.'s pipeline, `kwon.kwon`) or "fisher-greedy" (`baselines.kwon_fisher`).
+
+`ALIASES`: deprecated names still accepted for one release (`get` gives the entry under the old name, so a run
+asked for by it is recorded and reported under it, exactly as before).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -25,13 +29,14 @@ class Method:
     name: str
     role: str  # "method" (the paper's), "plus" (K-prune+), "candidate" (a K-prune+ candidate), "ablation", "baseline"
     summary: str  # one line: what it changes, for --help and the docs
-    algorithm: str = "kprune"  # "kprune" (prune.kprune) | "fisher-greedy" (baselines.kwon_fisher)
+    algorithm: str = "kprune"  # "kprune" (prune.kprune) | "kwon" (kwon.kwon) | "fisher-greedy" (baselines.kwon_fisher)
     settings: dict[str, Any] = field(default_factory=dict)  # the PruneConfig fields it fixes
     needs_labels: bool = False  # the sample must carry gold labels (GLUE tasks only)
     budgets: tuple[str, ...] = BUDGET_KINDS  # budget kinds it accepts
     problems: tuple[str, ...] = PROBLEMS  # task kinds it supports
     dense_only: bool = False  # refuses a model pruned before
     batches_as_drawn: bool = False  # computes on the sample batches as drawn (its signal depends on the batching)
+    sample_examples: int | None = None  # draws exactly this many examples, whatever num_tokens (kwon: its main.py's)
 
     def check(self, problem: str, budget: str) -> None:
         """One-line errors for a task kind or budget kind this method does not take."""
@@ -63,15 +68,28 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            settings={"gold_first": True}, needs_labels=True, problems=("classification", "regression")),
     Method("kprune-damp", "candidate", "KPWT damped toward the current weights (δ = 1 % of mean diag AᵀA)",
            settings=_K_PLUS_SETTINGS),
-    Method("kwon-fisher", "baseline", "Kwon et al. (2022)-style Fisher of the gold-label loss, one global greedy "
-           "FLOPs selection, no search over the split, no rearrangement, no rescaling, no tuning",
+    # KPWT off (tuning False): kwon's own weight update is its mask rescaling, folded into the weights
+    Method("kwon", "baseline", "Kwon et al. (2022) as its authors run it: gold-label Fisher of head/neuron masks on "
+           "2048 examples, search over the head/neuron split (teacher at √kept), per-layer rearrangement, LSMR mask "
+           "rescaling folded into the weights (docs/baselines.md)",
+           algorithm="kwon", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
+           problems=("classification", "regression"), dense_only=True, batches_as_drawn=True, sample_examples=2048),
+    Method("fisher-greedy", "ablation", "kwon's Fisher scores, one global greedy Fisher/FLOPs selection: no split "
+           "search, no rearrangement, no rescaling, no tuning (was kwon-fisher)",
            algorithm="fisher-greedy", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
            problems=("classification", "regression"), dense_only=True, batches_as_drawn=True),
 )}
-METHOD_NAMES = tuple(REGISTRY)
+ALIASES: dict[str, str] = {"kwon-fisher": "fisher-greedy"}  # deprecated name -> registry name; kept for one release
+METHOD_NAMES = tuple(REGISTRY) + tuple(ALIASES)  # every name --method accepts, the deprecated aliases last
 
 
 def get(name: str) -> Method:
+    """The registry entry of `name`; a deprecated alias gives its entry under the alias (same algorithm, settings
+    and traits), with a DeprecationWarning."""
+    if name in ALIASES:
+        warnings.warn(f"--method {name} is deprecated and will be removed in the next release: it is "
+                      f"{ALIASES[name]}", DeprecationWarning, stacklevel=2)
+        return replace(REGISTRY[ALIASES[name]], name=name)
     try:
         return REGISTRY[name]
     except KeyError:
@@ -134,6 +152,7 @@ def methods_by_role() -> str:
              "baseline": "baseline"}
     groups = [f"{label}: {', '.join(m.name for m in REGISTRY.values() if m.role == role)}"
               for role, label in roles.items() if any(m.role == role for m in REGISTRY.values())]
+    groups += [f"deprecated: {alias} (= {name})" for alias, name in ALIASES.items()]
     return "; ".join(groups)
 
 
@@ -143,5 +162,7 @@ def format_methods() -> str:
     for m in REGISTRY.values():
         tasks = "all" if len(m.problems) == 3 else "GLUE"
         rows.append((m.name, m.role, "gold" if m.needs_labels else "none", "+".join(m.budgets), tasks, m.summary))
+    for alias, name in ALIASES.items():
+        rows.append((alias, "alias", "", "", "", f"deprecated name of {name}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
