@@ -40,7 +40,7 @@ QUICK = dict(tasks="mrpc", constraints="0.8", seeds="0,1", num_tokens=5000,
              out=ROOT / "runs" / "accuracy-quick", report=ROOT / "benchmarks" / "ACCURACY-quick.md")
 DEFAULT_COMPARE = ("kprune-plus", "kprune")
 CSV_COLUMNS = ("task", "method", "constraint", "seed", "metric", "dense", "pruned", "delta", "flops_removed",
-               "pruning_seconds")
+               "pruning_seconds", "collapsed")
 HIGH_CONSTRAINT = 0.6          # the summary line: points with constraint ≥ this
 DONE_CONSTRAINTS = (0.6, 0.8)  # done-when (a): mean paired difference at these constraints …
 DONE_MIN_GAIN = 1.0            # … is at least this many points
@@ -242,7 +242,7 @@ def point_row(summary: dict) -> dict:
             "constraint": float(summary["constraint"]), "seed": int(summary["seed"]), "metric": metric,
             "dense": dense, "pruned": pruned, "delta": pruned - dense,
             "flops_removed": float(summary["flops_removed"]), "pruning_seconds": float(summary["pruning_seconds"]),
-            "num_tokens": summary.get("num_tokens")}
+            "num_tokens": summary.get("num_tokens"), "collapsed": (summary.get("collapsed") or {}).get("pruned")}
 
 
 def select_rows(rows: list[dict], tasks: list[str], methods: list[str], constraints: list[float],
@@ -378,9 +378,17 @@ def main_table(rows: list[dict], methods: list[str], n_seeds: int) -> list[str]:
         cr = cell_rows(rows, task, c)
         dense = statistics.fmean(r["dense"] for r in cr)
         flops = statistics.fmean(100 * r["flops_removed"] for r in cr)
-        stats = [fmt_stats(method_stats(rows, task, c, m), n_seeds) for m in methods]
+        stats = [fmt_stats(method_stats(rows, task, c, m), n_seeds) + collapse_mark(cell_rows(rows, task, c, m))
+                 for m in methods]
         lines.append(f"| {task} | {c:g} | {cr[0]['metric']} | {flops:.1f} % | {fmt(dense)} | " + " | ".join(stats) + " |")
     return lines
+
+
+def collapse_mark(rows: list[dict]) -> str:
+    """' (collapsed k/n)' where k of the cell's n seeds' pruned models predict one class for the whole dev set (a
+    near-constant for regression; data.evaluate.collapsed); '' where none did or it was not recorded."""
+    k = sum(1 for r in rows if r.get("collapsed") in (True, "True", "true"))
+    return f" (collapsed {k}/{len(rows)})" if k else ""
 
 
 def paired_section(rows: list[dict], methods: list[str], pair: tuple[str, str] | None) -> list[str]:

@@ -280,6 +280,10 @@ def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, resul
         "flops_physical": model_flops(result.heads_kept, widths, sample.seq_len, arch.hidden, arch.head_size),
         "params_dense": params_dense, "params_pruned": encoder_params(arch.model),
         "metric": t.main_metric, "dense": dense_metrics, "pruned": pruned_metrics,
+        # GLUE: whether a model predicts one class for the whole dev set (regression: a near-constant), so that its
+        # metric is the data's, not the model's (data.evaluate.collapsed); None where it is not measured (SQuAD)
+        "collapsed": {"dense": getattr(dense_metrics, "collapsed", None),
+                      "pruned": getattr(pruned_metrics, "collapsed", None)},
         "heads_kept": result.heads_kept, "neurons_kept": result.neurons_kept,
         "pruning_seconds": result.seconds, "stage_seconds": result.timings,
         "ridge_fallbacks": result.ridge_fallbacks, "sublayers": result.sublayers,

@@ -370,8 +370,12 @@ def _run(argv: list[str] | None) -> int:
             keys = ("task", "constraint", "latency_budget_ms", "predicted_latency_ms", "measured_latency_ms",
                     "measured_over_budget", "budget_miss", "dense_latency_ms", "flops_removed", "metric",
                     "pruning_seconds")
+            collapse = {"collapsed": "the pruned model predicts one class for every dev example (a near-constant "
+                                     "for regression): its metric is the data's, not the model's"} \
+                if summary.get("collapsed", {}).get("pruned") else {}
             print(json.dumps({k: summary[k] for k in keys if k in summary}
-                             | {"dense": summary["dense"][m], "pruned": summary["pruned"][m], "output": args.output}))
+                             | {"dense": summary["dense"][m], "pruned": summary["pruned"][m]} | collapse
+                             | {"output": args.output}))
         elif args.command == "latency-table":
             from kprune_lib.artifacts.checkpoint import load_model
             from kprune_lib.costs.latency import format_table, latency_table

@@ -142,6 +142,7 @@ FFN_WIDTH_MULTIPLE = 16  # physically pruned FFN widths padded up to a multiple 
 #   (kprune_lib.encoder.physical.aligned_width): 4.5-5.3 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons a layer
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric
 ACCURACY_DROP_POINTS = 3.0  # reports: "within 3 points of dense" = metric ×100 ≥ dense ×100 − this (absolute)
+COLLAPSE_SD_FRACTION = 0.01  # a regression model has collapsed when its predictions' sd < this × the labels' sd
 # latency tables (kprune_lib.costs.latency): timing protocol, unit grids, where they are cached
 LATENCY_WARMUP = 2  # untimed calls of every grid point (and of the whole model) before timing
 LATENCY_REPEATS = 7  # timed rounds over all grid points, interleaved; the median per point is kept

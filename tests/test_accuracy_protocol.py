@@ -286,3 +286,16 @@ def test_kprune_plus_shares_the_points_of_its_candidate(tmp_path):
                                                   ["kprune-plus"]), ["mrpc"], ["kprune-plus"], [0.8], [0])
     assert len(rows) == 1 and rows[0]["pruned"] == pytest.approx(81.0) and rows[0]["shared_from"] == source
     assert f"runs exactly the settings of **{source}**" in render(rows, methods=("kprune-plus",), pair=None)
+
+
+def test_collapsed_points_are_flagged_in_the_accuracy_table(tmp_path):
+    out = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        s = summary("mrpc", "kprune", 0.8, seed, 0.68)
+        s["collapsed"] = {"dense": False, "pruned": seed != 1}
+        write(out, s)
+        write(out, summary("mrpc", "kprune-plus", 0.8, seed, 0.80))
+    rows = rows_of(out, constraints=(0.8,))
+    line = next(l for l in acc.main_table(rows, ["kprune", "kprune-plus"], 3) if l.startswith("| mrpc"))
+    kprune_cell, plus_cell = line.split("|")[6:8]
+    assert "(collapsed 2/3)" in kprune_cell and "collapsed" not in plus_cell

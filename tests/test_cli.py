@@ -108,3 +108,20 @@ def test_console_script_exit_code(small_glue, tmp_path):
                           capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("kprune: error: unknown task 'nope'")
+
+
+def test_the_last_line_says_when_the_pruned_model_collapsed(capsys, small_glue, tmp_path, monkeypatch):
+    """A pruned classifier that predicts one class for the whole dev set: summary.json and the CLI's last line say
+    so next to the metric (here forced: the flag's computation is tested in test_metrics)."""
+    import json
+
+    from kprune_lib.data import evaluate
+
+    assert main(["prune", *prune_args(small_glue, tmp_path / "a")]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "collapsed" not in line  # the MiniLM MRPC model at 50 % keeps both classes
+    monkeypatch.setattr(evaluate, "collapsed", lambda task, logits, labels: True)
+    assert main(["prune", *prune_args(small_glue, tmp_path / "b")]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "one class for every dev example" in line["collapsed"]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["collapsed"] == {"dense": True, "pruned": True}

@@ -101,3 +101,9 @@ def test_every_method_prunes_saves_and_reloads(method, problem, budget, inputs, 
     assert [len(n) for n in meta["kept_neurons"]] == summary["neurons_kept"]
     again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **args)
     assert again[metric] == pytest.approx(summary["pruned"][metric], abs=1e-6)
+    # the collapse flag: measured for GLUE (one class / a near-constant on the dev set), and the reloaded model's
+    if problem == "qa":
+        assert summary["collapsed"] == {"dense": None, "pruned": None}
+    else:
+        assert all(isinstance(v, bool) for v in summary["collapsed"].values())  # (the tiny dense model predicts one class)
+        assert again.collapsed == summary["collapsed"]["pruned"]

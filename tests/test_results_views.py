@@ -364,3 +364,20 @@ def test_results_notebook_reads_only_its_own_sweep(tmp_path):
     assert md.count("this sweep has no latency-budget record") == 1
     assert not (tmp_path / "results" / "figures" / "accuracy_vs_latency.png").exists()
     assert (tmp_path / "results" / "figures" / "kept_per_layer.png").exists()  # from the rows' run_dir
+
+
+def test_collapsed_points_are_flagged_in_the_seed_table(tmp_path):
+    """A cell where k of n seeds' pruned models predict one class for the whole dev set says 'collapsed k/n'."""
+    df = pd.read_csv(write_sweep_csv(tmp_path / "results.csv"))
+    df["collapsed"] = [bool(r.task == "mrpc" and r.method == "kprune" and r.constraint == 0.8 and r.seed == 0)
+                       for r in df.itertuples()]
+    df.to_csv(tmp_path / "results.csv", index=False)
+    table = views.seed_table(views.load_results(tmp_path / "results.csv"))
+    cells = table.to_numpy().ravel().tolist()
+    flagged = [c for c in cells if "collapsed" in c]
+    n = int(((df.method == "kprune") & (df.constraint == 0.8) & (df.task == "mrpc")).sum())
+    assert flagged == [f"{flagged[0].split(' collapsed')[0]} collapsed 1/{n}"] and len(flagged) == 1
+    df["collapsed"] = ""  # not recorded (points made before the flag): nothing flagged
+    df.to_csv(tmp_path / "results.csv", index=False)
+    assert not any("collapsed" in c for c in views.seed_table(views.load_results(tmp_path / "results.csv"))
+                   .to_numpy().ravel().tolist())

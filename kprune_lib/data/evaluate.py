@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from kprune_lib.data import metrics
 from kprune_lib.data.batching import make_batches, tokenize
-from kprune_lib.config import EVAL_BATCH_SIZE
+from kprune_lib.config import COLLAPSE_SD_FRACTION, EVAL_BATCH_SIZE
 from kprune_lib.data.glue import Examples
 from kprune_lib.data.tasks import GlueTask
 
@@ -25,17 +25,38 @@ def predict(model, features: list[dict], pad_id: int, batch_size: int = EVAL_BAT
     return result
 
 
+class Scores(dict):
+    """Metrics by name (a plain dict to every reader and to JSON), and `collapsed`: whether the model's predictions
+    on the (first) evaluation split collapsed (see `collapsed`)."""
+    collapsed: bool = False
+
+
+def predictions(task: GlueTask, logits: np.ndarray) -> np.ndarray:
+    return logits[:, 0] if task.problem == "regression" else logits.argmax(-1)
+
+
 def score(task: GlueTask, logits: np.ndarray, labels: list) -> dict[str, float]:
-    pred = logits[:, 0] if task.problem == "regression" else logits.argmax(-1)
-    return metrics.compute(task.metrics, pred, labels)
+    return metrics.compute(task.metrics, predictions(task, logits), labels)
+
+
+def collapsed(task: GlueTask, logits: np.ndarray, labels: list) -> bool:
+    """A classifier that predicts one class for every example, or a regression model whose predictions hardly vary
+    (sd below config.COLLAPSE_SD_FRACTION of the labels' sd): its metric is the data's, not the model's."""
+    pred = predictions(task, logits)
+    if task.problem == "regression":
+        return bool(np.std(pred) < COLLAPSE_SD_FRACTION * np.std(np.asarray(labels, dtype=float)))
+    return len(np.unique(pred)) == 1
 
 
 def evaluate_glue(model, tokenizer, task: GlueTask, splits: dict[str, Examples], max_length: int,
-                  progress: bool = False) -> dict[str, float]:
-    """Metrics on each evaluation split; keys of the second split (MNLI mismatched) get a `_mm` suffix."""
-    result = {}
+                  progress: bool = False) -> Scores:
+    """Metrics on each evaluation split; keys of the second split (MNLI mismatched) get a `_mm` suffix. The result
+    also says whether the predictions on the first split collapsed (`Scores.collapsed`)."""
+    result = Scores()
     for k, (split, examples) in enumerate(splits.items()):
         feats = tokenize(tokenizer, examples, max_length)
-        scores = score(task, predict(model, feats, tokenizer.pad_token_id, progress=progress), examples.labels)
-        result.update({(name if k == 0 else f"{name}_mm"): v for name, v in scores.items()})
+        logits = predict(model, feats, tokenizer.pad_token_id, progress=progress)
+        result.update({(name if k == 0 else f"{name}_mm"): v for name, v in score(task, logits, examples.labels).items()})
+        if k == 0:
+            result.collapsed = collapsed(task, logits, examples.labels)
     return result

@@ -15,7 +15,8 @@ from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, SUMMARY, Point, ex
                                         render_html, reuse_reason)
 
 RESULTS_NOTEBOOK = "05_results.py"
-COLUMNS = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dense", "pruned", "flops_removed",
+COLUMNS = ["task", "method", "constraint", "seed", "num_tokens", "metric", "dense", "pruned", "collapsed",
+           "flops_removed",
            "flops_dense", "flops_pruned", "params_dense", "params_pruned", "pruning_seconds", "latency_dense_s",
            "latency_pruned_s", "latency_speedup", "sample_examples", "seq_len", "device", "model", "run_dir"]
 PROVENANCE_COLUMNS = ["identity", "commit", "dirty", "kprune_lib", "python", "torch", "transformers",
@@ -40,7 +41,8 @@ def summary_row(summary: dict, run_dir: Path, record: dict | None = None, csv_di
     row = {k: summary.get(k) for k in COLUMNS}
     if summary.get("latency_budget_ms") is not None:
         row.update({k: summary.get(k) for k in LATENCY_COLUMNS})
-    row.update(dense=summary["dense"][m], pruned=summary["pruned"][m], run_dir=str(run_dir))
+    row.update(dense=summary["dense"][m], pruned=summary["pruned"][m], run_dir=str(run_dir),
+               collapsed=(summary.get("collapsed") or {}).get("pruned"))
     prov, record = summary.get("provenance") or {}, record or {}
     row.update({k: prov.get(k) for k in PROVENANCE_COLUMNS if k in prov},
                identity=record.get("key"), grid=record.get("grid"), grid_sha256=record.get("grid_sha256"),

@@ -27,7 +27,8 @@ METHOD_STYLE: dict[str, Style] = {
     "kprune-no-tuning": Style("#ff7f0e", "s", "--"), "kprune-pred-only": Style("#9467bd", "^", "--"),
     "kprune-rep-only": Style("#8c564b", "v", "--"), "kprune-fisher": Style("#bcbd22", "X", "-."),
     "kprune-gn": Style("#17becf", "<", "-."), "kprune-gold": Style("#e377c2", ">", "-."),
-    "kprune-damp": Style("#7f7f7f", "d", ":"), "kwon-fisher": Style("#1f77b4", "D", "-"),
+    "kprune-damp": Style("#7f7f7f", "d", ":"), "kwon": Style("#1f77b4", "D", "-"),
+    "fisher-greedy": Style("#6baed6", "h", "--"), "kwon-fisher": Style("#08519c", "*", "--"),  # (its old name)
 }
 FALLBACK_STYLE = Style("#393b79", "x", ":")
 # Task names as the GLUE and SQuAD papers write them (figure titles, table headers), metric names as words.

@@ -62,13 +62,19 @@ def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample sd (0 for one seed) of the main metric, and mean costs, per (task, method, constraint);
     `seeds` is the number of rows (seeds) averaged."""
     df = df.assign(**{c: np.nan for c in ("flops_removed", "pruning_seconds", "latency_speedup") if c not in df})
+    df = df.assign(collapsed=_flags(df["collapsed"]) if "collapsed" in df else False)
     g = df.groupby(["task", "method", "constraint"], as_index=False)
     out = g.agg(metric=("metric", "first"), dense=("dense", "mean"), pruned=("pruned", "mean"),
                 pruned_std=("pruned", "std"), flops_removed=("flops_removed", "mean"),
                 pruning_seconds=("pruning_seconds", "mean"), latency_speedup=("latency_speedup", "mean"),
-                seeds=("seed", "count"))
+                seeds=("seed", "count"), collapsed=("collapsed", "sum"))
     out["pruned_std"] = out["pruned_std"].fillna(0.0)
     return out
+
+
+def _flags(values: pd.Series) -> pd.Series:
+    """The csv's `collapsed` column as booleans (True / False / empty where not recorded -> False)."""
+    return values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
 
 
 def _label(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,10 +91,12 @@ def _task_order(df: pd.DataFrame, index: list[str]) -> pd.DataFrame:
 
 def seed_table(df: pd.DataFrame) -> pd.DataFrame:
     """Report table: per task (display name), metric and method, the pruned metric ×100 at each constraint
-    (columns: % of FLOPs removed) as 'mean ± sd (n=seeds)'; 'mean (n=1)' for one seed, '–' where not run."""
+    (columns: % of FLOPs removed) as 'mean ± sd (n=seeds)'; 'mean (n=1)' for one seed, '–' where not run;
+    'collapsed k/n' where k seeds' models predict one class for the whole dev set (data.evaluate.collapsed)."""
     mean = _task_order(mean_over_seeds(df), ["task", "method", "constraint"])
     text = [f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if n > 1 else "") + f" (n={n})"
-            for m, s, n in zip(mean.pruned, mean.pruned_std, mean.seeds)]
+            + (f" collapsed {int(k)}/{n}" if k else "")
+            for m, s, n, k in zip(mean.pruned, mean.pruned_std, mean.seeds, mean.collapsed)]
     mean = _label(mean).assign(pruned=text, constraint=[f"{100 * c:g} %" for c in mean.constraint])
     table = mean.pivot_table(index=["task", "metric", "method"], columns="constraint", values="pruned",
                              aggfunc="first", sort=False)
