@@ -26,9 +26,8 @@ import transformers
 
 from kprune_lib.api import compute_batch_tokens
 from kprune_lib.encoder.arch import Arch
-from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
-from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
-from kprune_lib.data.glue import load_glue
+from kprune_lib.data.batching import glue_pruning_sample, padded_tokens
+from kprune_lib.config import PruneConfig
 from kprune_lib.artifacts.checkpoint import load_model
 from kprune_lib.encoder.masks import apply_masks
 from kprune_lib.method.measurement import predictive_loss, teacher_signal
@@ -125,13 +124,10 @@ def main() -> None:
     batch_tokens = compute_batch_tokens(cfg, device)
     task = get_glue_task(a.task)
     model, tok = build_model(a.model, a.shape, task.num_labels, device)
-    max_length = task.max_length
-    seq_len = mean_length(tokenize(tok, load_glue(task, task.eval_splits[0], a.data_dir), max_length))
-    train = load_glue(task, "train", a.data_dir)
-    draw = dict(num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed, batch_size=GLUE_BATCH_SIZE,
-                max_length=max_length, device=device)
-    as_drawn, n_sample = glue_sample(tok, train, **draw, batch_tokens=0)  # the padding of the batches as drawn
-    batches = as_drawn if batch_tokens == 0 else glue_sample(tok, train, **draw, batch_tokens=batch_tokens)[0]
+    drawn = glue_pruning_sample(tok, task, a.data_dir, cfg, device=device)  # batches as drawn: their padding
+    as_drawn, n_sample, seq_len, max_length = drawn.batches, drawn.examples, drawn.seq_len, drawn.max_length
+    batches = as_drawn if batch_tokens == 0 else \
+        glue_pruning_sample(tok, task, a.data_dir, cfg, device=device, batch_tokens=batch_tokens).batches
     sample_tokens = int(sum(int(b["attention_mask"].sum()) for b in as_drawn))
     drawn_tokens, computed_tokens = padded_tokens(as_drawn), padded_tokens(batches)
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from kprune_lib._provenance import provenance
-from kprune_lib.data.batching import glue_sample, mean_length, padded_tokens, tokenize
+from kprune_lib.data.batching import glue_pruning_sample, padded_tokens
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import (BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, LATENCY_STALE_TOLERANCE,
                                SQUAD_BATCH_SIZE, PruneConfig)
@@ -249,16 +249,12 @@ def _draw_sample(t, tok, cfg: PruneConfig, device: torch.device, progress: bool,
                                                          seq_len=seq_len, device=device, progress=progress,
                                                          batch_tokens=batch_tokens)
         return _Sample(batches, n_sample, seq_len, score, batch_tokens, data.info)
-    eval_splits = _eval_splits(t, data_dir)
-    train = load_glue(t, "train", data_dir)
-    seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-    batches, n_sample = glue_sample(tok, train, num_tokens=cfg.num_tokens, seq_len=seq_len, seed=cfg.seed,
-                                    batch_size=batch_size, max_length=max_length, device=device,
-                                    batch_tokens=batch_tokens, examples=methods.get(cfg.method).sample_examples)
+    drawn = glue_pruning_sample(tok, t, data_dir, cfg, device=device, batch_tokens=batch_tokens,
+                                examples=methods.get(cfg.method).sample_examples)
 
     def score(net):
-        return evaluate_glue(net, tok, t, eval_splits, max_length, progress)
-    return _Sample(batches, n_sample, seq_len, score, batch_tokens, {})
+        return evaluate_glue(net, tok, t, drawn.eval_splits, drawn.max_length, progress)
+    return _Sample(drawn.batches, drawn.examples, drawn.seq_len, score, batch_tokens, {})
 
 
 def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, result, dense_metrics: dict,

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from kprune_lib.config import BATCH_OVERHEAD_TOKENS
-from kprune_lib.data.glue import DataError, Examples
+from kprune_lib.config import BATCH_OVERHEAD_TOKENS, GLUE_BATCH_SIZE
+from kprune_lib.data.glue import DataError, Examples, load_glue
 
 
 def tokenize(tokenizer, examples: Examples, max_length: int, labels: bool = False) -> list[dict]:
@@ -74,6 +75,31 @@ def glue_sample(tokenizer, train: Examples, *, num_tokens: int, seq_len: float, 
     return draw_sample(len(train), lambda idx: tokenize(tokenizer, train.take(idx), max_length, labels=True),
                        num_tokens=num_tokens, seq_len=seq_len, seed=seed, batch_size=batch_size,
                        pad_id=tokenizer.pad_token_id, device=device, batch_tokens=batch_tokens, examples=examples)
+
+
+@dataclass
+class GlueSample:
+    """A GLUE task's evaluation splits, L_seq (the mean real length of the first one, the FLOPs formula's), the
+    max length used, and the pruning sample drawn from its training split."""
+    eval_splits: dict[str, Examples]
+    seq_len: float
+    max_length: int
+    batches: list[dict]
+    examples: int
+
+
+def glue_pruning_sample(tokenizer, task, data_dir, config, *, device=None, batch_tokens: int = 0,
+                        examples: int | None = None) -> GlueSample:
+    """What every GLUE run prunes with (api.prune, the workbook's notebooks, the benchmarks): the task's data from
+    data_dir (None: the hub), L_seq, and `glue_sample` with the config's num_tokens, seed, batch size and max
+    length (their task defaults where None); `examples`: a method's fixed sample size (kwon: 2048)."""
+    max_length = config.max_length or task.max_length
+    eval_splits = {split: load_glue(task, split, data_dir) for split in task.eval_splits}
+    seq_len = mean_length(tokenize(tokenizer, next(iter(eval_splits.values())), max_length))
+    batches, n = glue_sample(tokenizer, load_glue(task, "train", data_dir), num_tokens=config.num_tokens,
+                             seq_len=seq_len, seed=config.seed, batch_size=config.batch_size or GLUE_BATCH_SIZE,
+                             max_length=max_length, device=device, batch_tokens=batch_tokens, examples=examples)
+    return GlueSample(eval_splits, seq_len, max_length, batches, n)
 
 
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from kprune_lib._atomic import write_json
 from kprune_lib.api import check_task_head, compute_batch_tokens, resolve_device
 from kprune_lib.encoder.arch import TABLES, Arch, base_type
 from kprune_lib.method.baselines import run_method
-from kprune_lib.data.batching import glue_sample, make_batches, mean_length, tokenize
+from kprune_lib.data.batching import glue_pruning_sample, make_batches, tokenize
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import head_flops, neuron_flops
@@ -29,7 +29,7 @@ from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, load_model
 from kprune_lib.encoder.masks import head_dims, masked_model
 from kprune_lib.encoder.masks import kept_per_layer as units_per_layer
 from kprune_lib.method.measurement import importance_scores
-from kprune_lib.method import loop
+from kprune_lib.method import loop, methods
 from kprune_lib.method.loop import PruneResult
 from kprune_lib.method.search import kpms_step
 from kprune_lib.method.tuning import NormalEquations
@@ -82,13 +82,9 @@ def prepare(model: str, task: str, config: PruneConfig, data_dir: str | None = N
     torch.manual_seed(config.seed)
     m, tok = load_model(model, device=dev, tokenizer=tokenizer)
     check_task_head(m, t)
-    max_length = config.max_length or t.max_length
-    eval_splits = {split: load_glue(t, split, data_dir) for split in t.eval_splits}
-    seq_len = mean_length(tokenize(tok, next(iter(eval_splits.values())), max_length))
-    batches, _ = glue_sample(tok, load_glue(t, "train", data_dir), num_tokens=config.num_tokens, seq_len=seq_len,
-                             seed=config.seed, batch_size=config.batch_size or GLUE_BATCH_SIZE,
-                             max_length=max_length, device=dev, batch_tokens=compute_batch_tokens(config, dev))
-    return Setup(m, tok, t, batches, seq_len, eval_splits, max_length, config, dev)
+    drawn = glue_pruning_sample(tok, t, data_dir, config, device=dev, batch_tokens=compute_batch_tokens(config, dev),
+                                examples=methods.get(config.method).sample_examples)
+    return Setup(m, tok, t, drawn.batches, drawn.seq_len, drawn.eval_splits, drawn.max_length, config, dev)
 
 
 def sample_table(setup: Setup) -> pd.DataFrame:
