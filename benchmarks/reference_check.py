@@ -1,4 +1,4 @@
-"""Reproduce every entry of the authors' reference runs (../shared/reference/*.jsonl) unit for unit.
+"""Reproduce every entry of the K-prune authors' reference runs (../shared/reference/mrpc.jsonl …) unit for unit.
 
     python benchmarks/reference_check.py [--out runs/accuracy] [--report benchmarks/REFERENCE.md]
 
@@ -25,6 +25,8 @@ SHARED = Path(os.environ.get("KPRUNE_SHARED", ROOT.parent / "shared"))
 def load_reference(folder: Path) -> list[dict]:
     entries = []
     for path in sorted(folder.glob("*.jsonl")):
+        if path.name.startswith("kwon-"):  # Kwon et al.'s runs: benchmarks/kwon_reference.py reproduces those
+            continue
         entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not entries:
         raise FileNotFoundError(f"no reference entries (*.jsonl) under {folder}")
