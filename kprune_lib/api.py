@@ -18,7 +18,8 @@ from kprune_lib.config import (BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE
                                SQUAD_BATCH_SIZE, PruneConfig)
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import encoder_params, model_flops
-from kprune_lib.data.glue import load_glue
+from kprune_lib.data.glue import DataError
+from kprune_lib.data.batching import load_split
 from kprune_lib.costs.latency import LatencyTable, latency_table
 from kprune_lib.costs.timing import measure_latencies
 from kprune_lib._atomic import atomic_dir, check_target
@@ -30,6 +31,7 @@ from kprune_lib.method.baselines import run_method
 from kprune_lib.finetune import FinetuneConfig, finetune as _finetune
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, pruning_data
+from kprune_lib.data.files import file_task
 from kprune_lib.data.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -97,16 +99,56 @@ def check_task_head(model, task) -> None:
 
 
 def _eval_splits(task, data_dir):
-    return {split: load_glue(task, split, data_dir) for split in task.eval_splits}
+    return {split: load_split(task, split, data_dir) for split in task.eval_splits}
 
 
-def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "auto",
+def is_custom(task: str | None) -> bool:
+    """The user's own data files (--train-file / --validation-file) rather than a GLUE or SQuAD task."""
+    return task is None or task.lower() == "custom"
+
+
+def _custom_options(task: str | None, data_dir, validation_file, text_columns, label_column, **squad) -> None:
+    """A GLUE/SQuAD task takes none of the custom-data options; a custom task takes no SQuAD or --data-dir option."""
+    given = [k for k, v in (("validation_file", validation_file), ("text_columns", text_columns),
+                            ("label_column", label_column)) if v is not None]
+    def flags(names):
+        return ", ".join("--" + k.replace("_", "-") for k in names) + (" apply" if len(names) > 1 else " applies")
+
+    if not is_custom(task) and given:
+        raise DataError(f"{flags(given)} to your own data files only (leave out --task), not to {task}")
+    if is_custom(task):
+        extra = [k for k, v in squad.items() if v not in (None, 0)] + (["data_dir"] if data_dir else [])
+        if extra:
+            raise DataError(f"{flags(extra)} to GLUE or SQuAD tasks only, not to your own data files "
+                            "(--train-file, --validation-file)")
+
+
+def _custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column):
+    """The checkpoint and the custom task its config and the files make (files read and checked here)."""
+    m, tok = load_model(model, qa=False, device=device, tokenizer=tokenizer)
+    if hasattr(m, "qa_outputs") or _saved_head(m) == "qa":
+        raise TaskMismatch("the checkpoint is a question-answering model; your own data files need a "
+                           "sequence-classification checkpoint")
+    return m, tok, file_task(m.config, train_file, validation_file, text_columns, label_column)
+
+
+def evaluate(model: str, task: str | None, data_dir: str | None = None, device: str = "auto",
              max_length: int | None = None, progress: bool = True, eval_file: str | None = None,
-             split_articles: float | None = None, split_seed: int = 0, tokenizer: str | None = None) -> dict[str, float]:
+             split_articles: float | None = None, split_seed: int = 0, tokenizer: str | None = None,
+             validation_file: str | None = None, text_columns: str | None = None,
+             label_column: str | None = None) -> dict[str, float]:
     """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s).
 
     SQuAD: the evaluation file (or the hub's validation split); with split_articles, only the held-out
-    articles that `prune` / `finetune` with the same split evaluate on."""
+    articles that `prune` / `finetune` with the same split evaluate on.
+    Your own data (task None or "custom"): validation_file, text_columns ("a[,b]"), label_column (docs/own-data.md)."""
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, eval_file=eval_file,
+                    split_articles=split_articles)
+    if is_custom(task):
+        m, tok, t = _custom_model(model, resolve_device(device), tokenizer, None, validation_file, text_columns,
+                                  label_column)
+        check_task_head(m, t)
+        return evaluate_glue(m, tok, t, _eval_splits(t, None), max_length or t.max_length, progress)
     t = get_task(task)
     squad_only(t, eval_file=eval_file, split_articles=split_articles, split_seed=split_seed)
     dev = resolve_device(device)
@@ -119,11 +161,12 @@ def evaluate(model: str, task: str, data_dir: str | None = None, device: str = "
     return evaluate_glue(m, tok, t, _eval_splits(t, data_dir), max_length or t.max_length, progress)
 
 
-def prune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
+def prune(model: str, task: str | None, output: str, data_dir: str | None = None, device: str = "auto",
           overwrite: bool = False, progress: bool = True, config: PruneConfig | None = None,
           train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
           split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None,
-          tokenizer: str | None = None, **overrides) -> dict:
+          tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
+          label_column: str | None = None, **overrides) -> dict:
     """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ (with its model card README.md)
     and OUT/summary.json atomically. command: the command line that ran this, for the model card (default: the
     equivalent `kprune prune …` and Python call are written).
@@ -132,6 +175,9 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     SQuAD only: train_file (the file the pruning sample is drawn from), eval_file, split_articles (take that
     fraction of the evaluation file's articles as the sample side, seeded by split_seed; evaluate on the rest),
     seq_len (L_seq of the FLOPs formula: None = the paper's 170, "measured", or a number).
+    Your own data (task None or "custom", docs/own-data.md): train_file (the sample is drawn from it),
+    validation_file (evaluated on; its mean length is L_seq), text_columns ("a[,b]"; default as run_glue),
+    label_column (default "label"); the problem type and label map come from the checkpoint's config.
 
     Hyper-parameters come from `config` (default `PruneConfig()`), with keyword overrides
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
@@ -139,19 +185,34 @@ def prune(model: str, task: str, output: str, data_dir: str | None = None, devic
     """
     requested = methods.configure(config, **overrides)  # an explicit constraint beside a latency budget: refused
     cfg = methods.resolve(requested)
-    call = {"model": model, "task": task, "output": output, "data_dir": data_dir, "device": device,  # model card
+    call = {"model": model, "task": "custom" if task is None else task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
-            "split_seed": split_seed, "seq_len": seq_len, "tokenizer": tokenizer}
-    t = get_task(task)
-    squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
-               split_seed=split_seed, seq_len=seq_len)
-    methods.check(cfg, t.problem)
+            "split_seed": split_seed, "seq_len": seq_len, "tokenizer": tokenizer,
+            "validation_file": validation_file, "text_columns": text_columns, "label_column": label_column}
+    custom = is_custom(task)
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, eval_file=eval_file,
+                    split_articles=split_articles, split_seed=split_seed, seq_len=seq_len)
+    if custom:
+        if train_file is None or validation_file is None:
+            raise DataError("your own data needs both --train-file (the pruning sample is drawn from it) and "
+                            "--validation-file (evaluated on), or name a --task")
+    else:
+        t = get_task(task)
+        squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
+                   split_seed=split_seed, seq_len=seq_len)
+        methods.check(cfg, t.problem)
     out = Path(output)
     check_target(out, overwrite, need_bytes=weights_bytes(model))  # before any work: the pruned model is smaller
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
 
-    arch, tok = _load(model, t, dev, tokenizer)  # the one Arch of this run: valid through physical pruning
+    if custom:  # the files are read and checked against the checkpoint's config before any work
+        m, tok, t = _custom_model(model, dev, tokenizer, train_file, validation_file, text_columns, label_column)
+        check_task_head(m, t)
+        methods.check(cfg, t.problem)
+        arch = Arch(m)
+    else:
+        arch, tok = _load(model, t, dev, tokenizer)  # the one Arch of this run: valid through physical pruning
     timing = _latency_timing(arch, cfg, dev, progress)  # first: a budget outside its range stops before any work
     sample = _draw_sample(t, tok, cfg, dev, progress, data_dir=data_dir, train_file=train_file, eval_file=eval_file,
                           split_articles=split_articles, split_seed=split_seed, seq_len=seq_len)
@@ -254,7 +315,7 @@ def _draw_sample(t, tok, cfg: PruneConfig, device: torch.device, progress: bool,
 
     def score(net):
         return evaluate_glue(net, tok, t, drawn.eval_splits, drawn.max_length, progress)
-    return _Sample(drawn.batches, drawn.examples, drawn.seq_len, score, batch_tokens, {})
+    return _Sample(drawn.batches, drawn.examples, drawn.seq_len, score, batch_tokens, getattr(t, "data_info", {}))
 
 
 def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, result, dense_metrics: dict,
@@ -288,7 +349,7 @@ def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, resul
         "versions": {k: prov[k] for k in ("kprune_lib", "torch", "transformers", "python")}, "date": prov["date"],
         "provenance": prov,
     }
-    if sample.data_info:  # SQuAD: where the sample and the evaluation set came from
+    if sample.data_info:  # SQuAD, your own files: where the sample and the evaluation set came from
         summary["data"] = sample.data_info
     if getattr(result, "stages", None):  # a method with stages (kwon): masks and dev metrics after each
         summary["stages"] = result.stages

@@ -91,12 +91,18 @@ def _seq_len(text: str) -> float | str:
 
 
 def _common(p: argparse.ArgumentParser, model_help: str = "fine-tuned checkpoint: local folder, hub id, or a kprune "
-            "output model/") -> None:
+            "output model/", own_data: bool = False) -> None:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--tokenizer", default=None, metavar="NAME_OR_DIR",
                    help="the tokenizer's folder or hub id, when --model has none of its own (a folder saved with "
                         "save_pretrained of the model alone); default: the model's")
-    p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte; or squad, squad_v2")
+    if own_data:
+        p.add_argument("--task", default=None, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte; or squad, "
+                                                    "squad_v2; leave it out (or 'custom') for your own data files "
+                                                    "(--validation-file, docs/own-data.md)")
+    else:
+        p.add_argument("--task", required=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte; or squad, "
+                                                     "squad_v2")
     p.add_argument("--data-dir", default=None,
                    help="local GLUE root in the official layout (e.g. ../shared/data/glue), or for SQuAD a folder with "
                         "the official train-v1.1.json / dev-v1.1.json (v2.0); default: the hub (nyu-mll/glue, "
@@ -117,7 +123,9 @@ def _squad_options(p: argparse.ArgumentParser, train_side: str | None) -> None:
                        dest="train_file", default=None,
                        help=f"official SQuAD JSON the {'pruning sample is drawn' if train_side == 'sample' else 'model is trained'}"
                             " from (default: under --data-dir, else the hub's train split); must share no question id "
-                            "or article title with the evaluation file")
+                            "or article title with the evaluation file"
+                            + ("; without --task: your own data file the sample is drawn from (see "
+                               "--validation-file)" if train_side == "sample" else ""))
     g.add_argument("--split-articles", type=_split_fraction, default=None, metavar="FRACTION",
                    help="cut the evaluation file by article: this fraction of its articles (seeded by --split-seed) is "
                         "the training/sample side, the rest is evaluated; the same FRACTION and seed give the same cut "
@@ -125,9 +133,25 @@ def _squad_options(p: argparse.ArgumentParser, train_side: str | None) -> None:
     g.add_argument("--split-seed", type=int, default=0, help="seed of --split-articles")
 
 
+def _own_data_options(p: argparse.ArgumentParser, train: bool) -> None:
+    """Your own sequence-classification / regression files (run_glue.py's conventions; docs/own-data.md)."""
+    g = p.add_argument_group("your own data (without --task; .csv, .tsv, .json/.jsonl, .parquet)")
+    g.add_argument("--validation-file", default=None, metavar="FILE",
+                   help="the data set evaluated on (its mean length is L_seq of the FLOPs formula)"
+                        + ("; the pruning sample is drawn from --train-file" if train else ""))
+    g.add_argument("--text-columns", default=None, metavar="A[,B]",
+                   help="one or two text columns (default: sentence1,sentence2 when present, else the first one or "
+                        "two string columns, as run_glue.py)")
+    g.add_argument("--label-column", default=None, metavar="NAME",
+                   help="the label column (default: label): class names of the checkpoint's label2id or class ids; "
+                        "numbers for a regression checkpoint (num_labels 1)")
+
+
 def _squad_args(args) -> dict:
-    """The data options of prune, evaluate and finetune beside --model and --task (SQuAD files, --tokenizer)."""
-    return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed", "tokenizer")
+    """The data options of prune, evaluate and finetune beside --model and --task (SQuAD files, your own files,
+    --tokenizer)."""
+    return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed", "tokenizer",
+                                          "validation_file", "text_columns", "label_column")
             if hasattr(args, k)}
 
 
@@ -139,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", formatter_class=fmt, help="prune a checkpoint to a FLOPs or latency budget",
                        description="Prune heads and FFN neurons bottom-up until the FLOPs (or latency) budget is met; "
                                    "writes OUT/model/ and OUT/summary.json.")
-    _common(p)
+    _common(p, own_data=True)
     p.add_argument("--constraint", type=_fraction, default=None,
                    help=f"fraction of FLOPs to remove, in (0, 1) (default {D.constraint}; or --latency-budget)")
     p.add_argument("--num-tokens", type=_positive_int, default=D.num_tokens, help="sample size in tokens")
@@ -174,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
 
     _squad_options(p, "sample")
+    _own_data_options(p, train=True)
     _latency_options(p, budget=True)
 
     lt = sub.add_parser("latency-table", formatter_class=fmt, help="measure (or show the cached) latency table",
@@ -191,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", formatter_class=fmt, help="list the methods of --method: what each changes, its labels, "
                    "budgets and task kinds")
     e = sub.add_parser("evaluate", formatter_class=fmt, help="print a checkpoint's dev metrics as JSON")
-    _common(e)
+    _common(e, own_data=True)
     _squad_options(e, None)
+    _own_data_options(e, train=False)
 
     w = sub.add_parser("sweep", formatter_class=fmt, help="run notebook 04 over a YAML grid, then the report",
                        description="Execute notebooks/04 (papermill) for every point of GRID into "

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from kprune_lib.config import BATCH_OVERHEAD_TOKENS, GLUE_BATCH_SIZE
+from kprune_lib.data.files import FileTask
 from kprune_lib.data.glue import DataError, Examples, load_glue
 
 
@@ -88,15 +89,20 @@ class GlueSample:
     examples: int
 
 
+def load_split(task, split: str, data_dir) -> Examples:
+    """One split of a GLUE task (load_glue), or of a custom task (its files, read when the task was built)."""
+    return task.split(split) if isinstance(task, FileTask) else load_glue(task, split, data_dir)
+
+
 def glue_pruning_sample(tokenizer, task, data_dir, config, *, device=None, batch_tokens: int = 0,
                         examples: int | None = None) -> GlueSample:
     """What every GLUE run prunes with (api.prune, the workbook's notebooks, the benchmarks): the task's data from
     data_dir (None: the hub), L_seq, and `glue_sample` with the config's num_tokens, seed, batch size and max
     length (their task defaults where None); `examples`: a method's fixed sample size (kwon: 2048)."""
     max_length = config.max_length or task.max_length
-    eval_splits = {split: load_glue(task, split, data_dir) for split in task.eval_splits}
+    eval_splits = {split: load_split(task, split, data_dir) for split in task.eval_splits}
     seq_len = mean_length(tokenize(tokenizer, next(iter(eval_splits.values())), max_length))
-    batches, n = glue_sample(tokenizer, load_glue(task, "train", data_dir), num_tokens=config.num_tokens,
+    batches, n = glue_sample(tokenizer, load_split(task, "train", data_dir), num_tokens=config.num_tokens,
                              seq_len=seq_len, seed=config.seed, batch_size=config.batch_size or GLUE_BATCH_SIZE,
                              max_length=max_length, device=device, batch_tokens=batch_tokens, examples=examples)
     return GlueSample(eval_splits, seq_len, max_length, batches, n)

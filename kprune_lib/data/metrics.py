@@ -1,4 +1,4 @@
-"""GLUE metrics (spec: evaluation protocol)."""
+"""GLUE metrics (spec: evaluation protocol), and those of a custom task (macro-F1, multi-class MCC)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,7 +37,31 @@ def spearman(pred, gold) -> float:
     return float(stats.spearmanr(pred, gold)[0])
 
 
-METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews": matthews, "pearson": pearson, "spearman": spearman}
+def f1_macro(pred, gold) -> float:
+    """Macro-F1: the unweighted mean of each class's F1 over the classes present in gold or pred."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    scores = []
+    for c in np.union1d(pred, gold):
+        tp = float(np.sum((pred == c) & (gold == c)))
+        fp = float(np.sum((pred == c) & (gold != c)))
+        fn = float(np.sum((pred != c) & (gold == c)))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def mcc(pred, gold) -> float:
+    """Matthews correlation coefficient for any number of classes (Gorodkin's R_K; = `matthews` for binary)."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    classes = np.union1d(pred, gold)
+    t = np.array([np.sum(gold == c) for c in classes], dtype=float)  # true counts
+    p = np.array([np.sum(pred == c) for c in classes], dtype=float)  # predicted counts
+    c, s = float(np.sum(pred == gold)), float(len(gold))
+    denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return 0.0 if denom == 0 else float((c * s - t @ p) / denom)
+
+
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews": matthews, "pearson": pearson, "spearman": spearman,
+           "f1_macro": f1_macro, "mcc": mcc}
 
 
 def compute(names, pred, gold) -> dict[str, float]:
