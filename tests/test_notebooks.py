@@ -101,12 +101,12 @@ def test_parameters_cell_is_first_code_cell_of_literals(path):
 
 @pytest.mark.parametrize("path", PRUNING_NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameter_defaults_equal_prune_config(path):
-    """The library's defaults, except the sample size of the teaching notebooks 01–03: the workbook's 20 000 tokens
+    """The library's defaults, except the sample size of the notebooks 01–04: the workbook's 20 000 tokens
     (minutes on a CPU; render.NUM_TOKENS), not PruneConfig's 100 000."""
     from kprune_lib.workbook.render import NUM_TOKENS
 
     params = literal_parameters(parameters_cell(path)[1][0].source)
-    defaults = PruneConfig(num_tokens=NUM_TOKENS) if path in STEP_NOTEBOOKS else PruneConfig()
+    defaults = PruneConfig(num_tokens=NUM_TOKENS)
     missing = CORE_FIELDS - set(params)
     assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
     for f in fields(PruneConfig):

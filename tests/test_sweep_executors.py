@@ -180,7 +180,7 @@ def test_grid_executor_keys(tmp_path):
     spec = yaml.safe_load((ROOT / "papermill_runs" / "grid_minilm.yaml").read_text())
     grid = load_grid(write_grid(tmp_path / "cluster.yaml", **spec, executor="slurm", slurm={"partition": "gpu"}),
                      base=ROOT)
-    assert grid.executor == "slurm" and len(grid.points) == 45
+    assert grid.executor == "slurm" and len(grid.points) == 108
 
 
 # ---- one clear line before anything is submitted -------------------------------------------------------------
