@@ -11,12 +11,12 @@ Without the local model (no ../shared) the model falls back to a hub id and the 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
 from kprune_lib._atomic import write_text
+from kprune_lib.workbook.identity import notebook_parameters
 from kprune_lib.workbook.points import NOTEBOOKS_DIR, execute_notebook
 
 TEACHING = ("01_knowledge_measurement", "02_mask_search", "03_weight_tuning", "04_prune_and_evaluate")
@@ -41,10 +41,6 @@ def export_html(notebook: Path, html: Path) -> Path:
     return write_text(html, body)
 
 
-def _has_parameter(notebook: Path, name: str) -> bool:
-    return re.search(rf"^{name} = ", notebook.read_text(), re.MULTILINE) is not None
-
-
 def render_notebooks(out_dir: str | Path = OUT, work_dir: str | Path = WORK_DIR, names=TEACHING,
                      parameters: dict | None = None, notebooks_dir: Path = NOTEBOOKS_DIR, log=print) -> dict[str, Path]:
     """Execute each notebook `names` (stems under notebooks_dir) with `parameters` (plus, for notebook 04, its
@@ -55,8 +51,9 @@ def render_notebooks(out_dir: str | Path = OUT, work_dir: str | Path = WORK_DIR,
     written = {}
     for name in names:
         source = Path(notebooks_dir) / f"{name}.py"
-        params = {k: v for k, v in (parameters or {}).items() if _has_parameter(source, k)}
-        if _has_parameter(source, "output_dir"):
+        accepted = notebook_parameters(source)  # its parameters cell, read once
+        params = {k: v for k, v in (parameters or {}).items() if k in accepted}
+        if "output_dir" in accepted:
             params["output_dir"] = str(work_dir / name)
         executed = work_dir / f"{name}.ipynb"
         t0 = time.perf_counter()

@@ -63,8 +63,8 @@ class Setup:
 def resolve_inputs(model: str, data_dir: str | None, fallback_model: str | None = None,
                    base: str | Path = ".") -> tuple[str, str | None]:
     """The notebooks' model and data: the local folders where they exist; without them (no ../shared), the hub id
-    `fallback_model` and the hub's GLUE, announced in one line. The sweep's rule (`sweep.resolve_sources`)."""
-    from kprune_lib.workbook.sweep import NO_FALLBACK, resolve_sources
+    `fallback_model` and the hub's GLUE, announced in one line. The sweep's rule (`sources.resolve_sources`)."""
+    from kprune_lib.workbook.sources import NO_FALLBACK, resolve_sources
 
     src = resolve_sources("", model, data_dir, base, fallback_model,
                           None if fallback_model is not None else NO_FALLBACK)
