@@ -136,6 +136,57 @@ def test_search_is_over_the_split_not_a_greedy_ratio():
     assert float(torch.cat([imp_h.flatten(), imp_n.flatten()])[greedy].sum()) == 16.5
 
 
+# ---- search_latency ------------------------------------------------------------------------------------------------
+def test_latency_fit_recovers_a_piecewise_linear_table():
+    """fit_latency_fn on a table that is exactly flat for 3 units and then linear: that threshold, level and slope;
+    a table that falls after its first unit is fitted flat (negative slopes are clipped)."""
+    lut = [2.0] * 3 + [2.0 + 0.5 * i for i in range(1, 6)]
+    assert K.fit_latency_fn(lut) == K.PiecewiseLinear(3, 2.0, 0.5)
+    assert K.fit_latency_fn([1.0, 0.875]) == K.PiecewiseLinear(2, 0.9375, 0.0)
+
+
+LUTS = ([1.0, 1.5], [0.25, 0.375, 0.5])  # fits: MHA (1, 1, 0.5), FFN (1, 0.25, 0.125); all-ones: 2·(1.5 + 0.5) = 4
+IMP_H, IMP_N = torch.tensor([[5.0, 1.0], [4.0, 3.0]]), torch.tensor([[2.0, 1.0, 0.5], [0.1, 0.2, 0.3]])
+
+
+def test_latency_search_by_hand_drops_the_sublayer_that_pays():
+    """By hand, budget 3 (0.75 of 4). Bases: head 0 of each layer (5, 4), neuron 0 of layer 0 (2) and neuron 2 of
+    layer 1 (0.3), costing 2·1 + 2·0.25 = 2.5. Without a drop, 0.5 is left: one extra head (layer 1's, 3; slope 0.5)
+    and no neuron: 11.3 + 3 = 14.3 — the split their code returns. Dropping layer 1's FFN (least base importance)
+    costs 2.25, leaves 0.75: one head (3) and two neurons (layer 0's 1 and 0.5): 11 + 3 + 1.5 = 15.5, within the
+    budget by the fits and by the tables. Theirs never sees it: its running budget is already below zero there."""
+    hm, nm, info = K.search_latency(IMP_H, IMP_N, 0.75, *LUTS)
+    assert hm.tolist() == [[True, False], [True, True]]
+    assert nm.tolist() == [[True, True, True], [False, False, False]]
+    assert (info["heads"], info["neurons"], info["importance"]) == (1, 2, 15.5)
+    assert info["dropped"] == {"mha": 0, "ffn": 1} and info["fitted_ms"] == 3.0 == info["budget_ms"]
+    by_table = sum(LUTS[0][int(r.sum()) - 1] for r in hm if r.any()) + \
+        sum(LUTS[1][int(r.sum()) - 1] for r in nm if r.any())
+    assert by_table <= 3.0
+
+
+def test_latency_search_without_a_drop_is_theirs_and_an_impossible_budget_is_one_line():
+    """Budget 3.8: without a drop 1.3 is left: both extra heads (1.0) and two neurons (0.25): 11.3 + 4 + 1.5 = 16.8;
+    the best drop (layer 1's FFN) reaches 11 + 4 + 1.5 = 16.5; so the split is their code's (which, comparing the
+    extra units only, also takes k = 2: 5.5 against 4.8 for k = 1). A budget below one MHA and one FFN base
+    (1 < 1.25) has no split: a one-line error."""
+    hm, nm, info = K.search_latency(IMP_H, IMP_N, 0.95, *LUTS)
+    assert info["dropped"] == {"mha": 0, "ffn": 0} and bool(hm.all()) and info["neurons"] == 2
+    assert nm.tolist() == [[True, True, True], [False, False, True]]
+    assert info["importance"] == pytest.approx(16.8)
+    with pytest.raises(ValueError, match="no split within the budget"):
+        K.search_latency(IMP_H, IMP_N, 1.0 / 4, *LUTS)
+
+
+def test_latency_search_with_every_head_in_the_flat_part_keeps_whole_layers():
+    """Deviation (d): an MHA table fitted flat over all its heads (threshold = H) leaves no extra head to count;
+    the search still runs (theirs has no candidate): every kept MHA sublayer keeps all its heads."""
+    hm, nm, info = K.search_latency(IMP_H, IMP_N, 0.7, [1.0, 0.875], LUTS[1])
+    assert info["heads"] == 0
+    assert all(bool(r.all()) or not bool(r.any()) for r in hm)
+    assert info["fitted_ms"] <= info["budget_ms"] + info["fit"]["ffn"]["slope"]
+
+
 # ---- rearrange_mask ------------------------------------------------------------------------------------------------
 def restated(grads: list[list[float]], k: int) -> list[int]:
     """prune/rearrange.py greedy_rearrange restated plainly: the k units of least Σ g² first; every other unit, in

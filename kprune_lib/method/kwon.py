@@ -1,11 +1,11 @@
 """Kwon et al., "A Fast Post-Training Pruning Framework for Transformers" (NeurIPS 2022), as its authors' code runs
 it (github WoosukKwon/retraining-free-pruning, commit 806ac5a: main.py, prune/{fisher,search,rearrange,rescale}.py,
-utils/{linalg,schedule,arch}.py, efficiency/mac.py), restated here from its facts and formulas.
+utils/{linalg,schedule,arch}.py, efficiency/{mac,latency}.py), restated here from its facts and formulas.
 
 1. Fisher (`mask_gradients`): one mask variable per head and per neuron, all ones; the gradient of the gold-label
    task loss (batch mean) per sample batch, kept per batch; importance = Σ_batches grad² (prune/fisher.py).
-2. Search (`search_mac`), twice: for the teacher at `teacher_mac` (utils/schedule.py get_pruning_schedule(target,
-   num_iter=2)[0] = √target) and for the target (prune/search.py search_mac).
+2. Search (`search_mac`; under a latency budget `search_latency`), twice: for the teacher at `teacher_mac`
+   (utils/schedule.py get_pruning_schedule(target, num_iter=2)[0] = √target) and for the target (prune/search.py).
 3. Rearrangement (`rearrange_mask`): per layer, the greedy swap that minimises ‖Σ_pruned g‖² (prune/rearrange.py).
 4. Rescaling (`rescale_mask`): layer by layer, a least-squares fit of the kept units' mask values so that the
    student's sublayer output matches the teacher's, solved by LSMR (`lsmr_solve`; prune/rescale.py,
@@ -25,6 +25,7 @@ Arithmetic in the model's dtype as theirs (float32 gradients, importance sums, n
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,6 +140,145 @@ def search_mac(head_importance: torch.Tensor, neuron_importance: torch.Tensor, s
     neuron_mask = torch.zeros(L * N, dtype=torch.bool)
     neuron_mask[n_order[:best_m]] = True
     info = {"heads": best_k, "neurons": best_m, "importance": float(best)}
+    return head_mask.view(L, H), neuron_mask.view(L, N), info
+
+
+# ---- 2'. search under a latency budget (prune/search.py search_latency, efficiency/latency.py) -------------------
+@dataclass(frozen=True)
+class PiecewiseLinear:
+    """fit_latency_fn's model of a sublayer's latency in its unit count n: c for n ≤ threshold, then
+    c + slope·(n − threshold)."""
+
+    threshold: int
+    c: float
+    slope: float
+
+
+def fit_latency_fn(lut) -> PiecewiseLinear:
+    """fit_latency_fn: lut[n−1] = the latency of a sublayer with n units (n = 1 … U). For each threshold t = 1 … U:
+    c = mean(lut[:t]); slope = Σ_i i·(lut[t−1+i] − c) / Σ_i i² (i = 1 … U − t; least squares through (0, c),
+    clipped at 0; 0 when t = U); the t of least squared error Σ_n (lut[n−1] − f(n))² wins (the first on a tie).
+    Theirs starts the minimum at 10000 (ms²) and has no fit above it; here any error is a candidate."""
+    lut = np.asarray(lut, dtype=np.float64)
+    best, fit = math.inf, None
+    for t in range(1, len(lut) + 1):
+        c = lut[:t].sum() / t
+        y = lut[t:] - c
+        x = np.arange(1, len(y) + 1)
+        slope = 0.0 if t == len(lut) else max(float((x * y).sum() / (x * x).sum()), 0.0)
+        approx = np.concatenate([np.full(t, c), slope * x + c])
+        err = float(((lut - approx) ** 2).sum())
+        if err < best:
+            best, fit = err, PiecewiseLinear(t, float(c), slope)
+    return fit
+
+
+def unit_luts(table, heads: int, neurons: int) -> tuple[list[float], list[float]]:
+    """Their look-up tables from ours (`costs.latency_model.LatencyTable`): lut[n−1] = C(n) − C(0) for n = 1 … U,
+    the sublayer's latency above an empty one (theirs: a sublayer with no unit costs 0, `lookup_latency`)."""
+    from kprune_lib.encoder.sublayer import MHA
+
+    luts = []
+    for kind, units in ((MHA, heads), ("ffn", neurons)):
+        zero = table.cost(kind, 0)
+        luts.append([table.cost(kind, n) - zero for n in range(1, units + 1)])
+    return luts[0], luts[1]
+
+
+def latency_kept(table, budget_ms: float, layers: int, mha_lut, ffn_lut) -> float:
+    """Their `--constraint` under `--metric latency` (the fraction of the dense model's summed sublayer latency,
+    `estimate_latency`, to keep) for our budget in milliseconds of the whole model: (G⁻¹(budget) − L·(C_attn(0) +
+    C_ffn(0))) / (L·(lut_attn[H−1] + lut_ffn[N−1])), G the table's whole-model calibration
+    (`LatencyTable.sublayer_budget`), so that the masks the search returns meet our budget by our table."""
+    from kprune_lib.encoder.sublayer import MHA
+
+    empty = layers * (table.cost(MHA, 0) + table.cost("ffn", 0))
+    kept = (table.sublayer_budget(budget_ms) - empty) / (layers * (mha_lut[-1] + ffn_lut[-1]))
+    if not 0.0 < kept < 1.0:
+        raise ValueError(f"latency budget {budget_ms:.4g} ms leaves {kept:.3g} of the sublayers' latency to kwon's "
+                         "search; choose a budget between the model's floor and its dense latency")
+    return kept
+
+
+def search_latency(head_importance: torch.Tensor, neuron_importance: torch.Tensor, latency_constraint: float,
+                   mha_lut, ffn_lut) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """search_latency: each sublayer kind's latency fitted piecewise-linearly (`fit_latency_fn`: a flat part up to
+    `threshold` units, then `slope` per unit). Every layer first keeps its `threshold` most important units (its
+    base, costing c); for every number of whole MHA and FFN sublayers dropped (those of least base importance,
+    0 … L − 1 each), the other units compete globally: for every count k ≥ 1 of extra heads, the budget left after
+    the kept bases and k·slope_attn is filled with the top neurons at slope_ffn each; the split of largest summed
+    importance, kept bases included, wins (the first on a tie). Returns (L, H) and (L, N) bool masks and {"heads", "neurons",
+    "importance", "dropped", "fitted_ms" (the split's latency by the fits), "budget_ms", "fit"}: the search meets
+    the budget by its fits, not by the table itself (`Method.latency_model`).
+    Kept as theirs: a dropped sublayer's non-base units still compete, at importance 0; a split may exceed the
+    budget by less than one neuron's slope (the neuron count is truncated toward 0).
+    Deviations, named: (d) where every head is in the flat part (threshold = H) the head count runs from 0 (theirs
+    has no candidate and crashes); (e) a flat FFN fit (slope 0) fits every remaining neuron (theirs divides by 0);
+    (f) no candidate within the budget is a one-line error (theirs crashes on an unset variable); (g) each
+    candidate's budget for the non-base units is the budget less ITS bases' cost. Theirs subtracts the bases' cost
+    from a running total inside both loops (`max_latency = max_latency − …`), so every candidate after the first
+    gets less than the budget, dropping a sublayer can never pay, and a budget below the first candidate's bases
+    finds no split at all; (h) a candidate's importance includes its bases' (theirs sums the non-base units only,
+    which, with (g), would make dropping a sublayer free). Every candidate without a drop has the same bases, so
+    among those the choice is theirs; a drop candidate wins here only by keeping more importance within the
+    budget."""
+    assert 0.0 < latency_constraint < 1.0, latency_constraint
+    (L, H), N = head_importance.shape, neuron_importance.shape[1]
+    budget = latency_constraint * L * (mha_lut[H - 1] + ffn_lut[N - 1])  # × estimate_latency of all-ones masks
+    fm, ff = fit_latency_fn(mha_lut), fit_latency_fn(ffn_lut)
+    local_h, local_h_idx = head_importance.sort(dim=1, descending=True, stable=True)
+    local_n, local_n_idx = neuron_importance.sort(dim=1, descending=True, stable=True)
+    base_h_idx = local_h_idx[:, :fm.threshold] + torch.arange(L).unsqueeze(1) * H  # global indices
+    base_n_idx = local_n_idx[:, :ff.threshold] + torch.arange(L).unsqueeze(1) * N
+    base_h_imp, base_n_imp = local_h[:, :fm.threshold].sum(1), local_n[:, :ff.threshold].sum(1)  # per layer
+    mha_order = base_h_imp.sort(stable=True).indices  # ascending base importance
+    ffn_order = base_n_imp.sort(stable=True).indices
+    rest_h_idx, rest_n_idx = local_h_idx[:, fm.threshold:], local_n_idx[:, ff.threshold:]
+    rest_h_global = (rest_h_idx + torch.arange(L).unsqueeze(1) * H).flatten()
+    rest_n_global = (rest_n_idx + torch.arange(L).unsqueeze(1) * N).flatten()
+    head_imp, best, choice = head_importance.clone(), None, None
+    for mha_drops in range(L):
+        head_imp[mha_order[:mha_drops]] = 0
+        base_h = base_h_idx[mha_order[mha_drops:]].flatten()
+        mha_layers = L - mha_drops
+        neuron_imp = neuron_importance.clone()
+        for ffn_drops in range(L):
+            neuron_imp[ffn_order[:ffn_drops]] = 0
+            base_n = base_n_idx[ffn_order[ffn_drops:]].flatten()
+            ffn_layers = L - ffn_drops
+            h_sorted, h_order = head_imp.gather(1, rest_h_idx).flatten().sort(descending=True, stable=True)
+            n_sorted, n_order = neuron_imp.gather(1, rest_n_idx).flatten().sort(descending=True, stable=True)
+            left_for_rest = budget - (mha_layers * fm.c + ffn_layers * ff.c)  # deviation (g)
+            kept_bases = base_h_imp[mha_order[mha_drops:]].sum() + base_n_imp[ffn_order[ffn_drops:]].sum()
+            if left_for_rest < 0:
+                continue
+            extra_heads = mha_layers * (H - fm.threshold)
+            for k in range(1 if extra_heads else 0, extra_heads + 1):  # deviation (d)
+                left = left_for_rest - fm.slope * k
+                if ff.slope == 0:  # deviation (e)
+                    if left < 0:
+                        break
+                    m = n_sorted.numel()
+                else:
+                    m = int(left / ff.slope)  # truncated toward 0, as theirs: a split a fraction of one neuron
+                    if m < 0:  # over is still a candidate
+                        break
+                value = h_sorted[:k].sum() + n_sorted[:m].sum() + kept_bases  # deviation (h)
+                if best is None or value > best:
+                    best = value
+                    choice = (torch.cat([base_h, rest_h_global[h_order[:k]]]),
+                              torch.cat([base_n, rest_n_global[n_order[:m]]]),
+                              {"heads": k, "neurons": min(m, n_sorted.numel()), "importance": float(value),
+                               "dropped": {"mha": mha_drops, "ffn": ffn_drops},
+                               "fitted_ms": budget - left + ff.slope * min(m, n_sorted.numel())})
+    if choice is None:  # deviation (f)
+        raise ValueError("kwon's latency search found no split within the budget (the sublayers' fixed costs alone "
+                         "exceed it); choose a larger --latency-budget-ms")
+    head_mask = torch.zeros(L * H, dtype=torch.bool)
+    head_mask[choice[0]] = True
+    neuron_mask = torch.zeros(L * N, dtype=torch.bool)
+    neuron_mask[choice[1]] = True
+    info = choice[2] | {"budget_ms": budget, "fit": {"mha": vars(fm), "ffn": vars(ff)}}
     return head_mask.view(L, H), neuron_mask.view(L, N), info
 
 
@@ -362,11 +502,15 @@ def _evaluate(rec: dict, score, arch: Arch, head_scale, neuron_scale) -> None:
 
 # ---- the pipeline (main.py) --------------------------------------------------------------------------------------
 def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, constraint: float, seq_len: float,
-         score=None, progress: bool = False, name: str = "kwon") -> KwonResult:
+         score=None, progress: bool = False, name: str = "kwon", latency=None,
+         latency_budget_ms: float | None = None) -> KwonResult:
     """Prune to `constraint` (fraction of FLOPs removed) as main.py does: mask gradients → search_mac for the teacher
-    and the target → rearrange_mask → rescale_mask. The model (or the model of an `Arch`) is changed in place by
-    `fold_scales` only: dense shapes, pruned columns zero, kept columns scaled. score(model) -> dev metrics, if
-    given, is evaluated after each stage (`KwonResult.stages`; its time is not pruning time)."""
+    and the target → rearrange_mask → rescale_mask. With a latency table `latency` (`costs.latency.latency_table`,
+    of this model) and `latency_budget_ms` instead, main.py's `--metric latency`: search_latency on their look-up
+    tables read off ours (`unit_luts`) at the kept fraction our budget gives (`latency_kept`). The model (or the
+    model of an `Arch`) is changed in place by `fold_scales` only: dense shapes, pruned columns zero, kept columns
+    scaled. score(model) -> dev metrics, if given, is evaluated after each stage (`KwonResult.stages`; its time is
+    not pruning time)."""
     t0 = time.perf_counter()
     arch = Arch.of(model)
     L, H, N, d, dh = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden, arch.head_size
@@ -379,13 +523,19 @@ def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, co
     timings["fisher"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    target = mac_kept(constraint)
-    t_h, t_n, t_info = search_mac(imp_h, imp_n, seq_len, d, dh, teacher_mac(target))
-    head_mask, neuron_mask, info = search_mac(imp_h, imp_n, seq_len, d, dh, target)
+    if latency_budget_ms is None:
+        target, kept_key = mac_kept(constraint), "mac_kept"
+        t_h, t_n, t_info = search_mac(imp_h, imp_n, seq_len, d, dh, teacher_mac(target))
+        head_mask, neuron_mask, info = search_mac(imp_h, imp_n, seq_len, d, dh, target)
+    else:
+        luts = unit_luts(latency, H, N)
+        target, kept_key = latency_kept(latency, latency_budget_ms, L, *luts), "latency_kept"
+        t_h, t_n, t_info = search_latency(imp_h, imp_n, teacher_mac(target), *luts)
+        head_mask, neuron_mask, info = search_latency(imp_h, imp_n, target, *luts)
     timings["search"] = time.perf_counter() - t
-    teacher = {"mac_kept": teacher_mac(target), "heads_kept": t_h.sum(1).tolist(),
+    teacher = {kept_key: teacher_mac(target), "heads_kept": t_h.sum(1).tolist(),
                "neurons_kept": t_n.sum(1).tolist(), "split": t_info}
-    stages = [_stage("search", head_mask, neuron_mask, None, mac_kept=target, split=info, teacher=teacher)]
+    stages = [_stage("search", head_mask, neuron_mask, None, **{kept_key: target}, split=info, teacher=teacher)]
     t = time.perf_counter()
     _evaluate(stages[-1], score, arch, head_mask, neuron_mask)
     evals += time.perf_counter() - t
@@ -423,5 +573,8 @@ def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, co
                         "rescaled": bool(r.get("accepted", False))})
     flops_dense = model_flops([H] * L, [N] * L, seq_len, d, dh)
     flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, dh)
+    predicted = None if latency_budget_ms is None else \
+        latency.predict(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist())
     return KwonResult(head_mask, neuron_mask, records, timings, time.perf_counter() - t0 - evals, flops_dense,
-                      flops_pruned, scores={s: s.pick(imp_h, imp_n)[s.layer] for s in sublayers(L)}, stages=stages)
+                      flops_pruned, scores={s: s.pick(imp_h, imp_n)[s.layer] for s in sublayers(L)},
+                      latency_budget_ms=latency_budget_ms, predicted_latency_ms=predicted, stages=stages)
