@@ -32,6 +32,7 @@ from kprune_lib.finetune import FinetuneConfig, finetune as _finetune
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, pruning_data
 from kprune_lib.data.files import file_task
+from kprune_lib.data.tokens import TASK_TYPE as TOKEN_TASK, token_task
 from kprune_lib.data.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 class TaskMismatch(ValueError):
     pass
+
+
+TASK_TYPES = ("sequence-classification", TOKEN_TASK)  # --task-type of your own data (default: the checkpoint's)
 
 
 def compute_batch_tokens(config: PruneConfig, device: torch.device) -> int:
@@ -69,10 +73,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _saved_head(model) -> str | None:
-    """"qa" / "classification": what the checkpoint was saved as (config.json `architectures`), if it says."""
+    """"qa" / "token" / "classification": what the checkpoint was saved as (config.json `architectures`), if it
+    says."""
     saved = getattr(model.config, "architectures", None) or []
     if any(a.endswith("ForQuestionAnswering") for a in saved):
         return "qa"
+    if any(a.endswith("ForTokenClassification") for a in saved):
+        return "token"
     if any(a.endswith("ForSequenceClassification") for a in saved):
         return "classification"
     return None
@@ -84,6 +91,14 @@ def check_task_head(model, task) -> None:
     A checkpoint loaded with the other task's auto class gets a new random head; its config still names
     the architecture it was saved as, so both directions are caught."""
     saved = _saved_head(model)
+    token = saved == "token" or Arch(model).token_head
+    if task.problem == "token" or token:
+        if task.problem != "token" or not token:
+            raise TaskMismatch(f"the checkpoint is a {'token' if token else 'sequence'}-classification model; "
+                               f"{'token classification' if task.problem == 'token' else task.name} needs a "
+                               f"{'sequence' if token else 'token'}-classification checkpoint (kprune finetune"
+                               f"{' --task-type token-classification' if not token else ''})")
+        return
     if task.problem == "qa":
         if not hasattr(model, "qa_outputs") or saved == "classification":
             raise TaskMismatch(f"the checkpoint is a sequence-classification model; {task.name} needs a "
@@ -107,10 +122,11 @@ def is_custom(task: str | None) -> bool:
     return task is None or task.lower() == "custom"
 
 
-def _custom_options(task: str | None, data_dir, validation_file, text_columns, label_column, **squad) -> None:
+def _custom_options(task: str | None, data_dir, validation_file, text_columns, label_column, task_type=None,
+                    **squad) -> None:
     """A GLUE/SQuAD task takes none of the custom-data options; a custom task takes no SQuAD or --data-dir option."""
     given = [k for k, v in (("validation_file", validation_file), ("text_columns", text_columns),
-                            ("label_column", label_column)) if v is not None]
+                            ("label_column", label_column), ("task_type", task_type)) if v is not None]
     def flags(names):
         return ", ".join("--" + k.replace("_", "-") for k in names) + (" apply" if len(names) > 1 else " applies")
 
@@ -123,12 +139,26 @@ def _custom_options(task: str | None, data_dir, validation_file, text_columns, l
                             "(--train-file, --validation-file)")
 
 
-def _custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column):
-    """The checkpoint and the custom task its config and the files make (files read and checked here)."""
+def _custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column,
+                  task_type: str | None = None):
+    """The checkpoint and the custom task its config and the files make (files read and checked here): token
+    classification (`data.tokens`) for a `…ForTokenClassification` checkpoint, else sequence classification or
+    regression (`data.files`); task_type, if given, must say the same."""
+    if task_type not in (None,) + TASK_TYPES:
+        raise DataError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     m, tok = load_model(model, qa=False, device=device, tokenizer=tokenizer)
     if hasattr(m, "qa_outputs") or _saved_head(m) == "qa":
         raise TaskMismatch("the checkpoint is a question-answering model; your own data files need a "
-                           "sequence-classification checkpoint")
+                           "sequence- or token-classification checkpoint")
+    token = Arch(m).token_head
+    if task_type is not None and (task_type == TOKEN_TASK) != token:
+        raise TaskMismatch(f"--task-type {task_type}, but the checkpoint is a "
+                           f"{TOKEN_TASK if token else TASK_TYPES[0]} model; leave --task-type out (it follows the "
+                           "checkpoint) or use a checkpoint of that kind (kprune finetune)")
+    if token:
+        names = tuple(str(m.config.id2label[i]) for i in range(m.config.num_labels))
+        return m, tok, token_task(train_file, validation_file, label_names=names, label2id=m.config.label2id,
+                                  text_columns=text_columns, label_column=label_column)
     return m, tok, file_task(m.config, train_file, validation_file, text_columns, label_column)
 
 
@@ -136,17 +166,18 @@ def evaluate(model: str, task: str | None, data_dir: str | None = None, device: 
              max_length: int | None = None, progress: bool = True, eval_file: str | None = None,
              split_articles: float | None = None, split_seed: int = 0, tokenizer: str | None = None,
              validation_file: str | None = None, text_columns: str | None = None,
-             label_column: str | None = None) -> dict[str, float]:
+             label_column: str | None = None, task_type: str | None = None) -> dict[str, float]:
     """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s).
 
     SQuAD: the evaluation file (or the hub's validation split); with split_articles, only the held-out
     articles that `prune` / `finetune` with the same split evaluate on.
-    Your own data (task None or "custom"): validation_file, text_columns ("a[,b]"), label_column (docs/own-data.md)."""
-    _custom_options(task, data_dir, validation_file, text_columns, label_column, eval_file=eval_file,
+    Your own data (task None or "custom"): validation_file, text_columns ("a[,b]"), label_column (docs/own-data.md);
+    task_type: "sequence-classification" or "token-classification" (default: what the checkpoint is)."""
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, eval_file=eval_file,
                     split_articles=split_articles)
     if is_custom(task):
         m, tok, t = _custom_model(model, resolve_device(device), tokenizer, None, validation_file, text_columns,
-                                  label_column)
+                                  label_column, task_type)
         check_task_head(m, t)
         return evaluate_glue(m, tok, t, _eval_splits(t, None), max_length or t.max_length, progress)
     t = get_task(task)
@@ -166,7 +197,7 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
           train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
           split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None,
           tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
-          label_column: str | None = None, **overrides) -> dict:
+          label_column: str | None = None, task_type: str | None = None, **overrides) -> dict:
     """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ (with its model card README.md)
     and OUT/summary.json atomically. command: the command line that ran this, for the model card (default: the
     equivalent `kprune prune …` and Python call are written).
@@ -177,7 +208,9 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     seq_len (L_seq of the FLOPs formula: None = the paper's 170, "measured", or a number).
     Your own data (task None or "custom", docs/own-data.md): train_file (the sample is drawn from it),
     validation_file (evaluated on; its mean length is L_seq), text_columns ("a[,b]"; default as run_glue),
-    label_column (default "label"); the problem type and label map come from the checkpoint's config.
+    label_column (default "label"); the problem type and label map come from the checkpoint's config. Token
+    classification (a `…ForTokenClassification` checkpoint; task_type "token-classification" says so too): words and
+    tags columns (default "tokens", "ner_tags") through text_columns and label_column.
 
     Hyper-parameters come from `config` (default `PruneConfig()`), with keyword overrides
     (constraint=…, num_tokens=…, seed=…, lam_pred=…, lam_rep=…, mu=…, temperature=…, tuning=…, schedule=…).
@@ -188,9 +221,10 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     call = {"model": model, "task": "custom" if task is None else task, "output": output, "data_dir": data_dir, "device": device,  # model card
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
             "split_seed": split_seed, "seq_len": seq_len, "tokenizer": tokenizer,
-            "validation_file": validation_file, "text_columns": text_columns, "label_column": label_column}
+            "validation_file": validation_file, "text_columns": text_columns, "label_column": label_column,
+            "task_type": task_type}
     custom = is_custom(task)
-    _custom_options(task, data_dir, validation_file, text_columns, label_column, eval_file=eval_file,
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, eval_file=eval_file,
                     split_articles=split_articles, split_seed=split_seed, seq_len=seq_len)
     if custom:
         if train_file is None or validation_file is None:
@@ -207,7 +241,8 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     torch.manual_seed(cfg.seed)
 
     if custom:  # the files are read and checked against the checkpoint's config before any work
-        m, tok, t = _custom_model(model, dev, tokenizer, train_file, validation_file, text_columns, label_column)
+        m, tok, t = _custom_model(model, dev, tokenizer, train_file, validation_file, text_columns, label_column,
+                                  task_type)
         check_task_head(m, t)
         methods.check(cfg, t.problem)
         arch = Arch(m)
@@ -379,8 +414,12 @@ def _defaults() -> dict:
 def finetune(model: str, task: str, output: str, data_dir: str | None = None, device: str = "auto",
              overwrite: bool = False, progress: bool = True, config: FinetuneConfig | None = None,
              train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
-             split_seed: int = 0, tokenizer: str | None = None, **overrides) -> dict:
-    """Fine-tune a base encoder on a GLUE task or SQuAD; writes OUT/ (HF checkpoint + finetune.json) atomically.
+             split_seed: int = 0, tokenizer: str | None = None, validation_file: str | None = None,
+             text_columns: str | None = None, label_column: str | None = None, task_type: str | None = None,
+             **overrides) -> dict:
+    """Fine-tune a base encoder on a GLUE task, SQuAD, or your own token-classification files (task None,
+    task_type "token-classification", train_file, validation_file, text_columns, label_column: docs/own-data.md);
+    writes OUT/ (HF checkpoint + finetune.json) atomically.
 
     Hyper-parameters come from `config` (default `FinetuneConfig()`: the fixtures' recipe), with keyword
     overrides (epochs=…, lr=…, batch_size=…, max_length=…, seed=…, max_train_examples=…, save_dtype=…).
@@ -388,7 +427,9 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, de
     cfg = replace(config or FinetuneConfig(), **overrides)
     return _finetune(model, task, output, data_dir=data_dir, config=cfg, device=resolve_device(device),
                      overwrite=overwrite, progress=progress, train_file=train_file, eval_file=eval_file,
-                     split_articles=split_articles, split_seed=split_seed, tokenizer=tokenizer)
+                     split_articles=split_articles, split_seed=split_seed, tokenizer=tokenizer,
+                     validation_file=validation_file, text_columns=text_columns, label_column=label_column,
+                     task_type=task_type)
 
 
 def export_onnx(model: str, output: str, opset: int = 18, int8: bool = False, overwrite: bool = False,

@@ -133,8 +133,9 @@ def _squad_options(p: argparse.ArgumentParser, train_side: str | None) -> None:
     g.add_argument("--split-seed", type=int, default=0, help="seed of --split-articles")
 
 
-def _own_data_options(p: argparse.ArgumentParser, train: bool) -> None:
-    """Your own sequence-classification / regression files (run_glue.py's conventions; docs/own-data.md)."""
+def _own_data_options(p: argparse.ArgumentParser, train: bool | None) -> None:
+    """Your own sequence-classification / regression files (run_glue.py's conventions) or token-classification
+    files (run_ner.py's; docs/own-data.md). train: prune (True), evaluate (False), finetune (None)."""
     g = p.add_argument_group("your own data (without --task; .csv, .tsv, .json/.jsonl, .parquet)")
     g.add_argument("--validation-file", default=None, metavar="FILE",
                    help="the data set evaluated on (its mean length is L_seq of the FLOPs formula)"
@@ -145,13 +146,18 @@ def _own_data_options(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--label-column", default=None, metavar="NAME",
                    help="the label column (default: label): class names of the checkpoint's label2id or class ids; "
                         "numbers for a regression checkpoint (num_labels 1)")
+    g.add_argument("--task-type", choices=("sequence-classification", "token-classification"), default=None,
+                   help="token-classification: a words column (--text-columns, default tokens) and a tags column "
+                        "(--label-column, default ner_tags), as run_ner.py; default: what the checkpoint is "
+                        "(…ForTokenClassification: token classification)" + ("; kprune finetune needs it for your own files"
+                                                                           if train is None else ""))
 
 
 def _squad_args(args) -> dict:
     """The data options of prune, evaluate and finetune beside --model and --task (SQuAD files, your own files,
     --tokenizer)."""
     return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed", "tokenizer",
-                                          "validation_file", "text_columns", "label_column")
+                                          "validation_file", "text_columns", "label_column", "task_type")
             if hasattr(args, k)}
 
 
@@ -255,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--array-parallelism", type=_positive_int, default=argparse.SUPPRESS,
                    help="at most this many points' jobs at once (32)")
 
-    f = sub.add_parser("finetune", formatter_class=fmt, help="fine-tune a base encoder on a GLUE task or SQuAD",
+    f = sub.add_parser("finetune", formatter_class=fmt, help="fine-tune a base encoder on a GLUE task, SQuAD or your "
+                       "own token-classification files",
                        description="Plain PyTorch fine-tuning (AdamW, linear warm-up/decay, grad clipping, dynamic "
                                    "padding, seeded); writes a Hugging Face checkpoint folder and finetune.json.")
-    _common(f, model_help="base encoder: local folder or hub id (a new task head is initialised)")
+    _common(f, model_help="base encoder: local folder or hub id (a new task head is initialised)", own_data=True)
     f.add_argument("--output", required=True, help="output folder (written atomically)")
     f.add_argument("--epochs", type=float, default=FT.epochs, help="passes over the training set (fractions allowed)")
     f.add_argument("--lr", type=float, default=FT.lr, help="peak learning rate")
@@ -272,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the saved weights")
     f.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     _squad_options(f, "train")
+    _own_data_options(f, train=None)
 
     x = sub.add_parser("export", formatter_class=fmt, help="export a model to ONNX for onnxruntime",
                        description="Write one self-contained ONNX file (atomically): inputs input_ids, attention_mask "

@@ -138,6 +138,8 @@ BATCH_OVERHEAD_TOKENS = 256  # a compute batch's fixed cost in padded tokens, wh
 GLUE_BATCH_SIZE = 32
 SQUAD_BATCH_SIZE = 12
 DEFAULT_MAX_LENGTH = 128
+TOKENS_COLUMN = "tokens"  # token classification (run_ner.py): the words column; --text-columns names another
+TAGS_COLUMN = "ner_tags"  # ... and the tags column (IOB names or class ids); --label-column names another
 FFN_WIDTH_MULTIPLE = 16  # physically pruned FFN widths padded up to a multiple of this with inert zero neurons
 #   (kprune_lib.encoder.physical.aligned_width): 4.5-5.3 % faster pruned MiniLMs on CPU for ≤ 15 extra neurons a layer
 EVAL_BATCH_SIZE = 64  # evaluation only; does not change any metric

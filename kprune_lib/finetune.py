@@ -1,4 +1,4 @@
-"""Fine-tuning a base encoder on a GLUE task or SQuAD: a plain PyTorch loop.
+"""Fine-tuning a base encoder on a GLUE task, SQuAD or your own token-classification files: a plain PyTorch loop.
 
 The recipe is the one the shared fixtures (`../shared/models/minilm-l6-*/FINETUNE.json`) record:
 AdamW (lr 8e-5, weight decay 0.01 on all weights except biases and LayerNorm), linear warm-up over the
@@ -30,6 +30,9 @@ from kprune_lib.data.glue import Examples, load_glue
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, prepare_features
 from kprune_lib.data.tasks import GlueTask, QaTask, get_task
+from kprune_lib.data.evaluate import evaluate_tokens
+from kprune_lib.data.glue import DataError
+from kprune_lib.data.tokens import TASK_TYPE as TOKEN_TASK, TokenTask, token_task, tokenize_words
 
 FINETUNE_FILE = "finetune.json"
 _INPUTS = ("input_ids", "token_type_ids")
@@ -83,10 +86,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def collate(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """Pad the inputs to the batch's longest; every other key ("labels", "start_positions", …) becomes a tensor."""
-    batch = pad_batch([{k: f[k] for k in _INPUTS if k in f} for f in features], pad_id, device)
+    """Pad the inputs to the batch's longest, and token classification's per-token "label" lists with -100 (as
+    "labels", `pad_batch`); every other key ("labels", "start_positions", …) becomes a tensor."""
+    batch = pad_batch([{k: f[k] for k in _INPUTS + ("label",) if k in f} for f in features], pad_id, device)
     for k in features[0]:
-        if k not in _INPUTS:
+        if k not in _INPUTS and k != "label":
             batch[k] = torch.tensor([f[k] for f in features], device=device)
     return batch
 
@@ -136,6 +140,11 @@ def _load_base(base: str, task: GlueTask | QaTask, tokenizer: str | None = None)
     try:
         if task.problem == "qa":
             model = transformers.AutoModelForQuestionAnswering.from_pretrained(base, dtype=torch.float32)
+        elif task.problem == "token":
+            names = task.label_names
+            model = transformers.AutoModelForTokenClassification.from_pretrained(
+                base, dtype=torch.float32, num_labels=len(names), ignore_mismatched_sizes=True,
+                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         else:
             names = task.label_names or tuple(f"LABEL_{i}" for i in range(task.num_labels))
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -169,18 +178,51 @@ def _squad_data(task: QaTask, tokenizer, data_dir, cfg: FinetuneConfig, max_leng
     return features, len(train), lambda m: evaluate_squad(m, tokenizer, task, data.eval, max_length), data.info
 
 
-def finetune(model: str, task: str, output: str, data_dir: str | None = None, config: FinetuneConfig | None = None,
+def _token_data(task: TokenTask, tokenizer, cfg: FinetuneConfig, max_length: int):
+    """Token classification from the user's files: the training words with their tags on the first sub-words."""
+    train = task.split("train")
+    train = train.take(_subset(len(train), cfg.max_train_examples, cfg.seed))
+    dev = {"validation": task.split("validation")}
+    return (tokenize_words(tokenizer, train, max_length), len(train),
+            lambda m: evaluate_tokens(m, tokenizer, task, dev, max_length), task.data_info)
+
+
+def own_data_task(task: str | None, task_type: str | None, train_file, validation_file, text_columns,
+                  label_column) -> TokenTask | None:
+    """Your own files to fine-tune on (task None or "custom"): token classification only, its tag names from the
+    training file; None for a GLUE or SQuAD task."""
+    if task is not None and task.lower() != "custom":
+        if task_type is not None or validation_file is not None:
+            raise DataError(f"--task-type and --validation-file apply to your own data files only (leave out --task), "
+                            f"not to {task}")
+        return None
+    if task_type != TOKEN_TASK:
+        raise DataError("kprune finetune on your own files needs --task-type token-classification (sequence "
+                        "classification fine-tunes on a GLUE --task)")
+    if train_file is None:
+        raise DataError("fine-tuning on your own data needs --train-file (and --validation-file)")
+    return token_task(train_file, validation_file, text_columns=text_columns, label_column=label_column)
+
+
+def finetune(model: str, task: str | None, output: str, data_dir: str | None = None, config: FinetuneConfig | None = None,
              device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True, train_file: str | None = None,
              eval_file: str | None = None, split_articles: float | None = None, split_seed: int = 0,
-             tokenizer: str | None = None) -> dict:
+             tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
+             label_column: str | None = None, task_type: str | None = None) -> dict:
     """Fine-tune base encoder `model` on `task`; writes OUTPUT/ (HF checkpoint + finetune.json). Returns the record.
     tokenizer: its folder or hub id when `model` has none of its own.
 
     SQuAD sources as in `api.prune`: train_file / eval_file, or split_articles of the evaluation file.
+    Token classification on your own files (task None, task_type "token-classification"): train_file,
+    validation_file, text_columns (the words column, default "tokens"), label_column (the tags, default
+    "ner_tags"); the tag names are the training file's (sorted, as run_ner.py) and become the head's id2label.
     """
     cfg = config or FinetuneConfig()
-    t = get_task(task)
-    squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles, split_seed=split_seed)
+    t = own_data_task(task, task_type, train_file, validation_file, text_columns, label_column)
+    if t is None:
+        t = get_task(task)
+        squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
+                   split_seed=split_seed)
     out = Path(output)
     check_target(out, overwrite, need_bytes=2 * weights_bytes(model))  # before any work (float32 may double fp16)
     dev = torch.device(device)
@@ -192,6 +234,8 @@ def finetune(model: str, task: str, output: str, data_dir: str | None = None, co
         features, n_examples, score, data_info = _squad_data(t, tok, data_dir, cfg, max_length, train_file=train_file,
                                                              eval_file=eval_file, split_fraction=split_articles,
                                                              split_seed=split_seed)
+    elif t.problem == "token":
+        features, n_examples, score, data_info = _token_data(t, tok, cfg, max_length)
     else:
         features, n_examples, score, data_info = _glue_data(t, tok, data_dir, cfg, max_length)
 

@@ -28,16 +28,19 @@ def tokenizer():
 
 
 def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float | None = 0.2,
-                    num_labels: int = 2) -> Path:
+                    num_labels: int = 2, label_names: tuple[str, ...] | None = None) -> Path:
     """A tiny random BERT (2 layers, 4 heads of 8, FFN 24, 512 positions) with the MiniLM vocabulary and
-    tokenizer, saved as a Hugging Face folder. head: "qa", "classification" (num_labels; 1 = regression) or
-    "base" (no head)."""
+    tokenizer, saved as a Hugging Face folder. head: "qa", "classification" (num_labels; 1 = regression), "token"
+    (token classification; label_names: its id2label) or "base" (no head)."""
     tok = tokenizer()
+    names = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)}) \
+        if label_names else {}
     cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
-                                  intermediate_size=24, max_position_embeddings=512, num_labels=num_labels,
-                                  problem_type="regression" if num_labels == 1 else None)
+                                  intermediate_size=24, max_position_embeddings=512,
+                                  num_labels=len(label_names) if label_names else num_labels,
+                                  problem_type="regression" if num_labels == 1 else None, **names)
     auto = {"qa": transformers.AutoModelForQuestionAnswering, "classification": transformers.AutoModelForSequenceClassification,
-            "base": transformers.AutoModel}[head]
+            "token": transformers.AutoModelForTokenClassification, "base": transformers.AutoModel}[head]
     torch.manual_seed(seed)
     model = auto.from_config(cfg)
     if init_std is not None:  # larger-than-init weights so that scores spread and pruning matters

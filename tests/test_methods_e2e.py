@@ -8,12 +8,13 @@ latency budget also runs with one (a table measured on the tiny model).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
-from conftest import GLUE_DIR, needs_shared
+from conftest import GLUE_DIR, ROOT, needs_shared
 from kprune_lib import api
 from kprune_lib.artifacts.checkpoint import load_model
 from kprune_lib.method.methods import REGISTRY
@@ -21,7 +22,10 @@ from squad_helpers import DEV, MINILM, one_thread, tiny_checkpoint, write_slice 
 
 pytestmark = [needs_shared(MINILM), needs_shared(GLUE_DIR / "MRPC"), needs_shared(GLUE_DIR / "STS-B"),
               needs_shared(DEV)]
-TASK = {"classification": "mrpc", "regression": "stsb", "qa": "squad"}
+TASK = {"classification": "mrpc", "regression": "stsb", "qa": "squad", "token": None}  # token: your own files
+_spec = importlib.util.spec_from_file_location("ner_corpus", ROOT / "benchmarks" / "ner_corpus.py")
+ner_corpus = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ner_corpus)
 HIGH = 0.9  # removes enough to empty at least one sublayer of the tiny model (asserted)
 
 
@@ -47,7 +51,11 @@ def inputs(tmp_path_factory):
     return {"root": root, "glue": glue, "slice": write_slice(root / "squad.json", n_paragraphs=1),
             "classification": tiny_checkpoint(root / "classification", "classification"),
             "regression": tiny_checkpoint(root / "regression", "classification", num_labels=1),
-            "qa": tiny_checkpoint(root / "qa", "qa")}
+            "qa": tiny_checkpoint(root / "qa", "qa"),
+            "token": tiny_checkpoint(root / "token", "token", label_names=ner_corpus.LABELS),
+            "ner": {"train_file": str(ner_corpus.write(ner_corpus.corpus(GLUE_DIR, "train", 120), root / "ner.jsonl")),
+                    "validation_file": str(ner_corpus.write(ner_corpus.corpus(GLUE_DIR, "validation", 40),
+                                                            root / "ner-dev.jsonl"))}}
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,8 @@ def test_every_method_prunes_saves_and_reloads(method, problem, budget, inputs, 
     kind, value = budget
     task = TASK[problem]
     out = tmp_path / "out"
-    args = dict(data_dir=str(inputs["glue"])) if problem != "qa" else \
-        dict(eval_file=str(inputs["slice"]), split_articles=0.5)
+    args = dict(data_dir=str(inputs["glue"])) if problem not in ("qa", "token") else \
+        dict(eval_file=str(inputs["slice"]), split_articles=0.5) if problem == "qa" else inputs["ner"]
     budget_args = dict(constraint=value) if kind == "flops" else \
         dict(latency_budget_ms=latency_budget_ms(value), latency_batch=2, latency_seq=8, threads=1,
              latency_table_policy="keep")  # the fixture's table, even if the machine's load changed since
@@ -99,7 +107,8 @@ def test_every_method_prunes_saves_and_reloads(method, problem, budget, inputs, 
     meta = json.loads((out / "model" / "kprune.json").read_text())
     assert [len(h) for h in meta["kept_heads"]] == summary["heads_kept"]
     assert [len(n) for n in meta["kept_neurons"]] == summary["neurons_kept"]
-    again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **args)
+    again = api.evaluate(str(out / "model"), task, device="cpu", progress=False,
+                         **{k: v for k, v in args.items() if k != "train_file"})
     assert again[metric] == pytest.approx(summary["pruned"][metric], abs=1e-6)
     # the collapse flag: measured for GLUE (one class / a near-constant on the dev set), and the reloaded model's
     if problem == "qa":

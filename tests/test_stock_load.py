@@ -132,7 +132,7 @@ def test_config_json_describes_the_pruned_shape(folders, arch):
     assert cfg["model_type"] == f"kprune-{arch}"
     assert cfg["heads_per_layer"] == HEADS and cfg["intermediate_sizes"] == NEURONS
     assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
-                                    "AutoModelForQuestionAnswering"}
+                                    "AutoModelForQuestionAnswering", "AutoModelForTokenClassification"}
     assert cfg["architectures"] == [cfg["auto_map"]["AutoModelForQuestionAnswering"].split(".")[1]]
     meta = json.loads((dirs[arch, True] / KPRUNE_FILE).read_text())  # provenance unchanged
     assert meta["heads_per_layer"] == HEADS and meta["neurons_per_layer"] == NEURONS and meta["constraint"] == 0.5

@@ -53,7 +53,7 @@ def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = 
     if (path / KPRUNE_FILE).is_file():
         model = load_pruned(path)
     else:
-        auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
+        auto = transformers.AutoModelForQuestionAnswering if qa else _head_class(name_or_dir)
         try:
             model = auto.from_pretrained(name_or_dir, dtype=torch.float32)
         except SafetensorError as e:
@@ -65,6 +65,22 @@ def load_model(name_or_dir: str, qa: bool = False, device: str | torch.device = 
     tok = load_tokenizer(tokenizer or name_or_dir, model, given=tokenizer is not None)
     arch_table(model)  # fail early on unsupported architectures
     return model.to(device).eval(), tok
+
+
+def saved_as_token_classifier(config) -> bool:
+    """Whether a checkpoint's config.json says it was saved as a token classifier (`…ForTokenClassification`)."""
+    return any(a.endswith("ForTokenClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+def _head_class(name_or_dir: str):
+    """The auto class of a non-QA checkpoint: token classification if it was saved as such, else sequence
+    classification (a checkpoint without a head gets a new one of that kind)."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_dir)
+    except (OSError, ValueError, KeyError):
+        return transformers.AutoModelForSequenceClassification  # its own load reports the problem
+    return transformers.AutoModelForTokenClassification if saved_as_token_classifier(config) \
+        else transformers.AutoModelForSequenceClassification
 
 
 def weights_bytes(name_or_dir: str) -> int:

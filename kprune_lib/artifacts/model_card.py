@@ -92,8 +92,10 @@ def _front_matter(summary: dict) -> dict:
     base = hub_id(summary["model"])
     if base:
         front["base_model"] = base
-    front["pipeline_tag"] = "question-answering" if task in _DATASETS else "text-classification"
-    front["datasets"] = [_DATASETS.get(task, "nyu-mll/glue")]
+    front["pipeline_tag"] = "question-answering" if task in _DATASETS else \
+        "token-classification" if is_token(summary) else "text-classification"
+    if not is_token(summary):  # token classification: the user's own files, no hub data set
+        front["datasets"] = [_DATASETS.get(task, "nyu-mll/glue")]
     front["metrics"] = [_METRIC_IDS.get(m, m) for m in summary["dense"] if not m.endswith("_mm")]
     return front
 
@@ -126,8 +128,13 @@ def _results(summary: dict) -> list[str]:
                     f"{summary['flops_dense'] / summary['flops_pruned']:.2f}×).", ""]
 
 
-def _usage(task: str) -> list[str]:
-    head = "QuestionAnswering" if task in _DATASETS else "SequenceClassification"
+def is_token(summary: dict) -> bool:
+    """Whether the summary is a token-classification run (its data block says so)."""
+    return (summary.get("data") or {}).get("task_type") == "token-classification"
+
+
+def _usage(task: str, token: bool = False) -> list[str]:
+    head = "QuestionAnswering" if task in _DATASETS else "TokenClassification" if token else "SequenceClassification"
     return ["## Use it", "", "With stock transformers (the model code in this folder runs, hence `trust_remote_code`):",
             "", "```python", f"from transformers import AutoModelFor{head}, AutoTokenizer", "",
             'path = "."  # this folder, or its hub repository id',
@@ -171,7 +178,7 @@ def model_card(summary: dict, config: dict, command: str | None = None, python: 
         lines += ["```bash", command, "```", ""]
     if python:
         lines += ["The same run from Python:" if command else "From Python:", "", "```python", python, "```", ""]
-    lines += _usage(task) + ["## Citation", "", "```bibtex", BIBTEX, "```", ""]
+    lines += _usage(task, is_token(summary)) + ["## Citation", "", "```bibtex", BIBTEX, "```", ""]
     return "\n".join(lines)
 
 

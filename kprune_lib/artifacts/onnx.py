@@ -3,7 +3,7 @@
 `export_onnx("OUT/model", "model.onnx")` writes one self-contained .onnx file (weights inside, no external data):
 inputs `input_ids`, `attention_mask` (and `token_type_ids` where the architecture has them), int64, shape
 (batch, sequence) with both axes dynamic; outputs `logits` (sequence classification / regression) or
-`start_logits`, `end_logits` (question answering). The graph comes from the torch.export-based exporter
+`start_logits`, `end_logits` (question answering); token classification's `logits` are (batch, sequence, labels). The graph comes from the torch.export-based exporter
 (`torch.onnx.export(..., dynamo=True)`, which needs `onnxscript`; the TorchScript exporter is deprecated since
 torch 2.9). Layers with no head export no attention work at all (no Q/K/V, no QK product, no softmax), layers
 with no neuron no FFN matmuls: zero-width projections become their (zero) bias.
@@ -33,7 +33,7 @@ from torch import nn
 
 from kprune_lib._atomic import atomic_file
 from kprune_lib.encoder.arch import Arch
-from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, ModelLoadError, load_pruned
+from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, ModelLoadError, load_pruned, saved_as_token_classifier
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,9 @@ def _load_arch(model_dir: str | Path) -> Arch:
                 raise ModelLoadError(f"{path} holds no config.json and no {KPRUNE_FILE}")
             config = transformers.AutoConfig.from_pretrained(str(model_dir))
             qa = any(a.endswith("ForQuestionAnswering") for a in (getattr(config, "architectures", None) or []))
-            auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
+            auto = transformers.AutoModelForQuestionAnswering if qa else \
+                transformers.AutoModelForTokenClassification if saved_as_token_classifier(config) else \
+                transformers.AutoModelForSequenceClassification
             model = auto.from_pretrained(str(model_dir), config=config, dtype=torch.float32)
         arch = Arch(model)  # fails on an unsupported architecture
     except Exception as e:  # noqa: BLE001 - any failure to rebuild the model is the user's folder, said in one line

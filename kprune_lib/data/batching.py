@@ -10,12 +10,16 @@ import torch
 from kprune_lib.config import BATCH_OVERHEAD_TOKENS, GLUE_BATCH_SIZE
 from kprune_lib.data.files import FileTask
 from kprune_lib.data.glue import DataError, Examples, load_glue
+from kprune_lib.data.tokens import IGNORE, TokenExamples, tokenize_words
 
 
 def tokenize(tokenizer, examples: Examples, max_length: int, labels: bool = False) -> list[dict]:
     """Examples -> one dict of token id lists per example (truncated to max_length, unpadded).
 
-    labels=True also keeps each example's gold label under "label" (for label-based baselines)."""
+    labels=True also keeps each example's gold label under "label" (for label-based baselines).
+    Token classification (`tokens.TokenExamples`): always with "label", the tags aligned to the first sub-words."""
+    if isinstance(examples, TokenExamples):
+        return tokenize_words(tokenizer, examples, max_length)
     enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
     feats = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
@@ -110,7 +114,8 @@ def glue_pruning_sample(tokenizer, task, data_dir, config, *, device=None, batch
 
 def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch.Tensor]:
     """Pad a list of features to the longest one: input_ids, attention_mask (, token_type_ids) of shape (B, T);
-    features with a "label" also give "labels" (B,) (long for class ids, float for regression scores)."""
+    features with a "label" also give "labels" (B,) (long for class ids, float for regression scores), or for
+    token classification (a list per feature) (B, T), IGNORE (-100) on padding."""
     T = max(len(f["input_ids"]) for f in features)
     out = {"input_ids": torch.full((len(features), T), pad_id, dtype=torch.long),
            "attention_mask": torch.zeros(len(features), T, dtype=torch.long)}
@@ -122,7 +127,11 @@ def pad_batch(features: list[dict], pad_id: int, device=None) -> dict[str, torch
         out["attention_mask"][i, :n] = 1
         if "token_type_ids" in out:
             out["token_type_ids"][i, :n] = torch.tensor(f["token_type_ids"])
-    if "label" in features[0]:
+    if "label" in features[0] and isinstance(features[0]["label"], list):
+        out["labels"] = torch.full((len(features), T), IGNORE, dtype=torch.long)
+        for i, f in enumerate(features):
+            out["labels"][i, :len(f["label"])] = torch.tensor(f["label"], dtype=torch.long)
+    elif "label" in features[0]:
         out["labels"] = torch.tensor([f["label"] for f in features])
     return {k: v.to(device) for k, v in out.items()}
 

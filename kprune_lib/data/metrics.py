@@ -1,4 +1,5 @@
-"""GLUE metrics (spec: evaluation protocol), and those of a custom task (macro-F1, multi-class MCC)."""
+"""GLUE metrics (spec: evaluation protocol), those of a custom task (macro-F1, multi-class MCC), and token
+classification's entity-level scores (seqeval)."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,6 +59,18 @@ def mcc(pred, gold) -> float:
     c, s = float(np.sum(pred == gold)), float(len(gold))
     denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
     return 0.0 if denom == 0 else float((c * s - t @ p) / denom)
+
+
+def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Token classification: entity-level precision, recall and F1 over all entities (micro average) with seqeval's
+    default (conlleval) rules, the ones transformers' run_ner.py reports, and token accuracy: the fraction of scored
+    words whose tag is right. gold, pred: per sentence, one IOB tag name per scored word."""
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    return {"f1": float(f1_score(gold, pred, zero_division=0)),
+            "precision": float(precision_score(gold, pred, zero_division=0)),
+            "recall": float(recall_score(gold, pred, zero_division=0)),
+            "accuracy": float(accuracy_score(gold, pred))}
 
 
 METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews": matthews, "pearson": pearson, "spearman": spearman,

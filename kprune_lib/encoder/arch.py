@@ -158,8 +158,20 @@ class Arch:
         start, end = self.model.qa_outputs(hidden).split(1, dim=-1)
         return start.squeeze(-1), end.squeeze(-1)
 
+    @property
+    def token_head(self) -> bool:
+        """Whether the model is a token classifier (`…ForTokenClassification`, stock or pruned)."""
+        return any(c.__name__.endswith("ForTokenClassification") for c in type(self.model).__mro__)
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Token-classification logits (B, T, C): the classifier on every position's final hidden state
+        (`model.classifier(dropout(hidden))`, dropout the identity in eval mode)."""
+        return self.model.classifier(hidden)
+
     def head(self, hidden: torch.Tensor):
-        return self.qa_logits(hidden) if hasattr(self.model, "qa_outputs") else self.classify(hidden)
+        if hasattr(self.model, "qa_outputs"):
+            return self.qa_logits(hidden)
+        return self.token_logits(hidden) if self.token_head else self.classify(hidden)
 
 
 def supported_architectures() -> list[str]:

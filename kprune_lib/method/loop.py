@@ -140,7 +140,8 @@ def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, con
     each row's sample batch (`batching.sample_batches`), the unit of the paper's batch-mean gradient; without it
     every batch is its own group. Mask gradients are taken per example (one mask row per example, one backward of
     the summed loss) and regrouped, so the masks do not depend on how the sample is batched for compute.
-    problem: "classification", "regression" or "qa". seq_len: L_seq of the FLOPs formula.
+    problem: "classification", "regression", "qa" or "token" (token classification: batches carry "labels" (B, T),
+    -100 where a position is not scored; `measurement.token_kl_t2`). seq_len: L_seq of the FLOPs formula.
     autocast: None, "bf16" or "fp16": lower precision for the measurement forward/backward only;
     teacher signals, the tuning statistics and the solve stay in float32/float64.
     pred_knowledge: "batch" (the paper: ½ (∂ batch-mean loss/∂m)² per sample batch); K-prune+ candidates:
@@ -294,7 +295,8 @@ def measure_knowledge(model: torch.nn.Module | Arch, batches: list[dict], proble
     device = next(model.parameters()).device
     clock = _Clock(device)
     sched = _MeasureOnly(arch, batches, problem, cfg.temperature, None, clock)
-    sched.targets = [teacher_signal(z, problem, cfg.temperature) for z in teacher_outputs]
+    sched.targets = [teacher_signal(z, problem, cfg.temperature, b.get("labels"))
+                     for z, b in zip(teacher_outputs, batches)]
     L = arch.num_layers
     fixed = {s: torch.ones(arch.out_proj(s).in_features, device=device, dtype=model.dtype) for s in range(2 * L)}
     run = _Run(arch, cfg, sched, clock, SampleGroups.of(batches, device), fixed, False)

@@ -9,14 +9,28 @@ import torch.nn.functional as F
 
 from kprune_lib.config import PruneConfig  # the default of pred_knowledge
 
-PROBLEMS = ("classification", "regression", "qa")
+PROBLEMS = ("classification", "regression", "qa", "token")
+IGNORE = -100  # token classification: the label of positions that are not scored (data.tokens.IGNORE)
 
 
-def teacher_signal(output, problem: str, temperature: float):
+def labelled_token_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Token classification: per position, 1 / (the example's labelled tokens) at labelled positions (label ≠ −100:
+    the first sub-word of each word), 0 elsewhere (special tokens, later sub-words, padding). (B, T) -> (B, T)."""
+    scored = (labels != IGNORE).float()
+    return scored / scored.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def teacher_signal(output, problem: str, temperature: float, labels: torch.Tensor | None = None):
     """Soft targets of the unpruned model: softmax(z/T) (classification), z (regression),
-    (softmax(start/T), softmax(end/T)) (QA)."""
+    (softmax(start/T), softmax(end/T)) (QA), (softmax(z/T) per token (B, T, C), `labelled_token_weights`) (token
+    classification; labels (B, T): the batch's aligned labels, whose positions, not values, are used)."""
     if problem == "classification":
         return F.softmax(output / temperature, dim=-1)
+    if problem == "token":
+        if labels is None:
+            raise ValueError("token classification needs the labelled positions: batches with 'labels' (B, T), "
+                             "-100 where a position is not scored")
+        return F.softmax(output / temperature, dim=-1), labelled_token_weights(labels).to(output.dtype)
     if problem == "regression":
         return output.squeeze(-1)
     if problem == "qa":
@@ -31,6 +45,18 @@ def _kl_t2(p_teacher: torch.Tensor, logits: torch.Tensor, temperature: float, re
     return temperature**2 * F.kl_div(log_q, p_teacher, reduction="batchmean" if reduction == "mean" else "sum")
 
 
+def token_kl_t2(teacher: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, temperature: float,
+                reduction: str) -> torch.Tensor:
+    """Token classification's predictive loss: per example i, the mean over its labelled tokens t (first sub-words)
+    of T² · KL(p_it ‖ softmax(z_it/T)), l_i = Σ_t w_it T² KL_it with w = `labelled_token_weights`; the batch mean
+    of l_i (reduction "mean") or their sum ("sum"). One example weighs as one sequence-classification example does,
+    however many words it has. teacher: (p (B, T, C), w (B, T)); logits (B, T, C)."""
+    p, w = teacher
+    log_q = F.log_softmax(logits / temperature, dim=-1)
+    per_example = temperature**2 * (w * F.kl_div(log_q, p, reduction="none").sum(-1)).sum(-1)  # (B,)
+    return per_example.mean() if reduction == "mean" else per_example.sum()
+
+
 def predictive_loss(output, teacher, problem: str, temperature: float, reduction: str = "mean") -> torch.Tensor:
     """Distance between the student's predictions and the teacher's soft targets (spec §(1)).
 
@@ -38,6 +64,8 @@ def predictive_loss(output, teacher, problem: str, temperature: float, reduction
     with respect to a per-example mask row is that example's own gradient."""
     if problem == "classification":
         return _kl_t2(teacher, output, temperature, reduction)
+    if problem == "token":
+        return token_kl_t2(teacher, output, temperature, reduction)
     if problem == "regression":
         return F.mse_loss(output.squeeze(-1), teacher, reduction=reduction)  # per-example MSE, shapes (B,) vs (B,)
     if problem == "qa":

@@ -20,7 +20,7 @@ from typing import Any
 
 from kprune_lib.config import Budget, PruneConfig
 
-PROBLEMS = ("classification", "regression", "qa")
+PROBLEMS = ("classification", "regression", "qa", "token")  # token: token classification (NER), per labelled token
 BUDGET_KINDS = ("flops", "latency")
 
 
@@ -130,9 +130,10 @@ def check(config, problem: str) -> None:
     """One-line errors, before any work, for a resolved config its task kind cannot run: the method's traits
     (task kinds, budget kinds), then settings given by hand that need a GLUE head (--gold-first, gauss-newton)."""
     get(config.method).check(problem, "flops" if config.latency_budget_ms is None else "latency")
-    if problem == "qa" and (config.gold_first or config.pred_knowledge == "gauss-newton"):
+    if problem in ("qa", "token") and (config.gold_first or config.pred_knowledge == "gauss-newton"):
         raise ValueError("--gold-first and --pred-knowledge gauss-newton need a classification or regression head; "
-                         "for SQuAD use --pred-knowledge batch|example")
+                         f"for {'SQuAD' if problem == 'qa' else 'token classification'} use --pred-knowledge "
+                         "batch|example")
 
 
 def same_settings(name: str) -> str | None:
@@ -160,7 +161,7 @@ def format_methods() -> str:
     """`kprune methods`: one line per registered method."""
     rows = [("method", "role", "labels", "budgets", "tasks", "what it is")]
     for m in REGISTRY.values():
-        tasks = "all" if len(m.problems) == 3 else "GLUE"
+        tasks = "all" if set(m.problems) == set(PROBLEMS) else "GLUE"
         rows.append((m.name, m.role, "gold" if m.needs_labels else "none", "+".join(m.budgets), tasks, m.summary))
     for alias, name in ALIASES.items():
         rows.append((alias, "alias", "", "", "", f"deprecated name of {name}"))

@@ -58,7 +58,7 @@ def teacher_pass(arch: Arch, batches, problem: str, temperature: float, keep_sum
             x, y, _ = sublayer(arch, s, x, bias)
             if keep_sums:
                 ys.append(y)
-        targets.append(teacher_signal(arch.head(x), problem, temperature))
+        targets.append(teacher_signal(arch.head(x), problem, temperature, b.get("labels")))
         sums.append(ys)
     return targets, sums
 
@@ -118,7 +118,7 @@ class Schedule:
         autocast taken from `out`, that forward's output (the student is the teacher there)."""
         if self.targets[j] is None:
             out = tuple(o.detach() for o in out) if self.problem == "qa" else out.detach()
-            self.targets[j] = teacher_signal(out, self.problem, self.temperature)
+            self.targets[j] = teacher_signal(out, self.problem, self.temperature, self.batches[j].get("labels"))
         return self.targets[j]
 
     def teacher_target(self, j: int, s: int, x_s: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from .configuration_kprune import CONFIGS, PREFIX
 CODE_FILES = ("configuration_kprune.py", "modeling_kprune.py")
 _HERE = Path(__file__).resolve().parent
 _AUTO = {"Model": "AutoModel", "ForSequenceClassification": "AutoModelForSequenceClassification",
-         "ForQuestionAnswering": "AutoModelForQuestionAnswering"}
+         "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+         "ForTokenClassification": "AutoModelForTokenClassification"}
 
 MODEL_CLASSES = [c for c in vars(modeling_kprune).values()
                  if isinstance(c, type) and issubclass(c, modeling_kprune.PrunedShape) and c is not modeling_kprune.PrunedShape]

@@ -22,6 +22,10 @@ from transformers import (
     RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaModel,
     XLMRobertaForQuestionAnswering, XLMRobertaForSequenceClassification, XLMRobertaModel,
 )
+from transformers import (  # token classification
+    BertForTokenClassification, DistilBertForTokenClassification, ElectraForTokenClassification,
+    RobertaForTokenClassification, XLMRobertaForTokenClassification,
+)
 
 from .configuration_kprune import (
     PREFIX, KPruneBertConfig, KPruneDistilBertConfig, KPruneElectraConfig, KPruneRobertaConfig, KPruneXLMRobertaConfig,
@@ -166,6 +170,26 @@ class KPruneBertForSequenceClassification(PrunedShape, BertForSequenceClassifica
 
 class KPruneBertForQuestionAnswering(PrunedShape, BertForQuestionAnswering):
     config_class = KPruneBertConfig
+
+
+class KPruneBertForTokenClassification(PrunedShape, BertForTokenClassification):
+    config_class = KPruneBertConfig
+
+
+class KPruneRobertaForTokenClassification(PrunedShape, RobertaForTokenClassification):
+    config_class = KPruneRobertaConfig
+
+
+class KPruneXLMRobertaForTokenClassification(PrunedShape, XLMRobertaForTokenClassification):
+    config_class = KPruneXLMRobertaConfig
+
+
+class KPruneDistilBertForTokenClassification(PrunedShape, DistilBertForTokenClassification):
+    config_class = KPruneDistilBertConfig
+
+
+class KPruneElectraForTokenClassification(PrunedShape, ElectraForTokenClassification):
+    config_class = KPruneElectraConfig
 
 
 class KPruneRobertaModel(PrunedShape, RobertaModel):
