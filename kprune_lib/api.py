@@ -343,7 +343,8 @@ def _draw_sample(t, tok, cfg: PruneConfig, device: torch.device, progress: bool,
         batches, n_sample, seq_len, score = pruning_data(t, tok, data, num_tokens=cfg.num_tokens, seed=cfg.seed,
                                                          max_length=max_length, batch_size=batch_size,
                                                          seq_len=seq_len, device=device, progress=progress,
-                                                         batch_tokens=batch_tokens)
+                                                         batch_tokens=batch_tokens,
+                                                         examples=methods.get(cfg.method).sample_examples)
         return _Sample(batches, n_sample, seq_len, score, batch_tokens, data.info)
     drawn = glue_pruning_sample(tok, t, data_dir, cfg, device=device, batch_tokens=batch_tokens,
                                 examples=methods.get(cfg.method).sample_examples)

@@ -187,6 +187,25 @@ def test_latency_search_with_every_head_in_the_flat_part_keeps_whole_layers():
     assert info["fitted_ms"] <= info["budget_ms"] + info["fit"]["ffn"]["slope"]
 
 
+def test_squad_gold_loss_is_the_qa_heads_own_loss():
+    """kwon on SQuAD differentiates the QA head's fine-tuning loss: gold_loss(start/end logits, (start, end), "qa")
+    equals transformers' own `outputs.loss` given start_positions / end_positions."""
+    from kprune_lib.encoder.forward import encode
+    from kprune_lib.method.measurement import gold_loss
+
+    model = tiny_model("bert", qa=True)
+    arch = Arch(model)
+    b = random_batches(1, batch=4, seed=3)[0]
+    g = torch.Generator().manual_seed(1)
+    spans = torch.randint(0, 6, (4, 2), generator=g)
+    with torch.no_grad():
+        ours = gold_loss(arch.head(encode(arch, b)), spans, "qa")
+        theirs = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       token_type_ids=b.get("token_type_ids"), start_positions=spans[:, 0],
+                       end_positions=spans[:, 1]).loss
+    torch.testing.assert_close(ours, theirs)
+
+
 # ---- rearrange_mask ------------------------------------------------------------------------------------------------
 def restated(grads: list[list[float]], k: int) -> list[int]:
     """prune/rearrange.py greedy_rearrange restated plainly: the k units of least Σ g² first; every other unit, in

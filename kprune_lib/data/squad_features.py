@@ -153,22 +153,29 @@ def resolve_seq_len(seq_len: float | str | None, task: QaTask, eval_feats: QaFea
 
 
 def pruning_sample(feats: QaFeatures, num_tokens: int, seq_len: float, seed: int, batch_size: int, pad_id: int,
-                   device=None, batch_tokens: int = 0) -> tuple[list[dict], int]:
-    """num_tokens / L_seq training features drawn with replacement (seeded, as the authors' code), in compute
-    batches (`batching.sample_batches`); and their count."""
-    return draw_sample(len(feats), lambda idx: [feats.inputs[i] for i in idx], num_tokens=num_tokens, seq_len=seq_len,
-                       seed=seed, batch_size=batch_size, pad_id=pad_id, device=device, batch_tokens=batch_tokens)
+                   device=None, batch_tokens: int = 0, examples: int | None = None) -> tuple[list[dict], int]:
+    """num_tokens / L_seq training features (`examples`: that many instead) drawn with replacement (seeded, as the
+    authors' code), in compute batches (`batching.sample_batches`), each with its gold answer span as "labels"
+    (B, 2) = (start token, end token) for the methods that need labels; and their count."""
+    def features_of(idx):
+        return [feats.inputs[i] | {"label": (feats.start_positions[i], feats.end_positions[i])} for i in idx]
+
+    return draw_sample(len(feats), features_of, num_tokens=num_tokens, seq_len=seq_len, seed=seed,
+                       batch_size=batch_size, pad_id=pad_id, device=device, batch_tokens=batch_tokens,
+                       examples=examples)
 
 
 def pruning_data(task: QaTask, tokenizer, data, *, num_tokens: int, seed: int, max_length: int, batch_size: int,
-                 seq_len: float | str | None = None, device=None, progress: bool = False, batch_tokens: int = 0):
+                 seq_len: float | str | None = None, device=None, progress: bool = False, batch_tokens: int = 0,
+                 examples: int | None = None):
     """What `api.prune` needs for a SQuAD task, from a `squad.QaData` with both sides:
-    (sample batches, #sample features, L_seq, evaluate(model) -> {"exact_match", "f1"})."""
+    (sample batches, #sample features, L_seq, evaluate(model) -> {"exact_match", "f1"}). examples: a method's fixed
+    sample size in features (kwon: 2048), instead of num_tokens' worth."""
     eval_feats = prepare_features(tokenizer, data.eval, max_length, task.doc_stride)
     seq_len = resolve_seq_len(seq_len, task, eval_feats)
     train_feats = prepare_features(tokenizer, data.train, max_length, task.doc_stride)
     batches, n = pruning_sample(train_feats, num_tokens, seq_len, seed, batch_size, tokenizer.pad_token_id, device,
-                                batch_tokens)
+                                batch_tokens, examples)
 
     def evaluate(model):
         return evaluate_features(model, tokenizer, task, data.eval, eval_feats, progress)

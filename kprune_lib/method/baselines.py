@@ -37,7 +37,7 @@ def run_method(model: torch.nn.Module | Arch, batches: list[dict], problem: str,
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, name=cfg.method)
     if algorithm == "kwon":
         return kwon(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, score=score,
-                    progress=progress, name=cfg.method)
+                    progress=progress, name=cfg.method, latency=latency, latency_budget_ms=cfg.latency_budget_ms)
     return kprune(model, batches, problem, cfg, seq_len=seq_len, latency=latency, progress=progress,
                   record_knowledge=record_knowledge)
 

@@ -84,12 +84,18 @@ def predictive_gradient_vanishes(s: int, pred_knowledge: str, gold_first: bool) 
 
 
 def gold_loss(output: torch.Tensor, labels: torch.Tensor, problem: str, reduction: str = "mean") -> torch.Tensor:
-    """The fine-tuning loss on gold labels: cross-entropy (classification) or MSE (regression)."""
+    """The fine-tuning loss on gold labels: cross-entropy (classification), MSE (regression), or for question
+    answering (output: start and end logits (B, T) each; labels (B, 2): the gold start and end tokens) the mean of
+    the start and end cross-entropies, as transformers' QA heads compute it."""
     if problem == "classification":
         return F.cross_entropy(output, labels.long(), reduction=reduction)
     if problem == "regression":
         return F.mse_loss(output.squeeze(-1), labels.to(output.dtype), reduction=reduction)
-    raise ValueError(f"a gold-label loss needs a classification or regression task, not {problem!r}")
+    if problem == "qa":
+        start, end = output
+        return (F.cross_entropy(start, labels[:, 0].long(), reduction=reduction)
+                + F.cross_entropy(end, labels[:, 1].long(), reduction=reduction)) / 2
+    raise ValueError(f"a gold-label loss needs a classification, regression or QA task, not {problem!r}")
 
 
 def curvature_projections(output: torch.Tensor, problem: str, temperature: float) -> list[torch.Tensor]:

@@ -31,17 +31,21 @@ class Method:
     summary: str  # one line: what it changes, for --help and the docs
     algorithm: str = "kprune"  # "kprune" (prune.kprune) | "kwon" (kwon.kwon) | "fisher-greedy" (baselines.kwon_fisher)
     settings: dict[str, Any] = field(default_factory=dict)  # the PruneConfig fields it fixes
-    needs_labels: bool = False  # the sample must carry gold labels (GLUE tasks only)
+    needs_labels: bool = False  # the sample must carry gold labels (class, score or answer span)
     budgets: tuple[str, ...] = BUDGET_KINDS  # budget kinds it accepts
     problems: tuple[str, ...] = PROBLEMS  # task kinds it supports
     dense_only: bool = False  # refuses a model pruned before
     batches_as_drawn: bool = False  # computes on the sample batches as drawn (its signal depends on the batching)
     sample_examples: int | None = None  # draws exactly this many examples, whatever num_tokens (kwon: its main.py's)
 
+    # what a latency budget is met by: "table" (the latency table's prediction, `LatencyTable.predict`) or "fit"
+    # (kwon: its piecewise-linear fits of the table, `kwon.fit_latency_fn`; the table's prediction may exceed it)
+    latency_model: str = "table"
     def check(self, problem: str, budget: str) -> None:
         """One-line errors for a task kind or budget kind this method does not take."""
         if problem not in self.problems:
-            why = "gold labels of a GLUE task" if self.needs_labels else "a classification or regression head"
+            why = (f"gold labels of a {' / '.join(self.problems)} task" if self.needs_labels
+                   else "a classification or regression head")
             raise ValueError(f"--method {self.name} needs {why}, so it does not support {problem} tasks; use one of "
                              f"{supporting(problem=problem)}")
         if budget not in self.budgets:
@@ -72,8 +76,10 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("kwon", "baseline", "Kwon et al. (2022) as its authors run it: gold-label Fisher of head/neuron masks on "
            "2048 examples, search over the head/neuron split (teacher at √kept), per-layer rearrangement, LSMR mask "
            "rescaling folded into the weights (docs/baselines.md)",
-           algorithm="kwon", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
-           problems=("classification", "regression"), dense_only=True, batches_as_drawn=True, sample_examples=2048),
+           algorithm="kwon", settings={"tuning": False}, needs_labels=True,
+           problems=("classification", "regression", "qa"), dense_only=True, batches_as_drawn=True,
+           sample_examples=2048,
+           latency_model="fit"),
     Method("fisher-greedy", "ablation", "kwon's Fisher scores, one global greedy Fisher/FLOPs selection: no split "
            "search, no rearrangement, no rescaling, no tuning (was kwon-fisher)",
            algorithm="fisher-greedy", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
