@@ -87,6 +87,18 @@ print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%}
 plots.latency_budget_view(summary)
 
 # %% [markdown]
+# ## Stage by stage
+# Methods made of stages record the masks and the dev metric after each (Kwon et al.: the Fisher search, the
+# per-layer rearrangement, the mask rescaling folded into the weights; KCM: the R2D2 selection, the merge): what each
+# stage changed and what it bought. Other methods have a single stage.
+
+# %%
+workbook.stages_table(summary)
+
+# %%
+plots.stages_view(summary)
+
+# %% [markdown]
 # ## Latency
 # The whole dev set through the dense and the pruned model (Hugging Face forward, batch 32, same batches);
 # median of `latency_repeats` passes after a warm-up batch.

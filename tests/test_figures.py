@@ -277,3 +277,43 @@ def test_speedup_threshold_is_dense_minus_3_points_absolute(tmp_path):
     table = views.speedup_table(views.load_results(path))
     assert table.loc[("RTE", "accuracy (×100)", "kprune"), "FLOPs removed (%)"] == pytest.approx(50.0)
     assert table.loc[("RTE", "accuracy (×100)", "kprune"), "pruned (×100)"] == pytest.approx(47.5)
+
+
+def test_stage_view_and_table_show_what_kwon_recorded():
+    """Notebook 04's stage-by-stage view of a real kwon run on a tiny model (dev metric = a fixed function of the
+    model's logits): one table row and one plotted point per recorded stage, in order, with the recorded metric and
+    counts; the dense line at the dense metric; a method without stages gets a Note."""
+    import torch
+
+    from conftest import random_batches, tiny_model
+    from kprune_lib.encoder.arch import Arch
+    from kprune_lib.encoder.forward import encode
+    from kprune_lib.method.kwon import kwon
+    from kprune_lib.workbook import steps
+
+    model = tiny_model("bert")
+    batches = random_batches(4, batch=4, seed=2)
+    for b in batches:
+        b["labels"] = torch.randint(0, 2, (b["input_ids"].shape[0],), generator=torch.Generator().manual_seed(0))
+
+    def score(net):
+        with torch.no_grad():
+            return {"accuracy": float(Arch(net).head(encode(Arch(net), batches[0])).softmax(-1)[:, 0].mean())}
+
+    dense = score(model)
+    result = kwon(model, batches, "classification", constraint=0.5, seq_len=10.0, score=score)
+    summary = {"task": "mrpc", "method": "kwon", "metric": "accuracy", "dense": dense, "flops_removed": 0.5,
+               "stages": result.stages}
+    table = steps.stages_table(summary)
+    assert list(table.index) == ["search", "rearrange", "rescale"]
+    assert table["accuracy"].tolist() == [s["dev"]["accuracy"] for s in result.stages]
+    assert table["heads kept"].tolist() == [int(result.head_mask.sum())] * 3
+    fig = plots.stages_view(summary)
+    left, right = fig.axes
+    line = left.get_lines()[0]
+    assert list(line.get_ydata()) == table["accuracy"].tolist()
+    assert [t.get_text() for t in left.get_xticklabels()] == ["search", "rearrange", "rescale"]
+    assert any(list(ln.get_ydata()) == [dense["accuracy"]] * 2 for ln in left.get_lines()[1:])
+    plt.close(fig)
+    assert isinstance(plots.stages_view({"method": "kprune"}), plots.Note)
+    assert steps.stages_table({"method": "kprune"}).empty

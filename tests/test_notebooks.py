@@ -290,6 +290,22 @@ def test_prune_and_evaluate_notebook_writes_summary(tiny, tmp_path):
     assert heads == summary["heads_kept"]
 
 
+def test_prune_and_evaluate_notebook_shows_kwons_stages(tiny, tmp_path):
+    """Notebook 04 on a method with stages (kwon): the stage table lists search, rearrange, rescale with their dev
+    metric, and the stage figure is drawn (one more image than a run without stages)."""
+    out = tmp_path / "point"
+    nb = execute(ROOT / "notebooks" / "04_prune_and_evaluate.py", tmp_path / "04.ipynb",
+                 {**TINY_PARAMS, "model": tiny["model"], "data_dir": tiny["data_dir"], "output_dir": str(out),
+                  "method": "kwon", "constraint": 0.5, "latency_repeats": 1})
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["search", "rearrange", "rescale"]
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "stages_table" in c.source)
+    html = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+    assert all(name in html for name in ("search", "rearrange", "rescale", "accuracy"))
+    view = next(c for c in nb.cells if c.cell_type == "code" and "stages_view" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in view.outputs)
+
+
 # ---- 05 results on synthetic multi-seed tables (no pruning) ----------------------------------------------------
 RESULTS_NOTEBOOK = ROOT / "notebooks" / "05_results.py"
 

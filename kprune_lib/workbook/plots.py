@@ -410,3 +410,32 @@ def latency_budget_view(summary: dict):
     fig = latency_table(load_table(lat["table"]).rows())
     fig.suptitle(title, fontsize="small")
     return fig
+
+
+def stages_view(summary: dict):
+    """Notebook 04's view of a method that records stages (kwon: search → rearrange → rescale; kcm: select →
+    merge): the dev metric after each stage against the dense model's, and how many heads and neurons changed
+    state (kept ↔ pruned) at each stage; a `Note` for a method without stages."""
+    stages = summary.get("stages")
+    if not stages:
+        return Note(f"{summary['method']} records no stages (kwon and kcm do).")
+    metric = summary["metric"]
+    names = [s["stage"] for s in stages]
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4), layout="constrained")
+    style = method_style(summary["method"])
+    dev = [s["dev"][metric] if "dev" in s else np.nan for s in stages]
+    left.plot(x, dev, color=style.color, marker=style.marker, linestyle=style.linestyle, label=summary["method"])
+    left.axhline(summary["dense"][metric], color="black", linestyle="--", linewidth=1, label="dense")
+    left.set(xticks=x, xticklabels=names, xlabel="after stage", ylabel=f"dev {metric_name(metric)}")
+    left.legend(frameon=False, fontsize="small")
+    width = 0.38
+    for offset, key, label, color in ((-width / 2, "changed_heads", "heads", "#4c72b0"),
+                                      (width / 2, "changed_neurons", "neurons", "#dd8452")):
+        right.bar(x + offset, [s.get(key, 0) for s in stages], width, label=label, color=color)
+    right.set(xticks=x, xticklabels=names, xlabel="stage", ylabel="units that changed state",
+              yscale="symlog")
+    right.legend(frameon=False, fontsize="small")
+    fig.suptitle(f"{task_name(summary['task'])} · {summary['method']} · {summary['flops_removed']:.0%} of FLOPs "
+                 "removed: stage by stage", fontsize="medium")
+    return fig

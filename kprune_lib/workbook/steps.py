@@ -429,6 +429,17 @@ def saved_masks(model_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return hm, nm
 
 
+def stages_table(summary: dict) -> pd.DataFrame:
+    """One row per recorded stage of a method with stages (kwon, kcm): heads and neurons kept, units that changed
+    state at that stage, and its dev metrics (empty for a method without stages)."""
+    rows = {}
+    for s in summary.get("stages") or []:
+        rows[s["stage"]] = {"heads kept": sum(s["heads_kept"]), "neurons kept": sum(s["neurons_kept"]),
+                            "heads changed": s.get("changed_heads"), "neurons changed": s.get("changed_neurons"),
+                            **(s.get("dev") or {})}
+    return pd.DataFrame(rows).T
+
+
 def cost_table(summary: dict) -> pd.DataFrame:
     """Dense vs pruned: main metric, FLOPs, parameters and (if measured) latency."""
     m = summary["metric"]
