@@ -297,3 +297,10 @@ def test_wrong_kind_and_methods_that_need_sequence_labels(data, tmp_path, capsys
     msg = _fails(tmp_path, capsys, ["finetune", "--model", str(base), "--train-file", str(data["train"]),
                                     "--validation-file", str(data["dev"])])
     assert "--task-type token-classification" in msg
+
+
+def test_tag_names_must_be_iob(data, tmp_path, capsys):
+    plain = tiny_checkpoint(tmp_path / "plain", "token", num_labels=5)  # id2label LABEL_0 … LABEL_4
+    msg = _fails(tmp_path, capsys, ["prune", "--model", str(plain), "--train-file", str(data["train"]),
+                                    "--validation-file", str(data["dev"]), "--num-tokens", "200"])
+    assert "'LABEL_0'" in msg and "IOB" in msg

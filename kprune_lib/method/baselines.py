@@ -17,6 +17,7 @@ from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import PruneConfig
 from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
 from kprune_lib.encoder.masks import head_dims
+from kprune_lib.method.kcm import kcm
 from kprune_lib.method.kwon import kwon, mask_gradients
 from kprune_lib.method.methods import check, get, resolve
 from kprune_lib.method.loop import PruneResult, kprune
@@ -35,6 +36,9 @@ def run_method(model: torch.nn.Module | Arch, batches: list[dict], problem: str,
     algorithm = get(cfg.method).algorithm
     if algorithm == "fisher-greedy":
         return kwon_fisher(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, name=cfg.method)
+    if algorithm == "kcm":
+        return kcm(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, score=score,
+                   progress=progress, name=cfg.method)
     if algorithm == "kwon":
         return kwon(model, batches, problem, constraint=cfg.constraint, seq_len=seq_len, score=score,
                     progress=progress, name=cfg.method, latency=latency, latency_budget_ms=cfg.latency_budget_ms)

@@ -7,7 +7,8 @@ algorithm, its branch in `baselines.run_method`); tests/test_methods_e2e.py then
 
 A method's `settings` are the `PruneConfig` fields it fixes (`resolve`): e.g. kprune-pred-only is the paper's
 loop with λ_rep = 0. `algorithm` names the code that runs it: "kprune" (the paper's Algorithm 1,
-`prune.kprune`), "kwon" (Kwon et al.'s pipeline, `kwon.kwon`) or "fisher-greedy" (`baselines.kwon_fisher`).
+`prune.kprune`), "kwon" (Kwon et al.'s pipeline, `kwon.kwon`), "kcm" (Nova et al.'s KCM, `kcm.kcm`) or
+"fisher-greedy" (`baselines.kwon_fisher`).
 
 `ALIASES`: deprecated names still accepted for one release (`get` gives the entry under the old name, so a run
 asked for by it is recorded and reported under it, exactly as before).
@@ -29,7 +30,7 @@ class Method:
     name: str
     role: str  # "method" (the paper's), "plus" (K-prune+), "candidate" (a K-prune+ candidate), "ablation", "baseline"
     summary: str  # one line: what it changes, for --help and the docs
-    algorithm: str = "kprune"  # "kprune" (prune.kprune) | "kwon" (kwon.kwon) | "fisher-greedy" (baselines.kwon_fisher)
+    algorithm: str = "kprune"  # "kprune" | "kwon" (kwon.kwon) | "kcm" (kcm.kcm) | "fisher-greedy" (baselines.kwon_fisher)
     settings: dict[str, Any] = field(default_factory=dict)  # the PruneConfig fields it fixes
     needs_labels: bool = False  # the sample must carry gold labels (class, score or answer span)
     budgets: tuple[str, ...] = BUDGET_KINDS  # budget kinds it accepts
@@ -84,6 +85,11 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "search, no rearrangement, no rescaling, no tuning (was kwon-fisher)",
            algorithm="fisher-greedy", settings={"tuning": False}, needs_labels=True, budgets=("flops",),
            problems=("classification", "regression"), dense_only=True, batches_as_drawn=True),
+    Method("kcm", "baseline", "KCM (Nova et al., 2023): FFN neurons ranked per layer without gradients or labels by "
+           "R2 (greedy kernelized convex hull of their weights) merged with D2 (votes of unlabeled examples), pruned "
+           "neurons merged into the kept ones; uniform per layer, heads only beyond the FFNs' reach "
+           "(docs/baselines.md)",
+           algorithm="kcm", settings={"tuning": False}, budgets=("flops",), dense_only=True),
 )}
 ALIASES: dict[str, str] = {"kwon-fisher": "fisher-greedy"}  # deprecated name -> registry name; kept for one release
 METHOD_NAMES = tuple(REGISTRY) + tuple(ALIASES)  # every name --method accepts, the deprecated aliases last

@@ -29,6 +29,7 @@ METHOD_STYLE: dict[str, Style] = {
     "kprune-gn": Style("#17becf", "<", "-."), "kprune-gold": Style("#e377c2", ">", "-."),
     "kprune-damp": Style("#7f7f7f", "d", ":"), "kwon": Style("#1f77b4", "D", "-"),
     "fisher-greedy": Style("#6baed6", "h", "--"), "kwon-fisher": Style("#08519c", "*", "--"),  # (its old name)
+    "kcm": Style("#e6550d", "p", "-"),
 }
 FALLBACK_STYLE = Style("#393b79", "x", ":")
 # Task names as the GLUE and SQuAD papers write them (figure titles, table headers), metric names as words.
