@@ -31,7 +31,7 @@ from kprune_lib.method.baselines import run_method
 from kprune_lib.finetune import FinetuneConfig, finetune as _finetune
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, pruning_data
-from kprune_lib.data.files import file_task
+from kprune_lib.data.files import HubSplit, file_task, sources
 from kprune_lib.data.tokens import TASK_TYPE as TOKEN_TASK, token_task
 from kprune_lib.data.tasks import get_task
 
@@ -123,10 +123,12 @@ def is_custom(task: str | None) -> bool:
 
 
 def _custom_options(task: str | None, data_dir, validation_file, text_columns, label_column, task_type=None,
-                    **squad) -> None:
-    """A GLUE/SQuAD task takes none of the custom-data options; a custom task takes no SQuAD or --data-dir option."""
+                    hub: dict | None = None, **squad) -> None:
+    """A GLUE/SQuAD task takes none of the custom-data options; a custom task takes no SQuAD or --data-dir option.
+    hub: the hub data-set options (dataset, dataset_config, train_split, validation_split, metric)."""
     given = [k for k, v in (("validation_file", validation_file), ("text_columns", text_columns),
-                            ("label_column", label_column), ("task_type", task_type)) if v is not None]
+                            ("label_column", label_column), ("task_type", task_type), *(hub or {}).items())
+             if v is not None]
     def flags(names):
         return ", ".join("--" + k.replace("_", "-") for k in names) + (" apply" if len(names) > 1 else " applies")
 
@@ -140,10 +142,11 @@ def _custom_options(task: str | None, data_dir, validation_file, text_columns, l
 
 
 def _custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column,
-                  task_type: str | None = None):
-    """The checkpoint and the custom task its config and the files make (files read and checked here): token
-    classification (`data.tokens`) for a `…ForTokenClassification` checkpoint, else sequence classification or
-    regression (`data.files`); task_type, if given, must say the same."""
+                  task_type: str | None = None, metric: str | None = None):
+    """The checkpoint and the custom task its config and the files (or hub data-set splits, `files.sources`) make,
+    read and checked here: token classification (`data.tokens`) for a `…ForTokenClassification` checkpoint, else
+    sequence classification or regression (`data.files`; metric: its primary metric); task_type, if given, must
+    say the same."""
     if task_type not in (None,) + TASK_TYPES:
         raise DataError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     m, tok = load_model(model, qa=False, device=device, tokenizer=tokenizer)
@@ -155,29 +158,39 @@ def _custom_model(model: str, device, tokenizer, train_file, validation_file, te
         raise TaskMismatch(f"--task-type {task_type}, but the checkpoint is a "
                            f"{TOKEN_TASK if token else TASK_TYPES[0]} model; leave --task-type out (it follows the "
                            "checkpoint) or use a checkpoint of that kind (kprune finetune)")
+    if token and (isinstance(validation_file, HubSplit) or metric is not None):
+        raise DataError(("--dataset" if metric is None else "--metric") + " applies to sequence classification and "
+                        "regression; for token classification pass --train-file / --validation-file (its metrics "
+                        "are entity F1, precision, recall and token accuracy)")
     if token:
         names = tuple(str(m.config.id2label[i]) for i in range(m.config.num_labels))
         return m, tok, token_task(train_file, validation_file, label_names=names, label2id=m.config.label2id,
                                   text_columns=text_columns, label_column=label_column)
-    return m, tok, file_task(m.config, train_file, validation_file, text_columns, label_column)
+    return m, tok, file_task(m.config, train_file, validation_file, text_columns, label_column, metric)
 
 
 def evaluate(model: str, task: str | None, data_dir: str | None = None, device: str = "auto",
              max_length: int | None = None, progress: bool = True, eval_file: str | None = None,
              split_articles: float | None = None, split_seed: int = 0, tokenizer: str | None = None,
              validation_file: str | None = None, text_columns: str | None = None,
-             label_column: str | None = None, task_type: str | None = None) -> dict[str, float]:
+             label_column: str | None = None, task_type: str | None = None, dataset: str | None = None,
+             dataset_config: str | None = None, validation_split: str | None = None,
+             metric: str | None = None) -> dict[str, float]:
     """Metrics of a checkpoint (ours or any HF one) on the task's dev set(s).
 
     SQuAD: the evaluation file (or the hub's validation split); with split_articles, only the held-out
     articles that `prune` / `finetune` with the same split evaluate on.
-    Your own data (task None or "custom"): validation_file, text_columns ("a[,b]"), label_column (docs/own-data.md);
+    Your own data (task None or "custom"): validation_file, or a data set's validation_split (default
+    "validation") of dataset [dataset_config]; text_columns ("a[,b]"), label_column, metric (docs/own-data.md);
     task_type: "sequence-classification" or "token-classification" (default: what the checkpoint is)."""
-    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, eval_file=eval_file,
+    hub = {"dataset": dataset, "dataset_config": dataset_config, "validation_split": validation_split,
+           "metric": metric}
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, hub, eval_file=eval_file,
                     split_articles=split_articles)
     if is_custom(task):
-        m, tok, t = _custom_model(model, resolve_device(device), tokenizer, None, validation_file, text_columns,
-                                  label_column, task_type)
+        _, validation = sources(None, validation_file, dataset, dataset_config, None, validation_split)
+        m, tok, t = _custom_model(model, resolve_device(device), tokenizer, None, validation, text_columns,
+                                  label_column, task_type, metric)
         check_task_head(m, t)
         return evaluate_glue(m, tok, t, _eval_splits(t, None), max_length or t.max_length, progress)
     t = get_task(task)
@@ -197,7 +210,9 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
           train_file: str | None = None, eval_file: str | None = None, split_articles: float | None = None,
           split_seed: int = 0, seq_len: float | str | None = None, command: str | None = None,
           tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
-          label_column: str | None = None, task_type: str | None = None, **overrides) -> dict:
+          label_column: str | None = None, task_type: str | None = None, dataset: str | None = None,
+          dataset_config: str | None = None, train_split: str | None = None, validation_split: str | None = None,
+          metric: str | None = None, **overrides) -> dict:
     """Prune a fine-tuned checkpoint on a GLUE or SQuAD task; writes OUT/model/ (with its model card README.md)
     and OUT/summary.json atomically. command: the command line that ran this, for the model card (default: the
     equivalent `kprune prune …` and Python call are written).
@@ -208,7 +223,10 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     seq_len (L_seq of the FLOPs formula: None = the paper's 170, "measured", or a number).
     Your own data (task None or "custom", docs/own-data.md): train_file (the sample is drawn from it),
     validation_file (evaluated on; its mean length is L_seq), text_columns ("a[,b]"; default as run_glue),
-    label_column (default "label"); the problem type and label map come from the checkpoint's config. Token
+    label_column (default "label"); or instead of the two files, a data set `datasets.load_dataset` reads (hub id,
+    offline from its cache; or a local data-set folder): dataset, dataset_config, train_split (default "train"),
+    validation_split (default "validation"); metric: the primary metric (accuracy, f1_macro, mcc; spearman,
+    pearson). The problem type and label map come from the checkpoint's config. Token
     classification (a `…ForTokenClassification` checkpoint; task_type "token-classification" says so too): words and
     tags columns (default "tokens", "ner_tags") through text_columns and label_column.
 
@@ -222,14 +240,19 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
             "train_file": train_file, "eval_file": eval_file, "split_articles": split_articles,
             "split_seed": split_seed, "seq_len": seq_len, "tokenizer": tokenizer,
             "validation_file": validation_file, "text_columns": text_columns, "label_column": label_column,
-            "task_type": task_type}
+            "task_type": task_type, "dataset": dataset, "dataset_config": dataset_config, "train_split": train_split,
+            "validation_split": validation_split, "metric": metric}
     custom = is_custom(task)
-    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, eval_file=eval_file,
+    hub = {"dataset": dataset, "dataset_config": dataset_config, "train_split": train_split,
+           "validation_split": validation_split, "metric": metric}
+    _custom_options(task, data_dir, validation_file, text_columns, label_column, task_type, hub, eval_file=eval_file,
                     split_articles=split_articles, split_seed=split_seed, seq_len=seq_len)
     if custom:
-        if train_file is None or validation_file is None:
+        train_src, validation_src = sources(train_file, validation_file, dataset, dataset_config, train_split,
+                                            validation_split)
+        if train_src is None or validation_src is None:
             raise DataError("your own data needs both --train-file (the pruning sample is drawn from it) and "
-                            "--validation-file (evaluated on), or name a --task")
+                            "--validation-file (evaluated on), or a --dataset, or name a --task")
     else:
         t = get_task(task)
         squad_only(t, train_file=train_file, eval_file=eval_file, split_articles=split_articles,
@@ -241,8 +264,8 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     torch.manual_seed(cfg.seed)
 
     if custom:  # the files are read and checked against the checkpoint's config before any work
-        m, tok, t = _custom_model(model, dev, tokenizer, train_file, validation_file, text_columns, label_column,
-                                  task_type)
+        m, tok, t = _custom_model(model, dev, tokenizer, train_src, validation_src, text_columns, label_column,
+                                  task_type, metric)
         check_task_head(m, t)
         methods.check(cfg, t.problem)
         arch = Arch(m)

@@ -151,13 +151,29 @@ def _own_data_options(p: argparse.ArgumentParser, train: bool | None) -> None:
                         "(--label-column, default ner_tags), as run_ner.py; default: what the checkpoint is "
                         "(…ForTokenClassification: token classification)" + ("; kprune finetune needs it for your own files"
                                                                            if train is None else ""))
+    if train is None:
+        return
+    g.add_argument("--dataset", default=None, metavar="NAME",
+                   help="instead of the files: a data set datasets.load_dataset reads (a hub id, offline from its "
+                        "cache, or a local data-set folder) with its splits"
+                        + (" --train-split and" if train else "") + " --validation-split")
+    g.add_argument("--dataset-config", default=None, metavar="CONFIG", help="the data set's configuration")
+    if train:
+        g.add_argument("--train-split", default=None, metavar="SPLIT",
+                       help="the split the pruning sample is drawn from (default: train)")
+    g.add_argument("--validation-split", default=None, metavar="SPLIT",
+                   help="the split evaluated on (default: validation)")
+    g.add_argument("--metric", default=None, metavar="NAME",
+                   help="the primary metric of your own sequence-classification or regression data: accuracy, "
+                        "f1_macro or mcc (default accuracy); spearman or pearson (default spearman)")
 
 
 def _squad_args(args) -> dict:
     """The data options of prune, evaluate and finetune beside --model and --task (SQuAD files, your own files,
     --tokenizer)."""
     return {k: getattr(args, k) for k in ("train_file", "eval_file", "split_articles", "split_seed", "tokenizer",
-                                          "validation_file", "text_columns", "label_column", "task_type")
+                                          "validation_file", "text_columns", "label_column", "task_type",
+                                          "dataset", "dataset_config", "train_split", "validation_split", "metric")
             if hasattr(args, k)}
 
 

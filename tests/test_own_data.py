@@ -152,3 +152,83 @@ def test_default_text_columns_and_metrics():
     assert metrics.f1_macro(pred3, gold3) == pytest.approx((2 / 3 + 4 / 5 + 1 / 2) / 3)
     # Gorodkin's R_K: c=4, s=6, t=(1,3,2), p=(2,2,2): (4*6 - 12) / sqrt((36 - 12) * (36 - 14))
     assert metrics.mcc(pred3, gold3) == pytest.approx(12 / np.sqrt(24 * 22))
+
+
+# ---- a data set datasets.load_dataset reads (--dataset; a local data-set folder: the hub's own code path) ----------
+def _dataset_folder(root, names=("positive", "negative")):
+    """The SST-2 fixture as a data set folder of Parquet splits written by `datasets`, the label a ClassLabel whose
+    class order differs from the checkpoint's (positive = 0): read through the names, it must equal --task sst2."""
+    import datasets
+
+    features = datasets.Features({"review": datasets.Value("string"), "sentiment": datasets.ClassLabel(names=names)})
+    root.mkdir()
+    for split, file in (("train", "train.parquet"), ("validation", "validation.parquet")):
+        df = _frame(split)
+        rows = {"review": df["review"].tolist(), "sentiment": [names.index(v) for v in df["sentiment"]]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / file))
+    return root
+
+
+@needs_shared(SST2_MODEL)
+def test_dataset_splits_equal_task_sst2_and_metric_selects_the_primary(tmp_path, capsys, sst2_run):
+    folder = _dataset_folder(tmp_path / "sst2-dataset")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["prune", "--model", str(SST2_MODEL), "--dataset", str(folder), "--text-columns", "review",
+                 "--label-column", "sentiment", "--metric", "mcc", *COMMON, "--output", str(out)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["metric"] == "mcc"
+    s, k = _masks(out)
+    ref_s, ref_k = _masks(sst2_run)
+    assert k["kept_heads"] == ref_k["kept_heads"] and k["kept_neurons"] == ref_k["kept_neurons"]
+    assert s["pruned"]["accuracy"] == ref_s["pruned"]["accuracy"] and s["metric"] == "mcc"
+    assert s["pruned"]["mcc"] == pytest.approx(metrics.matthews(*_predictions_of(out / "model", folder)), abs=1e-9)
+    assert s["data"]["dataset"] == str(folder) and s["data"]["train_split"] == "train"
+    assert s["data"]["validation_split"] == "validation" and "train_file" not in s["data"]
+    assert main(["evaluate", "--model", str(out / "model"), "--dataset", str(folder), "--text-columns", "review",
+                 "--label-column", "sentiment", "--max-length", "64", "--quiet"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(s["pruned"]["accuracy"], abs=1e-9)
+
+
+def _predictions_of(model_dir, folder):
+    """(predicted, gold) class ids of a saved model on the folder's validation split, in the checkpoint's ids:
+    computed here with stock transformers, independently of kprune's evaluation."""
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ds = datasets.load_dataset(str(folder), split="validation")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True).eval()
+    gold = [model.config.label2id[ds.features["sentiment"].names[y]] for y in ds["sentiment"]]
+    pred = []
+    with torch.no_grad():
+        for i in range(0, len(ds), 64):
+            enc = tok(ds["review"][i:i + 64], truncation=True, max_length=64, padding=True, return_tensors="pt")
+            pred += model(**enc).logits.argmax(-1).tolist()
+    return np.array(pred), np.array(gold)
+
+
+@needs_shared(SST2_MODEL)
+def test_dataset_option_errors_are_one_line(tmp_path, capsys):
+    folder = _dataset_folder(tmp_path / "ds")
+    f = _small(tmp_path, {"review": ["good", "bad"], "sentiment": ["positive", "negative"]})
+    cases = [
+        (["--dataset", str(folder), "--validation-split", "test"], "Unknown split"),
+        (["--dataset", str(folder), "--train-file", str(f)], "either --dataset or --train-file"),
+        (["--train-file", str(f), "--validation-file", str(f), "--train-split", "x"], "pass --dataset NAME too"),
+        (["--dataset", str(folder), "--metric", "spearman"], "choose one of accuracy, f1_macro, mcc"),
+        (["--dataset", str(tmp_path / "missing")], "could not load"),
+        (["--task", "sst2", "--dataset", str(folder)], "--dataset apply to your own data"),
+    ]
+    for extra, expected in cases:
+        out = tmp_path / "out"
+        capsys.readouterr()
+        code = main(["prune", "--model", str(SST2_MODEL), "--text-columns", "review", "--label-column", "sentiment",
+                     *extra, "--num-tokens", "200", "--output", str(out), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if line.startswith("kprune: error:")]
+        assert code == 2 and len(errors) == 1 and err[-1] == errors[0], (extra, err)
+        assert expected in errors[0], (extra, errors[0])
+        assert not out.exists()

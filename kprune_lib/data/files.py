@@ -1,7 +1,8 @@
 """The user's own sequence-classification / regression data (transformers' run_glue.py conventions): a training
-and a validation file (.csv, .tsv, .json / .jsonl, .parquet), text columns, a label column, read into `Examples`,
-and a task record (`FileTask`, name "custom") built from the files and the checkpoint's config, so that the sample
-draw, the evaluation and summary.json take the same paths as a GLUE task."""
+and a validation file (.csv, .tsv, .json / .jsonl, .parquet) or two splits of a hub data set (`HubSplit`, through
+`datasets.load_dataset`; offline from its cache), text columns, a label column, read into `Examples`, and a task
+record (`FileTask`, name "custom") built from them and the checkpoint's config, so that the sample draw, the
+evaluation and summary.json take the same paths as a GLUE task."""
 from __future__ import annotations
 
 import csv
@@ -27,6 +28,7 @@ class FileTask(GlueTask):
     text_columns: tuple[str, ...] = ()
     label_column: str = "label"
     label_map: dict | None = field(default=None, compare=False, hash=False)  # label name -> class id (None: ids)
+    dataset: dict | None = field(default=None, compare=False, hash=False)  # a hub data set: name, config, splits
     data: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # split -> Examples
 
     def split(self, split: str) -> Examples:
@@ -38,16 +40,54 @@ class FileTask(GlueTask):
     @property
     def data_info(self) -> dict:
         """summary.json's "data": where the sample and the evaluation set came from, and what L_seq is."""
-        return {"train_file": self.train_file, "validation_file": self.validation_file,
-                "text_columns": list(self.text_columns), "label_column": self.label_column,
+        where = self.dataset or {"train_file": self.train_file, "validation_file": self.validation_file}
+        return {**where, "text_columns": list(self.text_columns), "label_column": self.label_column,
                 "label_map": self.label_map,
                 "seq_len": "mean real (tokenised, truncated) length of the validation set"}
 
 
-def read_table(path: str | Path):
-    """A data file as a pandas DataFrame, by its extension; strings stay strings ("NA", "null" included)."""
+@dataclass(frozen=True)
+class HubSplit:
+    """One split of a data set that `datasets.load_dataset` reads: a hub id (offline: from the datasets cache) or a
+    local data-set folder, with its configuration (`--dataset-config`)."""
+
+    name: str
+    config: str | None
+    split: str
+
+    def __str__(self) -> str:
+        return f"data set {self.name}{'/' + self.config if self.config else ''} [{self.split}]"
+
+    def load(self):
+        """The split as a `datasets.Dataset`; one-line DataError when it cannot be loaded (its splits, if known)."""
+        try:
+            import datasets
+
+            return datasets.load_dataset(self.name, self.config, split=self.split)
+        except ValueError as e:  # an unknown split or configuration: datasets names the ones there are
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{self}: {first}; choose them with --dataset-config / --train-split / "
+                            "--validation-split") from None
+        except Exception as e:  # network, cache, no such data set
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise DataError(f"could not load {self} ({type(e).__name__}: {first}); offline, only a data set in the "
+                            "datasets cache loads — or pass --train-file / --validation-file") from None
+
+    def frame(self):
+        """The split as a DataFrame; a ClassLabel column's class names in `frame.attrs["label_names"][column]`."""
+        ds = self.load()
+        df = ds.to_pandas()
+        df.attrs["label_names"] = {c: list(f.names) for c, f in ds.features.items() if hasattr(f, "names")}
+        return df
+
+
+def read_table(path: str | Path | HubSplit):
+    """A data file as a pandas DataFrame, by its extension; strings stay strings ("NA", "null" included).
+    A `HubSplit`: that split of the data set (`HubSplit.frame`)."""
     import pandas as pd
 
+    if isinstance(path, HubSplit):
+        return path.frame()
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in FORMATS:
@@ -89,8 +129,14 @@ def default_text_columns(df, label_column: str) -> tuple[str, ...]:
     return tuple(cols[:2])
 
 
-def _labels(values, path: Path, column: str, num_labels: int, label2id: dict) -> tuple[list, dict | None]:
-    """The column's labels as class ids (through label2id for strings) or, for a regression model, floats."""
+def _labels(values, path: Path, column: str, num_labels: int, label2id: dict,
+            class_names: list[str] | None = None) -> tuple[list, dict | None]:
+    """The column's labels as class ids (through label2id for strings) or, for a regression model, floats.
+    class_names: a data set's ClassLabel names of the column: its ids are read as these names when the checkpoint's
+    label2id knows every one of them (the checkpoint's order may differ from the data set's), else as class ids."""
+    if class_names and num_labels > 1 and set(class_names) <= set(label2id):
+        values = [class_names[int(v)] if not isinstance(v, str) and 0 <= int(v) < len(class_names) else v
+                  for v in values]
     if num_labels == 1:
         out = []
         for v in values:
@@ -123,10 +169,11 @@ def _labels(values, path: Path, column: str, num_labels: int, label2id: dict) ->
     return out, ({str(k): int(i) for k, i in label2id.items()} if used_names else None)
 
 
-def read_examples(path: str | Path, text_columns: tuple[str, ...] | None, label_column: str, num_labels: int,
-                  label2id: dict) -> tuple[Examples, tuple[str, ...], dict | None]:
-    """One file as Examples; returns (examples, the text columns used, the label map used or None)."""
-    path = Path(path)
+def read_examples(path: str | Path | HubSplit, text_columns: tuple[str, ...] | None, label_column: str,
+                  num_labels: int, label2id: dict) -> tuple[Examples, tuple[str, ...], dict | None]:
+    """One file (or data-set split) as Examples; returns (examples, the text columns used, the label map used or
+    None)."""
+    path = path if isinstance(path, HubSplit) else Path(path)
     df = read_table(path)
     if len(df) == 0:
         raise DataError(f"{path} has no examples; it needs a header row and at least one example")
@@ -144,14 +191,43 @@ def read_examples(path: str | Path, text_columns: tuple[str, ...] | None, label_
             raise DataError(f"{path}: no text column {c!r} (columns: {', '.join(map(str, df.columns))}); "
                             "name the right one with --text-columns")
     text = [[str(v) for v in df[c].tolist()] for c in cols]
-    labels, label_map = _labels(df[label_column].tolist(), path, label_column, num_labels, label2id)
+    labels, label_map = _labels(df[label_column].tolist(), path, label_column, num_labels, label2id,
+                                df.attrs.get("label_names", {}).get(label_column))
     return Examples(text[0], text[1] if len(text) > 1 else None, labels), cols, label_map
 
 
-def file_task(model_config, train_file: str | None, validation_file: str | None,
-              text_columns: str | tuple[str, ...] | None = None, label_column: str | None = None) -> FileTask:
-    """The custom task of these files for this checkpoint: its problem type (num_labels == 1: regression) and label
-    map come from the model's config; both files are read and checked here, before any work."""
+def sources(train_file=None, validation_file=None, dataset: str | None = None, dataset_config: str | None = None,
+            train_split: str | None = None, validation_split: str | None = None):
+    """Where the user's data come from: (train, validation) as file paths, or as `HubSplit`s of `dataset` (its
+    `train_split`, default "train", and `validation_split`, default "validation", as run_glue.py names them);
+    one-line DataError for a mix of the two or a split named without a data set."""
+    if dataset is None:
+        if train_split is not None or validation_split is not None or dataset_config is not None:
+            given = [f for f, v in (("--dataset-config", dataset_config), ("--train-split", train_split),
+                                    ("--validation-split", validation_split)) if v is not None]
+            raise DataError(f"{', '.join(given)} name parts of a hub data set: pass --dataset NAME too")
+        return train_file, validation_file
+    if train_file is not None or validation_file is not None:
+        raise DataError("pass either --dataset or --train-file / --validation-file, not both")
+    return (HubSplit(dataset, dataset_config, train_split or "train"),
+            HubSplit(dataset, dataset_config, validation_split or "validation"))
+
+
+def main_metric(metrics: tuple[str, ...], metric: str | None) -> str:
+    """The metric a custom task reports first (summary.json's "metric", the report's): `metric` if given (one of
+    the task's), else the first (accuracy; spearman for a regression model)."""
+    if metric is None:
+        return metrics[0]
+    if metric not in metrics:
+        raise DataError(f"--metric {metric} is not one this model's task reports; choose one of {', '.join(metrics)}")
+    return metric
+
+
+def file_task(model_config, train_file, validation_file, text_columns: str | tuple[str, ...] | None = None,
+              label_column: str | None = None, metric: str | None = None) -> FileTask:
+    """The custom task of these files (or `HubSplit`s, `sources`) for this checkpoint: its problem type
+    (num_labels == 1: regression) and label map come from the model's config; both are read and checked here,
+    before any work. metric: the primary metric (`main_metric`)."""
     if validation_file is None:
         raise DataError("a custom task needs --validation-file (the set it is evaluated on, and whose mean length "
                         "is L_seq of the FLOPs formula)")
@@ -159,6 +235,9 @@ def file_task(model_config, train_file: str | None, validation_file: str | None,
         text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
     label_column = label_column or "label"
     num_labels = int(model_config.num_labels)
+    regression = num_labels == 1
+    metrics = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    primary = main_metric(metrics, metric)
     label2id = dict(getattr(model_config, "label2id", None) or {})
     data, label_map, cols = {}, None, text_columns or None
     for split, path in (("validation", validation_file), ("train", train_file)):
@@ -171,11 +250,15 @@ def file_task(model_config, train_file: str | None, validation_file: str | None,
             raise DataError(f"{path}: text columns {', '.join(used)} differ from {', '.join(cols)}")
         label_map = label_map or lm
         data[split] = ex
-    regression = num_labels == 1
-    return FileTask("custom", "", tuple(cols), num_labels,
-                    REGRESSION_METRICS if regression else CLASSIFICATION_METRICS,
-                    "spearman" if regression else "accuracy", max_length=DEFAULT_MAX_LENGTH,
+    hub = validation_file if isinstance(validation_file, HubSplit) else None
+    dataset = None if hub is None else {
+        "dataset": hub.name, "dataset_config": hub.config, "validation_split": hub.split,
+        "train_split": train_file.split if isinstance(train_file, HubSplit) else None}
+    return FileTask("custom", "", tuple(cols), num_labels, (primary,) + tuple(m for m in metrics if m != primary),
+                    primary, max_length=DEFAULT_MAX_LENGTH,
                     label_names=() if regression else tuple(
                         str(getattr(model_config, "id2label", {}).get(i, i)) for i in range(num_labels)),
-                    train_file=None if train_file is None else str(train_file), validation_file=str(validation_file),
-                    text_columns=tuple(cols), label_column=label_column, label_map=label_map, data=data)
+                    train_file=None if train_file is None or hub else str(train_file),
+                    validation_file=None if hub else str(validation_file),
+                    text_columns=tuple(cols), label_column=label_column, label_map=label_map, dataset=dataset,
+                    data=data)
