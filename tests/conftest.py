@@ -39,6 +39,13 @@ def tiny_config(arch: str, num_labels: int = 2, **kw):
     if arch == "distilbert":
         return transformers.DistilBertConfig(vocab_size=v, dim=h, n_heads=n, n_layers=L, hidden_dim=f,
                                              max_position_embeddings=64, num_labels=num_labels)
+    if arch == "deberta-v2":  # DeBERTa-v3's settings: both position terms through the shared Q/K projections,
+        # log-bucketed distances (4 buckets each side: sequences of 12 tokens reach past them), LayerNorm'd
+        return transformers.DebertaV2Config(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
+                                            intermediate_size=f, max_position_embeddings=64, num_labels=num_labels,
+                                            relative_attention=True, pos_att_type="p2c|c2p", position_buckets=4,
+                                            max_relative_positions=-1, share_att_key=kw.get("share_att_key", True),
+                                            norm_rel_ebd="layer_norm", position_biased_input=False)
     raise ValueError(arch)
 
 
@@ -74,7 +81,7 @@ def random_batches(n_batches: int = 3, batch: int = 4, max_len: int = 12, vocab:
     return out
 
 
-ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra"]
+ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2"]
 
 
 def needs_shared(path: Path):

@@ -22,11 +22,18 @@ def math_attention(q, k, v, attn_mask=None):
     return w @ v
 
 
+ARCH_CASES = {"bert": ("bert", {}), "deberta": ("deberta-v2", {}),  # DeBERTa: position terms through the shared Q/K
+              "deberta-pos-proj": ("deberta-v2", {"share_att_key": False})}  # … through pos_key_proj / pos_query_proj
+
+
+@pytest.mark.parametrize("case", ARCH_CASES)
 @pytest.mark.parametrize("multiple", [1, 16])
-def test_formula_equals_counted_matmuls(monkeypatch, multiple):
-    """The formula over the kept units (multiple 1), and over the padded physical width (`flops_physical`)."""
+def test_formula_equals_counted_matmuls(monkeypatch, multiple, case):
+    """The formula over the kept units (multiple 1), and over the padded physical width (`flops_physical`); for
+    DeBERTa the position terms (`position_flops`) included, at a batch of one."""
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", math_attention)
-    model = tiny_model("bert", hidden=48, heads=4, ffn=40, layers=2)
+    arch, kw = ARCH_CASES[case]
+    model = tiny_model(arch, hidden=48, heads=4, ffn=40, layers=2, **kw)
     hm = torch.tensor([[True, False, True, True], [False, False, False, False]])
     nm = torch.zeros(2, 40, dtype=torch.bool)
     nm[0, :17] = True
@@ -37,9 +44,10 @@ def test_formula_equals_counted_matmuls(monkeypatch, multiple):
     bias = attention_bias(torch.ones(1, T), x.dtype)
     with torch.no_grad():
         total = sum(counted(lambda s=s: sublayer(a, s, x, bias)) for s in range(4))
-    expected = model_flops([3, 0], [17 if multiple == 1 else 32, 0], T, a.hidden, a.head_size)
+    expected = model_flops([3, 0], [17 if multiple == 1 else 32, 0], T, a.hidden, a.head_size, a.rel_positions)
     assert total == expected
-    dense = Arch(tiny_model("bert", hidden=48, heads=4, ffn=40))
+    dense = Arch(tiny_model(arch, hidden=48, heads=4, ffn=40, **kw))
+    assert dense.rel_positions == (0 if arch == "bert" else 2 * 2 * 4)  # c2p and p2c, 2 × 4 buckets each
     with torch.no_grad():
-        assert counted(lambda: sublayer(dense, 0, x, bias)) == 4 * head_flops(T, 48, 12)
+        assert counted(lambda: sublayer(dense, 0, x, bias)) == 4 * head_flops(T, 48, 12, dense.rel_positions)
         assert counted(lambda: sublayer(dense, 1, x, bias)) == 40 * neuron_flops(T, 48)

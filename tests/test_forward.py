@@ -121,5 +121,6 @@ def test_unknown_architecture_is_named():
     import transformers
 
     cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
-    with pytest.raises(UnsupportedArchitecture, match="supported: bert, distilbert, electra, roberta, xlm-roberta"):
+    supported = "supported: bert, deberta-v2, distilbert, electra, roberta, xlm-roberta"
+    with pytest.raises(UnsupportedArchitecture, match=supported):
         Arch(transformers.GPT2ForSequenceClassification(cfg))

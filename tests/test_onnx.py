@@ -69,14 +69,18 @@ def ops(path: Path) -> Counter:
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
-def expected_matmuls(model) -> tuple[int, int]:
-    """(weight matmuls, attention nodes) the graph should have: Q, K, V, O per layer with heads, FFN in and out per
-    layer with neurons (ELECTRA: + the embedding projection); one softmax per layer with heads."""
+def expected_matmuls(model) -> tuple[int, int, int]:
+    """(weight matmuls, attention nodes, activation products) the graph should have: Q, K, V, O per layer with heads,
+    FFN in and out per layer with neurons (ELECTRA: + the embedding projection); one softmax and two activation
+    products (scores, mixing) per layer with heads; DeBERTa: per position term and layer with heads, one more weight
+    matmul (the relative-position embeddings projected) and one more product (scored against)."""
     arch = Arch(model)
     heads = [arch.heads_in_layer(i) for i in range(arch.num_layers)]
     neurons = [arch.neurons_in_layer(i) for i in range(arch.num_layers)]
     extra = int(getattr(arch.base, "embeddings_project", None) is not None)
-    return 4 * sum(h > 0 for h in heads) + 2 * sum(n > 0 for n in neurons) + extra, sum(h > 0 for h in heads)
+    terms = 0 if arch.relative is None else len(arch.relative.terms)
+    attn = sum(h > 0 for h in heads)
+    return (4 + terms) * attn + 2 * sum(n > 0 for n in neurons) + extra, attn, (2 + terms) * attn
 
 
 def assert_dynamic(path: Path) -> None:
@@ -115,18 +119,18 @@ def test_export_matches_pytorch_and_skips_attention(tmp_path, arch):
         assert np.abs(got - ref).max() <= TOL
 
     # the layer with no head computes no attention: one softmax (layer 1) and its two activation products only
-    weight_mm, attn_layers = expected_matmuls(model)
+    weight_mm, attn_layers, products = expected_matmuls(model)
     counts = ops(out)
     assert attn_layers == 1
     assert counts["Softmax"] + counts["Attention"] == attn_layers
-    assert counts["MatMul"] == weight_mm + 2 * attn_layers
+    assert counts["MatMul"] == weight_mm + products
     assert all(np.prod(t.dims) > 0 for t in onnx.load(str(out)).graph.initializer)  # no zero-width weight
 
     # int8: onnxruntime dynamic quantization of the weight matmuls; runs at both shapes and stays close
     q = tmp_path / "q.onnx"
     quantize_int8(out, q)
     qcounts = ops(q)
-    assert qcounts["MatMulInteger"] >= weight_mm and qcounts["MatMul"] == 2 * attn_layers
+    assert qcounts["MatMulInteger"] >= weight_mm and qcounts["MatMul"] == products
     qsess = session(q, threads=2)
     for seed, (b, s) in enumerate(SHAPES):
         feed, kwargs = feeds(qsess, model, b, s, seed)

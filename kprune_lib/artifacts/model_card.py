@@ -128,6 +128,16 @@ def _results(summary: dict) -> list[str]:
                     f"{summary['flops_dense'] / summary['flops_pruned']:.2f}×).", ""]
 
 
+def _position_terms_note(config: dict) -> list[str]:
+    """DeBERTa: what its FLOPs count beyond BERT's (`costs.flops.position_flops`); nothing for other models."""
+    if base_type(config["model_type"]) != "deberta-v2" or not config.get("relative_attention"):
+        return []
+    terms = " and ".join(config.get("pos_att_type") or []) or "no"
+    return [f"DeBERTa's FLOPs include its relative-position terms ({terms}): every kept head projects the "
+            "relative-position embeddings and scores each token against them; the projection is counted once per "
+            "example (a batch of one).", ""]
+
+
 def is_token(summary: dict) -> bool:
     """Whether the summary is a token-classification run (its data block says so)."""
     return (summary.get("data") or {}).get("task_type") == "token-classification"
@@ -161,7 +171,7 @@ def model_card(summary: dict, config: dict, command: str | None = None, python: 
                  "; the surviving output projections were re-fitted by least squares on a small sample of the "
                  "training data" if hp.get("tuning") else "") + ". The layers now have different widths (table "
              "below), so the folder carries its own model code (`modeling_kprune.py`).", "",
-             "## Results (dev set)", ""] + _results(summary)
+             "## Results (dev set)", ""] + _results(summary) + _position_terms_note(config)
     lines += ["## Method and hyper-parameters", "",
               f"K-prune ({PAPER}): knowledge measurement, knowledge-preserving mask search and weight tuning, "
               f"sublayer by sublayer; `{summary['method']}` is "

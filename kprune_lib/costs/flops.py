@@ -4,9 +4,19 @@ from __future__ import annotations
 from torch import nn
 
 
-def head_flops(seq_len: float, hidden: int, head_size: int) -> float:
-    """F_head = 8·L·d·d_h (Q, K, V, output projection) + 4·L²·d_h (scores and mixing)."""
-    return 8.0 * seq_len * hidden * head_size + 4.0 * seq_len**2 * head_size
+def head_flops(seq_len: float, hidden: int, head_size: int, rel_positions: int = 0) -> float:
+    """F_head = 8·L·d·d_h (Q, K, V, output projection) + 4·L²·d_h (scores and mixing) + F_pos (relative attention
+    only: `position_flops`; rel_positions = `Arch.rel_positions`, 0 for absolute-position models)."""
+    return 8.0 * seq_len * hidden * head_size + 4.0 * seq_len**2 * head_size + \
+        position_flops(seq_len, hidden, head_size, rel_positions)
+
+
+def position_flops(seq_len: float, hidden: int, head_size: int, rel_positions: int) -> float:
+    """F_pos = 2·P·d·d_h (projecting the relative-position embeddings into the head's position keys / queries)
+    + 2·L·P·d_h (scoring every token against them), P = 2·span·#terms the rows scored (DeBERTa: c2p and p2c, each
+    against 2·span positions). The projection is counted once per sequence: the cost of a batch of one (a batch of B
+    shares it)."""
+    return 2.0 * rel_positions * head_size * (hidden + seq_len)
 
 
 def neuron_flops(seq_len: float, hidden: int) -> float:
@@ -14,9 +24,10 @@ def neuron_flops(seq_len: float, hidden: int) -> float:
     return 4.0 * seq_len * hidden
 
 
-def model_flops(heads_per_layer, neurons_per_layer, seq_len: float, hidden: int, head_size: int) -> float:
+def model_flops(heads_per_layer, neurons_per_layer, seq_len: float, hidden: int, head_size: int,
+                rel_positions: int = 0) -> float:
     """F_model = Σ_layers (heads·F_head + neurons·F_neuron)."""
-    fh, fn = head_flops(seq_len, hidden, head_size), neuron_flops(seq_len, hidden)
+    fh, fn = head_flops(seq_len, hidden, head_size, rel_positions), neuron_flops(seq_len, hidden)
     return float(sum(h * fh + n * fn for h, n in zip(heads_per_layer, neurons_per_layer)))
 
 

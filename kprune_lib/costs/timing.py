@@ -2,7 +2,8 @@
 
 The table is measured on the target device with the model's own modules, physically shrunk
 (`hf.modeling_kprune.keep_rows` / `keep_columns`, the code `prune_physically` uses): the attention sublayer
-LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`)
+LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`;
+DeBERTa: the layer's own attention module shrunk as a pruned model's, its relative-position terms in)
 and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
 else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), each n timed at
 the physical width a pruned model gets (`physical.aligned_width`: padded up to a multiple of 16), on all-real
@@ -32,7 +33,7 @@ from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.sublayer import KINDS, MHA
 from kprune_lib.config import (LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
                                LATENCY_WARMUP)
-from kprune_lib.encoder.hf.modeling_kprune import keep_columns, keep_rows
+from kprune_lib.encoder.hf.modeling_kprune import keep_columns, keep_rows, prune_block
 from kprune_lib.encoder.physical import aligned_width, prune_physically
 
 from kprune_lib.costs.latency_model import LatencyTable, monotone
@@ -111,6 +112,8 @@ def _attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor) -> Callable[[
     """Layer i's attention sublayer shrunk to its first `heads` heads, on x (B, T, d)."""
     dh = arch.head_size
     dims = torch.arange(heads * dh, device=x.device)
+    if arch.relative is not None:
+        return _relative_attention_fn(arch, i, heads, x, dims)
     o = keep_columns(arch.module(i, "o"), dims)
     ln = arch.module(i, "attn_ln")
     B, T, _ = x.shape
@@ -124,6 +127,21 @@ def _attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor) -> Callable[[
         return ln(x + o(ctx.transpose(1, 2).reshape(B, T, heads * dh)))
 
     return fn
+
+
+def _relative_attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor,
+                           dims: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """DeBERTa: a copy of layer i's own attention module (disentangled attention, output projection and LayerNorm)
+    shrunk to its first `heads` heads as a pruned model's is (`prune_block`: position projections included), on x
+    with every token real; the relative positions and their embeddings, which the encoder computes once per forward
+    for all layers, are computed here once."""
+    block = copy.deepcopy(arch.layer(i))
+    prune_block(block, arch.table, dims, slice(None), heads, arch.head_size)
+    encoder = arch.base.encoder  # DebertaV2Encoder
+    B, T, _ = x.shape
+    mask = encoder.get_attention_mask(torch.ones(B, T, dtype=torch.long, device=x.device))
+    rel_pos, rel_emb = encoder.get_rel_pos(x), encoder.get_rel_embedding()
+    return lambda: block.attention(x, mask, relative_pos=rel_pos, rel_embeddings=rel_emb)[0]
 
 
 def _ffn_fn(arch: Arch, i: int, neurons: int, x: torch.Tensor) -> Callable[[], torch.Tensor]:

@@ -41,7 +41,57 @@ TABLES: dict[str, ArchTable] = {
     "distilbert": ArchTable(**vars(LAYOUTS["distilbert"]), attn_ln="sa_layer_norm", act="ffn.activation",
                             ffn_ln="output_layer_norm", heads_attr="n_heads", ffn_attr="hidden_dim",
                             token_types=False, cls_head="distilbert"),
+    # DeBERTa-v2 and -v3: BERT's blocks plus disentangled relative attention (`RelativeAttention`)
+    "deberta-v2": ArchTable(**vars(LAYOUTS["deberta-v2"]), **_BERT_LIKE, token_types=True, cls_head="context_pooler"),
 }
+
+
+@dataclass(frozen=True)
+class RelativeAttention:
+    """DeBERTa's disentangled attention, as its config sets it up (`forward.disentangled_scores` computes it).
+
+    A head scores content against content and, per term in `terms`, content against the 2·span relative-position
+    embeddings: "c2p" (its queries against the position keys) and "p2c" (its keys against the position queries).
+    The position keys / queries come from the head's own query / key projections when `share_att_key`, else from
+    the layer's pos_key_proj / pos_query_proj (sliced with the heads: `Layout.head_rows`).
+    """
+
+    terms: tuple[str, ...]  # of "c2p", "p2c"
+    span: int  # relative positions each side: position_buckets, else max_relative_positions
+    buckets: int  # log-bucketed distances (-1: exact distances)
+    max_position: int
+    share_att_key: bool
+
+    @classmethod
+    def of(cls, config) -> "RelativeAttention | None":
+        """The relative attention of a DeBERTa-v2 config; None when it has none (plain scaled dot products)."""
+        if not getattr(config, "relative_attention", False):
+            return None
+        max_position = int(getattr(config, "max_relative_positions", -1))
+        max_position = max_position if max_position >= 1 else int(config.max_position_embeddings)
+        buckets = int(getattr(config, "position_buckets", -1))
+        return cls(terms=tuple(t for t in ("c2p", "p2c") if t in (config.pos_att_type or [])),
+                   span=buckets if buckets > 0 else max_position, buckets=buckets, max_position=max_position,
+                   share_att_key=bool(getattr(config, "share_att_key", False)))
+
+    @property
+    def positions(self) -> int:
+        """Relative-position rows a head scores against, summed over its terms (`flops.position_flops`)."""
+        return 2 * self.span * len(self.terms)
+
+
+def _check_supported_variant(model_type: str, config) -> None:
+    """The variants of a supported family that the sublayer forward does not model: one line naming the setting."""
+    if model_type != "deberta-v2":
+        return
+    if int(getattr(config, "conv_kernel_size", 0) or 0) > 0:
+        raise UnsupportedArchitecture("DeBERTa-v2 with a convolution after its first layer (conv_kernel_size > 0, as "
+                                      "in deberta-v2-xlarge) is not supported; use a DeBERTa-v3 or a checkpoint "
+                                      "without conv_kernel_size")
+    head_size = getattr(config, "attention_head_size", None)
+    if head_size is not None and head_size * config.num_attention_heads != config.hidden_size:
+        raise UnsupportedArchitecture(f"DeBERTa-v2 with attention_head_size {head_size} × {config.num_attention_heads}"
+                                      f" heads != hidden_size {config.hidden_size} is not supported")
 
 
 def base_type(model_type: str | None) -> str | None:
@@ -61,6 +111,7 @@ def arch_table(model: nn.Module) -> ArchTable:
             f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(TABLES))} "
             "(use a checkpoint of one of these)"
         )
+    _check_supported_variant(model_type, model.config)
     return TABLES[model_type]
 
 
@@ -89,6 +140,7 @@ class Arch:
         self.hidden = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.dim)
         self.head_size = self.hidden // self.num_heads
         self.ffn_size = int(getattr(cfg, self.table.ffn_attr))  # neurons of the dense model
+        self.relative = RelativeAttention.of(cfg) if self.model_type == "deberta-v2" else None  # DeBERTa's, else None
 
     # ---- modules -------------------------------------------------------------------------------
     @property
@@ -127,6 +179,30 @@ class Arch:
         """Projection-input dims per unit of sublayer s: d_h for a head, 1 for a neuron."""
         return Sublayer(s).pick(self.head_size, 1)
 
+    def position_projections(self, i: int) -> tuple[nn.Linear | None, nn.Linear | None]:
+        """Layer i's projections of the relative-position embeddings into (position queries, position keys), for
+        the "p2c" and "c2p" terms; None for a term the model does not use (and both without relative attention)."""
+        rel = self.relative
+        if rel is None:
+            return None, None
+        attn = self.module(i, "attn")
+        if rel.share_att_key:
+            pos_q, pos_k = self.module(i, "q"), self.module(i, "k")
+        else:
+            pos_q, pos_k = getattr(attn, "pos_query_proj", None), getattr(attn, "pos_key_proj", None)
+        return (pos_q if "p2c" in rel.terms else None), (pos_k if "c2p" in rel.terms else None)
+
+    def relative_embeddings(self) -> torch.Tensor | None:
+        """The 2·span relative-position embeddings every layer projects (normalised as the encoder does)."""
+        if self.relative is None:
+            return None
+        return self.base.encoder.get_rel_embedding()[: 2 * self.relative.span]
+
+    @property
+    def rel_positions(self) -> int:
+        """Relative-position rows each head scores against (0 without relative attention): `flops.head_flops`."""
+        return 0 if self.relative is None else self.relative.positions
+
     def heads_in_layer(self, i: int) -> int:
         return self.module(i, "o").in_features // self.head_size
 
@@ -151,6 +227,8 @@ class Arch:
             return m.classifier(hidden)
         if kind == "distilbert":
             return m.classifier(torch.relu(m.pre_classifier(hidden[:, 0])))
+        if kind == "context_pooler":  # DeBERTa: the task model's pooler reads hidden[:, 0] (dense + activation)
+            return m.classifier(m.pooler(hidden))
         raise AssertionError(kind)
 
     def qa_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,10 +6,13 @@ input a. `tests/test_forward.py` checks it against the Hugging Face forward.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from kprune_lib.encoder.arch import Arch
+from kprune_lib.encoder.arch import Arch, RelativeAttention
 from kprune_lib.encoder.sublayer import Sublayer
 
 
@@ -27,8 +30,46 @@ def mha_context(arch: Arch, i: int, x: torch.Tensor, bias: torch.Tensor) -> torc
     q = arch.module(i, "q")(x).view(B, T, h, dh).transpose(1, 2)  # (B, h, T, d_h)
     k = arch.module(i, "k")(x).view(B, T, h, dh).transpose(1, 2)
     v = arch.module(i, "v")(x).view(B, T, h, dh).transpose(1, 2)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (B, h, T, d_h)
+    if arch.relative is None:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (B, h, T, d_h)
+    else:  # DeBERTa: the position terms join the scores, all under one wider scale. Written out rather than through
+        # scaled_dot_product_attention, whose CPU kernel changes (and its last bits with it) when the position
+        # terms carry gradients: the schedules' forwards must agree bit for bit (tests/test_schedule.py)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh * (1 + len(arch.relative.terms)))
+        scores = scores + disentangled_scores(arch.relative, q, k, *arch.position_projections(i),
+                                              arch.relative_embeddings())
+        ctx = torch.softmax(scores + bias.to(q.dtype), dim=-1) @ v
     return ctx.transpose(1, 2).reshape(B, T, h * dh)
+
+
+def disentangled_scores(rel: RelativeAttention, q: torch.Tensor, k: torch.Tensor, pos_q: nn.Linear | None,
+                        pos_k: nn.Linear | None, rel_embeddings: torch.Tensor) -> torch.Tensor:
+    """DeBERTa's position terms of the attention scores (He et al. 2021, eq. 4), scaled as the content term:
+
+        Ã_ij = q_i·k_j + q_i·k^r_δ(i,j) + k_j·q^r_δ(j,i),   softmax(Ã / √(d_h·(1 + #terms)))
+
+    this returns (q_i·k^r_δ(i,j) [c2p] + k_j·q^r_δ(j,i) [p2c]) / √(d_h·(1 + #terms)), shape (B, h, T, T), for
+    q, k (B, h, T, d_h); k^r = pos_k(R), q^r = pos_q(R) for the relative-position embeddings R (2·span, d), each head
+    its own d_h slice; δ(i,j) = clamp(bucket(i − j) + span, 0, 2·span − 1).
+    """
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+    B, h, T, dh = q.shape
+    span = rel.span
+    delta = build_relative_position(q, k, bucket_size=rel.buckets, max_position=rel.max_position)[0]  # (T, T): i − j
+    scale = math.sqrt(dh * (1 + len(rel.terms)))
+    scores = q.new_zeros(B, h, T, T)
+    if pos_k is not None:  # c2p: query i against the key of position δ(i, j)
+        keys = pos_k(rel_embeddings).view(-1, h, dh).transpose(0, 1)  # (h, 2·span, d_h)
+        c2p = q @ keys.transpose(-1, -2)  # (B, h, T, 2·span)
+        idx = (delta + span).clamp(0, 2 * span - 1)
+        scores = scores + c2p.gather(-1, idx.expand(B, h, T, T)) / scale
+    if pos_q is not None:  # p2c: key j against the query of position δ(j, i)
+        queries = pos_q(rel_embeddings).view(-1, h, dh).transpose(0, 1)
+        p2c = k @ queries.transpose(-1, -2)  # (B, h, T, 2·span), row j
+        idx = (-delta + span).clamp(0, 2 * span - 1)  # [j, i]: the distance j − i
+        scores = scores + p2c.gather(-1, idx.expand(B, h, T, T)).transpose(-1, -2) / scale
+    return scores
 
 
 def ffn_activations(arch: Arch, i: int, x: torch.Tensor) -> torch.Tensor:

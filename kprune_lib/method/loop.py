@@ -168,7 +168,7 @@ def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, con
     costs = unit_costs(cfg.budget, arch, seq_len, latency)
     L, n_sub = arch.num_layers, 2 * arch.num_layers
     flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
-                              seq_len, arch.hidden, arch.head_size)
+                              seq_len, arch.hidden, arch.head_size, arch.rel_positions)
     spendable = costs.spendable  # the KPMS walk's budget, in costs.unit; what the kept units have not spent yet
     model.eval()
     device = next(model.parameters()).device
@@ -208,7 +208,7 @@ def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, con
     head_mask = per_layer([keep_units[Sublayer.at(i, MHA)].cpu() for i in range(L)])
     neuron_mask = per_layer([keep_units[Sublayer.at(i, FFN)].cpu() for i in range(L)])
     flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, arch.hidden,
-                               arch.head_size)
+                               arch.head_size, arch.rel_positions)
     predicted = None if latency is None else \
         latency.predict(kept_per_layer(head_mask), kept_per_layer(neuron_mask))
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,

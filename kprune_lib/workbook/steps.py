@@ -115,7 +115,7 @@ def evaluate(setup: Setup, model: torch.nn.Module | None = None, head_mask=None,
 
 
 def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
-    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
+    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size, arch.rel_positions), neuron_flops(seq_len, arch.hidden)
     return {s: s.pick(fh, fn) for s in sublayers(arch.num_layers)}
 
 

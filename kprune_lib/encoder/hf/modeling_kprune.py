@@ -2,21 +2,23 @@
 
 Every class here is a stock transformers class that, once built, shrinks each transformer block to the shape
 recorded in its configuration (`heads_per_layer`, `intermediate_sizes`): the Q/K/V projections keep the first
-h·d_h outputs, the attention output projection the first h·d_h inputs, the FFN the first n neurons. The weights
-of a pruned model are saved in that order, so `from_pretrained` loads them unchanged. A block with no head left
-does no Q/K/V work (`NoAttention`); a projection with no input left adds nothing (its bias is zero).
+h·d_h outputs (DeBERTa's relative-position projections too: `Layout.head_rows`), the attention output projection
+the first h·d_h inputs, the FFN the first n neurons. The weights of a pruned model are saved in that order, so
+`from_pretrained` loads them unchanged. A block with no head left does no Q/K/V work (`NoAttention`); a projection
+with no input left adds nothing (its bias is zero).
 
 This file is copied next to every pruned model so that stock transformers can load it with
 `trust_remote_code=True`; kprune itself uses the same functions to prune models physically.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import (
     BertForQuestionAnswering, BertForSequenceClassification, BertModel,
+    DebertaV2ForQuestionAnswering, DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, DebertaV2Model,
     DistilBertForQuestionAnswering, DistilBertForSequenceClassification, DistilBertModel,
     ElectraForQuestionAnswering, ElectraForSequenceClassification, ElectraModel,
     RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaModel,
@@ -28,7 +30,8 @@ from transformers import (  # token classification
 )
 
 from .configuration_kprune import (
-    PREFIX, KPruneBertConfig, KPruneDistilBertConfig, KPruneElectraConfig, KPruneRobertaConfig, KPruneXLMRobertaConfig,
+    PREFIX, KPruneBertConfig, KPruneDebertaV2Config, KPruneDistilBertConfig, KPruneElectraConfig, KPruneRobertaConfig,
+    KPruneXLMRobertaConfig,
 )
 
 
@@ -45,6 +48,9 @@ class Layout:
     o: str  # attention output projection (d × h·d_h)
     ffn_in: str  # FFN input projection (n × d)
     ffn_out: str  # FFN output projection (d × n)
+    # further projections with h·d_h outputs, one d_h slice per head, that go with their heads where the block has
+    # them (DeBERTa's relative-position projections)
+    head_rows: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attn="attention.self", q="attention.self.query",
@@ -59,6 +65,10 @@ LAYOUTS: dict[str, Layout] = {
     "distilbert": Layout(base="distilbert", layers="transformer.layer", attn="attention", q="attention.q_lin",
                          k="attention.k_lin", v="attention.v_lin", o="attention.out_lin", ffn_in="ffn.lin1",
                          ffn_out="ffn.lin2"),
+    "deberta-v2": Layout(base="deberta", layers="encoder.layer", attn="attention.self", q="attention.self.query_proj",
+                         k="attention.self.key_proj", v="attention.self.value_proj", o="attention.output.dense",
+                         ffn_in="intermediate.dense", ffn_out="output.dense",
+                         head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
 }
 
 
@@ -125,6 +135,10 @@ def prune_block(block: nn.Module, layout: Layout, dims, neurons, heads: int, hea
         for name in ("q", "k", "v"):
             path = getattr(layout, name)
             set_module(block, path, keep_rows(get_module(block, path), dims))
+        for path in layout.head_rows:
+            parent, _, name = path.rpartition(".")
+            if hasattr(get_module(block, parent), name):  # absent when the block does without it (share_att_key)
+                set_module(block, path, keep_rows(get_module(block, path), dims))
         attn = get_module(block, layout.attn)
         for name in ("num_attention_heads", "n_heads"):
             if hasattr(attn, name):
@@ -238,3 +252,19 @@ class KPruneElectraForSequenceClassification(PrunedShape, ElectraForSequenceClas
 
 class KPruneElectraForQuestionAnswering(PrunedShape, ElectraForQuestionAnswering):
     config_class = KPruneElectraConfig
+
+
+class KPruneDebertaV2Model(PrunedShape, DebertaV2Model):
+    config_class = KPruneDebertaV2Config
+
+
+class KPruneDebertaV2ForSequenceClassification(PrunedShape, DebertaV2ForSequenceClassification):
+    config_class = KPruneDebertaV2Config
+
+
+class KPruneDebertaV2ForQuestionAnswering(PrunedShape, DebertaV2ForQuestionAnswering):
+    config_class = KPruneDebertaV2Config
+
+
+class KPruneDebertaV2ForTokenClassification(PrunedShape, DebertaV2ForTokenClassification):
+    config_class = KPruneDebertaV2Config
