@@ -10,6 +10,7 @@ attention sublayer; the variants refused in one line; `kprune prune` end to end 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from kprune_lib.encoder.arch import Arch, UnsupportedArchitecture
 from kprune_lib.encoder.forward import attention_bias, encode, sublayer
 from kprune_lib.encoder.masks import masked_model
 from kprune_lib.encoder.physical import prune_physically
-from squad_helpers import MINILM, one_thread, tokenizer  # noqa: F401 (one_thread: autouse)
+from squad_helpers import DEV, MINILM, one_thread, tokenizer, write_slice  # noqa: F401 (one_thread: autouse)
 
 # share_att_key, pos_att_type
 VARIANTS = {"own-projections": (False, "p2c|c2p"), "c2p-only": (False, "c2p"), "p2c-shared": (True, "p2c")}
@@ -210,14 +211,39 @@ def test_unsupported_variants_are_one_line():
     with pytest.raises(UnsupportedArchitecture, match=r"conv_kernel_size > 0.*DeBERTa-v3") as e:
         Arch(transformers.DebertaV2ForSequenceClassification(cfg))
     assert "\n" not in str(e.value)
+    cfg.conv_kernel_size, cfg.relative_attention = 0, False  # the position terms off, their scale still on
+    with pytest.raises(UnsupportedArchitecture, match=re.escape("pos_att_type p2c|c2p but relative_attention false")):
+        Arch(transformers.DebertaV2ForSequenceClassification(cfg))
+
+
+def test_without_relative_attention_it_is_bert_with_deberta_modules():
+    """relative_attention false (absolute positions, token types): plain scaled dot products, no position FLOPs."""
+    torch.manual_seed(0)
+    cfg = transformers.DebertaV2Config(vocab_size=99, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                       intermediate_size=24, max_position_embeddings=64, type_vocab_size=2)
+    model = transformers.DebertaV2ForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    a = Arch(model)
+    assert a.relative is None and a.rel_positions == 0 and a.position_projections(0) == (None, None)
+    for b in random_batches(2, token_types=True):
+        b["token_type_ids"][:, 2:] = 1
+        with torch.no_grad():
+            torch.testing.assert_close(a.head(encode(a, b)), logits(model, [b])[0], rtol=1e-4, atol=1e-5)
 
 
 @needs_shared(MINILM)
 @needs_shared(GLUE_DIR / "MRPC")
-def test_kprune_prune_end_to_end(tmp_path):
-    """`kprune prune` on a tiny DeBERTa-v3-shaped checkpoint on disk (MRPC slice): the pruned folder reloads with
-    the reported metric, the FLOPs count its position terms, the model card names the architecture."""
+@needs_shared(DEV)
+@pytest.mark.parametrize("task", ["mrpc", "squad"])
+def test_kprune_prune_end_to_end(tmp_path, task):
+    """`kprune prune` on a tiny DeBERTa-v3-shaped checkpoint on disk (an MRPC slice; a SQuAD slice, question
+    answering): the pruned folder reloads with the reported metric, the FLOPs count the position terms, the model
+    card says so."""
     from kprune_lib import api, cli
+    from kprune_lib.costs.flops import model_flops
 
     ckpt = tmp_path / "ckpt"
     tok = tokenizer()
@@ -226,33 +252,39 @@ def test_kprune_prune_end_to_end(tmp_path):
         max_position_embeddings=512, relative_attention=True, pos_att_type="p2c|c2p", position_buckets=16,
         max_relative_positions=-1, share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False)
     torch.manual_seed(0)
-    model = transformers.AutoModelForSequenceClassification.from_config(cfg)
+    auto = transformers.AutoModelForQuestionAnswering if task == "squad" else \
+        transformers.AutoModelForSequenceClassification
+    model = auto.from_config(cfg)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.2)
     model.save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
-    glue = tmp_path / "glue" / "MRPC"
-    glue.mkdir(parents=True)
-    for name, n in (("train.tsv", 120), ("dev.tsv", 40)):
-        lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
-        (glue / name).write_text("".join(lines[:n + 1]))
+    if task == "squad":
+        data = dict(eval_file=str(write_slice(tmp_path / "squad.json", n_paragraphs=1)), split_articles=0.5)
+        args = ["--eval-file", data["eval_file"], "--split-articles", "0.5"]
+    else:
+        glue = tmp_path / "glue" / "MRPC"
+        glue.mkdir(parents=True)
+        for name, n in (("train.tsv", 120), ("dev.tsv", 40)):
+            lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+            (glue / name).write_text("".join(lines[:n + 1]))
+        data = dict(data_dir=str(glue.parent))
+        args = ["--data-dir", data["data_dir"]]
     out = tmp_path / "out"
-    rc = cli.main(["prune", "--model", str(ckpt), "--task", "mrpc", "--data-dir", str(glue.parent), "--num-tokens",
-                   "1000", "--constraint", "0.5", "--device", "cpu", "--output", str(out), "--quiet"])
+    rc = cli.main(["prune", "--model", str(ckpt), "--task", task, *args, "--num-tokens", "1000", "--constraint",
+                   "0.5", "--device", "cpu", "--output", str(out), "--quiet"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["flops_removed"] >= 0.5 - 1e-9
     a = Arch(model)
     assert a.rel_positions == 2 * 16 * 2
-    from kprune_lib.costs.flops import model_flops
-
-    L_seq = summary["seq_len"]
-    assert summary["flops_dense"] == pytest.approx(model_flops([4, 4], [24, 24], L_seq, 32, 8, a.rel_positions))
+    assert summary["flops_dense"] == pytest.approx(model_flops([4, 4], [24, 24], summary["seq_len"], 32, 8,
+                                                               a.rel_positions))
     pruned = load_pruned(out / "model")
     assert [Arch(pruned).heads_in_layer(i) for i in range(2)] == summary["heads_kept"]
-    again = api.evaluate(str(out / "model"), "mrpc", data_dir=str(glue.parent), device="cpu", progress=False)
+    again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **data)
     assert again[summary["metric"]] == pytest.approx(summary["pruned"][summary["metric"]], abs=1e-6)
     card = (out / "model" / "README.md").read_text()
-    assert "of 4" in card and "deberta" in card.lower()
+    assert "DeBERTa's FLOPs include its relative-position terms (p2c and c2p)" in card

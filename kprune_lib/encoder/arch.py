@@ -88,6 +88,10 @@ def _check_supported_variant(model_type: str, config) -> None:
         raise UnsupportedArchitecture("DeBERTa-v2 with a convolution after its first layer (conv_kernel_size > 0, as "
                                       "in deberta-v2-xlarge) is not supported; use a DeBERTa-v3 or a checkpoint "
                                       "without conv_kernel_size")
+    if not getattr(config, "relative_attention", False) and config.pos_att_type:  # they only widen the scale then
+        raise UnsupportedArchitecture(f"DeBERTa-v2 with pos_att_type {'|'.join(config.pos_att_type)} but "
+                                      "relative_attention false is not supported; set relative_attention true or "
+                                      "drop pos_att_type")
     head_size = getattr(config, "attention_head_size", None)
     if head_size is not None and head_size * config.num_attention_heads != config.hidden_size:
         raise UnsupportedArchitecture(f"DeBERTa-v2 with attention_head_size {head_size} × {config.num_attention_heads}"
