@@ -171,6 +171,13 @@ def test_layer_budget_meets_the_flops_constraint_with_the_fewest_units(dims):
             assert (heads, neurons) == (math.ceil(c * H - 1e-9), math.ceil(c * N - 1e-9))
     with pytest.raises(ValueError, match="constraint must be in"):
         K.layer_budget(1.0, L, H, N, seq, d, dh)
+    # relative attention (DeBERTa): heads cost more, so the same fraction of the FLOPs takes more neurons
+    dense_rel = model_flops([H] * L, [N] * L, seq, d, dh, 512)
+    c = 0.5 * model_flops([0] * L, [N] * L, seq, d, dh, 512) / dense_rel
+    rel = K.layer_budget(c, L, H, N, seq, d, dh, rel_positions=512)
+    assert model_flops([H - rel[0]] * L, [N - rel[1]] * L, seq, d, dh, 512) <= (1 - c) * dense_rel + 1e-6
+    assert rel[0] == 0 and rel[1] >= K.layer_budget(c, L, H, N, seq, d, dh)[1]
+    assert model_flops([H] * L, [N - rel[1] + 1] * L, seq, d, dh, 512) > (1 - c) * dense_rel
 
 
 def _tiny_bert(seed=0):

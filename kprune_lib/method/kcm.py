@@ -47,7 +47,7 @@ from itertools import islice, zip_longest
 
 import torch
 
-from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.costs.flops import model_flops, neuron_flops
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.forward import attention_bias, ffn_activations, mha_context, sublayer
 from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
@@ -223,13 +223,14 @@ def head_filters(arch: Arch, i: int) -> torch.Tensor:
 
 # ---- the budget ---------------------------------------------------------------------------------------------------
 def layer_budget(constraint: float, num_layers: int, num_heads: int, ffn_size: int, seq_len: float, hidden: int,
-                 head_size: int) -> tuple[int, int, str]:
+                 head_size: int, rel_positions: int = 0) -> tuple[int, int, str]:
     """Units each layer prunes: (heads, neurons, allocation). The paper's ("ffn"): p = ⌈c·F_dense / (L·F_neuron)⌉
     neurons per layer, heads untouched; where p > N (the FFNs cannot meet the budget alone), extension (b)
-    ("uniform+heads"): ⌈c·H⌉ heads and ⌈c·N⌉ neurons per layer. Either removes ≥ c of the FLOPs."""
+    ("uniform+heads"): ⌈c·H⌉ heads and ⌈c·N⌉ neurons per layer. Either removes ≥ c of the FLOPs (rel_positions:
+    `Arch.rel_positions`, the relative-attention terms of a head's FLOPs)."""
     if not 0.0 < constraint < 1.0:
         raise ValueError(f"constraint must be in (0, 1) (fraction of FLOPs removed), got {constraint}")
-    dense = model_flops([num_heads] * num_layers, [ffn_size] * num_layers, seq_len, hidden, head_size)
+    dense = model_flops([num_heads] * num_layers, [ffn_size] * num_layers, seq_len, hidden, head_size, rel_positions)
     p = math.ceil(constraint * dense / (num_layers * neuron_flops(seq_len, hidden)) - 1e-9)
     if p <= ffn_size:
         return 0, p, "ffn"
@@ -264,7 +265,7 @@ def kcm(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, con
         raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
                          f"or give {name} the original checkpoint")
     arch.model.eval()
-    heads_pruned, neurons_pruned, allocation = layer_budget(constraint, L, H, N, seq_len, d, dh)
+    heads_pruned, neurons_pruned, allocation = layer_budget(constraint, L, H, N, seq_len, d, dh, arch.rel_positions)
     original = {s: arch.out_proj(s).weight.detach().clone() for s in sublayers(L)}
     head_mask = torch.ones(L, H, dtype=torch.bool)
     neuron_mask = torch.ones(L, N, dtype=torch.bool)
@@ -349,8 +350,9 @@ def kcm(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, con
         records.append({"sublayer": int(s), "layer": s.layer, "kind": s.kind, "units": int(m.numel()),
                         "kept": int(m.sum()), "tuned": False, "ridge": 0.0,
                         "merged": (not s.is_mha) and 0 < int(m.sum()) < int(m.numel())})
-    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, dh)
-    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, dh)
+    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, dh, arch.rel_positions)
+    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, dh,
+                               arch.rel_positions)
     scores = {s: votes.get(s, torch.zeros(s.pick(H, N), dtype=torch.float64)) for s in sublayers(L)}
     return KcmResult(head_mask, neuron_mask, records, timings, time.perf_counter() - t0 - evals, flops_dense,
                      flops_pruned, scores=scores, stages=stages)
