@@ -393,7 +393,8 @@ def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, resul
         # the saved model's FFN widths: padded up to multiples of FFN_WIDTH_MULTIPLE with inert neurons (faster
         # kernels), so it computes slightly more than flops_pruned, the FLOPs the constraint binds
         "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": widths,
-        "flops_physical": model_flops(result.heads_kept, widths, sample.seq_len, arch.hidden, arch.head_size),
+        "flops_physical": model_flops(result.heads_kept, widths, sample.seq_len, arch.hidden, arch.head_size,
+                                      arch.rel_positions),
         "params_dense": params_dense, "params_pruned": encoder_params(arch.model),
         "metric": t.main_metric, "dense": dense_metrics, "pruned": pruned_metrics,
         # GLUE: whether a model predicts one class for the whole dev set (regression: a near-constant), so that its

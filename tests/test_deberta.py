@@ -205,6 +205,22 @@ def test_latency_table_times_the_pruned_attention_sublayer(variant):
         torch.testing.assert_close(timed, want, rtol=1e-4, atol=1e-5)
 
 
+def test_fisher_greedy_counts_the_position_terms():
+    """The Fisher baseline's greedy selection and its FLOPs use DeBERTa's F_head (position terms in)."""
+    from kprune_lib.costs.flops import model_flops
+    from kprune_lib.method.baselines import kwon_fisher
+
+    model = deberta("own-projections")
+    a = Arch(model)
+    batches = random_batches(2, token_types=True)
+    for b in batches:  # gold labels: the Fisher scores take the loss against them
+        b["labels"] = torch.arange(len(b["input_ids"])) % 2
+    res = kwon_fisher(model, batches, "classification", constraint=0.5, seq_len=10.0)
+    assert res.flops_dense == model_flops([4] * 3, [a.ffn_size] * 3, 10.0, a.hidden, a.head_size, a.rel_positions)
+    assert res.flops_pruned == model_flops(res.head_mask.sum(1).tolist(), res.neuron_mask.sum(1).tolist(), 10.0,
+                                           a.hidden, a.head_size, a.rel_positions) <= 0.5 * res.flops_dense
+
+
 def test_unsupported_variants_are_one_line():
     cfg = tiny_model("deberta-v2").config
     cfg.conv_kernel_size = 3
@@ -282,6 +298,8 @@ def test_kprune_prune_end_to_end(tmp_path, task):
     assert a.rel_positions == 2 * 16 * 2
     assert summary["flops_dense"] == pytest.approx(model_flops([4, 4], [24, 24], summary["seq_len"], 32, 8,
                                                                a.rel_positions))
+    assert summary["flops_physical"] == pytest.approx(model_flops(summary["heads_kept"], summary["neurons_physical"],
+                                                                  summary["seq_len"], 32, 8, a.rel_positions))
     pruned = load_pruned(out / "model")
     assert [Arch(pruned).heads_in_layer(i) for i in range(2)] == summary["heads_kept"]
     again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **data)

@@ -93,8 +93,8 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
     if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
         raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
                          f"or give {name} the original checkpoint")
-    fh, fn = head_flops(seq_len, d, arch.head_size), neuron_flops(seq_len, d)
-    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size)
+    fh, fn = head_flops(seq_len, d, arch.head_size, arch.rel_positions), neuron_flops(seq_len, d)
+    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size, arch.rel_positions)
     fisher_h, fisher_n = fisher_scores(arch, batches, problem)
     t_fisher = time.perf_counter() - t0
     scores = torch.cat([fisher_h.flatten(), fisher_n.flatten()])
@@ -107,7 +107,8 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
         m = s.pick(head_mask, neuron_mask)[s.layer]
         records.append({"sublayer": int(s), "layer": s.layer, "kind": s.kind, "units": int(m.numel()),
                         "kept": int(m.sum()), "tuned": False, "ridge": 0.0})
-    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size)
+    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size,
+                               arch.rel_positions)
     seconds = time.perf_counter() - t0
     return PruneResult(head_mask, neuron_mask, records, {"fisher": t_fisher, "search": seconds - t_fisher}, seconds,
                        flops_dense, flops_pruned,
@@ -132,7 +133,7 @@ def one_shot_global_masks(result: PruneResult, arch: Arch, seq_len: float, const
     if 0 not in result.knowledge:
         raise ValueError("one_shot_global_masks needs a K-prune result recorded with record_knowledge=True")
     L = arch.num_layers
-    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size), neuron_flops(seq_len, arch.hidden)
+    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size, arch.rel_positions), neuron_flops(seq_len, arch.hidden)
     scores = [result.knowledge[0][s]["score"] for s in range(2 * L)]
     costs = [torch.full((sc.numel(),), s.pick(fh, fn), dtype=torch.float64) for s, sc in zip(sublayers(L), scores)]
     tau = kpms_threshold(torch.cat(scores), torch.cat(costs), (1.0 - constraint) * result.flops_dense)
