@@ -221,6 +221,14 @@ def test_fisher_greedy_counts_the_position_terms():
                                            a.hidden, a.head_size, a.rel_positions) <= 0.5 * res.flops_dense
 
 
+def test_kwon_refuses_what_its_formula_cannot_count():
+    from kprune_lib.method.kwon import kwon
+
+    with pytest.raises(ValueError, match="kwon counts BERT's MACs and cannot budget deberta-v2's relative-position"):
+        kwon(deberta("own-projections"), random_batches(1, token_types=True), "classification", constraint=0.5,
+             seq_len=10.0, progress=False)
+
+
 def test_unsupported_variants_are_one_line():
     cfg = tiny_model("deberta-v2").config
     cfg.conv_kernel_size = 3

@@ -517,6 +517,9 @@ def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, co
     if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
         raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
                          f"or give {name} the original checkpoint")
+    if arch.rel_positions:  # its authors' MAC formula is BERT's: it would not count DeBERTa's position terms
+        raise ValueError(f"{name} counts BERT's MACs and cannot budget {arch.model_type}'s relative-position terms; "
+                         "use --method kprune or fisher-greedy")
     timings, evals = {}, 0.0
     g_h, g_n = mask_gradients(arch, batches, problem, progress)
     imp_h, imp_n = g_h.pow(2).sum(0), g_n.pow(2).sum(0)  # compute_fisher_info
