@@ -63,7 +63,7 @@ def test_registry_settings_are_config_fields_and_resolve():
 def test_methods_refuse_what_they_cannot_run_with_one_line():
     with pytest.raises(ValueError, match="kwon-fisher takes a FLOPs --constraint only; a latency budget needs one of kprune,"):
         check(PruneConfig(method="kwon-fisher", latency_budget_ms=10.0), "classification")
-    with pytest.raises(ValueError, match="kprune-gold needs gold labels of a GLUE task, so it does not support qa"):
+    with pytest.raises(ValueError, match="kprune-gold needs gold labels of a classification / regression task, so it does not support qa"):
         check(PruneConfig(method="kprune-gold"), "qa")
     with pytest.raises(ValueError, match="for SQuAD use --pred-knowledge batch"):
         check(PruneConfig(gold_first=True), "qa")
