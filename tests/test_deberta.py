@@ -24,17 +24,19 @@ from kprune_lib.encoder.masks import masked_model
 from kprune_lib.encoder.physical import prune_physically
 from squad_helpers import DEV, MINILM, one_thread, tokenizer, write_slice  # noqa: F401 (one_thread: autouse)
 
-# share_att_key, pos_att_type
-VARIANTS = {"own-projections": (False, "p2c|c2p"), "c2p-only": (False, "c2p"), "p2c-shared": (True, "p2c")}
+# share_att_key, pos_att_type, position_buckets (-1: exact distances up to max_relative_positions = 6)
+VARIANTS = {"own-projections": (False, "p2c|c2p", 4), "c2p-only": (False, "c2p", 4), "p2c-shared": (True, "p2c", 4),
+            "exact-distances": (False, "p2c|c2p", -1)}
 KEYS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def deberta(variant: str, qa: bool = False, layers: int = 3):
-    share, terms = VARIANTS[variant]
+    share, terms, buckets = VARIANTS[variant]
     model = tiny_model("deberta-v2", qa=qa, layers=layers, share_att_key=share)
-    if terms != model.config.pos_att_type:  # rebuild with the other terms (tiny_config sets both)
+    if terms.split("|") != model.config.pos_att_type or buckets != 4:  # rebuild (tiny_config: both terms, 4 buckets)
         cfg = model.config
         cfg.pos_att_type = terms.split("|")
+        cfg.position_buckets, cfg.max_relative_positions = buckets, (6 if buckets < 0 else -1)
         torch.manual_seed(0)
         model = type(model)(cfg).eval()
         with torch.no_grad():
@@ -65,14 +67,15 @@ def test_variant_modules_and_forward(variant):
     position terms would change it (the test sees them)."""
     model = deberta(variant)
     a = Arch(model)
-    share, terms = VARIANTS[variant]
+    share, terms, buckets = VARIANTS[variant]
     assert a.relative.share_att_key == share and a.relative.terms == tuple(t for t in ("c2p", "p2c") if t in terms)
+    assert a.relative.span == (4 if buckets > 0 else 6)  # sequences of up to 12 tokens: distances past the span
     attn = a.module(0, "attn")
     assert hasattr(attn, "pos_key_proj") == (not share and "c2p" in terms)
     assert hasattr(attn, "pos_query_proj") == (not share and "p2c" in terms)
     pos_q, pos_k = a.position_projections(0)
     assert (pos_q is not None) == ("p2c" in terms) and (pos_k is not None) == ("c2p" in terms)
-    assert a.rel_positions == 2 * 4 * len(a.relative.terms)
+    assert a.rel_positions == 2 * a.relative.span * len(a.relative.terms)
     for b in random_batches(2, token_types=True):
         with torch.no_grad():
             ours = a.head(encode(a, b))
