@@ -1,4 +1,4 @@
-"""Fine-tuning a base encoder on a GLUE task, SQuAD or your own token-classification files: a plain PyTorch loop.
+"""Fine-tuning a base encoder on a GLUE task, SQuAD or your own files (sequence or token classification): a plain PyTorch loop.
 
 The recipe is the one the shared fixtures (`../shared/models/minilm-l6-*/FINETUNE.json`) record:
 AdamW (lr 8e-5, weight decay 0.01 on all weights except biases and LayerNorm), linear warm-up over the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from types import SimpleNamespace
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from kprune_lib.data.squad_features import evaluate_squad, prepare_features
 from kprune_lib.data.tasks import GlueTask, QaTask, get_task
 from kprune_lib.data.evaluate import evaluate_tokens
 from kprune_lib.data.glue import DataError
+from kprune_lib.data.files import FileTask, file_task, label_set
 from kprune_lib.data.tokens import TASK_TYPE as TOKEN_TASK, TokenTask, token_task, tokenize_words
 
 FINETUNE_FILE = "finetune.json"
@@ -178,6 +180,16 @@ def _squad_data(task: QaTask, tokenizer, data_dir, cfg: FinetuneConfig, max_leng
     return features, len(train), lambda m: evaluate_squad(m, tokenizer, task, data.eval, max_length), data.info
 
 
+def _file_data(task: FileTask, tokenizer, cfg: FinetuneConfig, max_length: int):
+    """Sequence classification / regression from the user's files (`files.file_task`): as a GLUE task's."""
+    train = task.split("train")
+    keep = _subset(len(train), cfg.max_train_examples, cfg.seed)
+    train = train.take(keep)
+    features = [{**f, "labels": y} for f, y in zip(tokenize(tokenizer, train, max_length), train.labels)]
+    dev = {"validation": task.split("validation")}
+    return features, len(train), lambda m: evaluate_glue(m, tokenizer, task, dev, max_length), task.data_info
+
+
 def _token_data(task: TokenTask, tokenizer, cfg: FinetuneConfig, max_length: int):
     """Token classification from the user's files: the training words with their tags on the first sub-words."""
     train = task.split("train")
@@ -188,20 +200,26 @@ def _token_data(task: TokenTask, tokenizer, cfg: FinetuneConfig, max_length: int
 
 
 def own_data_task(task: str | None, task_type: str | None, train_file, validation_file, text_columns,
-                  label_column) -> TokenTask | None:
-    """Your own files to fine-tune on (task None or "custom"): token classification only, its tag names from the
-    training file; None for a GLUE or SQuAD task."""
+                  label_column) -> TokenTask | FileTask | None:
+    """Your own files to fine-tune on (task None or "custom"): token classification (its tag names from the
+    training file) or sequence classification / regression (the label set from the files, `files.label_set`);
+    None for a GLUE or SQuAD task."""
     if task is not None and task.lower() != "custom":
         if task_type is not None or validation_file is not None:
             raise DataError(f"--task-type and --validation-file apply to your own data files only (leave out --task), "
                             f"not to {task}")
         return None
-    if task_type != TOKEN_TASK:
-        raise DataError("kprune finetune on your own files needs --task-type token-classification (sequence "
-                        "classification fine-tunes on a GLUE --task)")
-    if train_file is None:
-        raise DataError("fine-tuning on your own data needs --train-file (and --validation-file)")
-    return token_task(train_file, validation_file, text_columns=text_columns, label_column=label_column)
+    if task_type is None:
+        raise DataError("kprune finetune on your own files needs --task-type sequence-classification or "
+                        "--task-type token-classification (a base encoder has no head to tell which)")
+    if train_file is None or validation_file is None:
+        raise DataError("fine-tuning on your own data needs --train-file and --validation-file")
+    if task_type == TOKEN_TASK:
+        return token_task(train_file, validation_file, text_columns=text_columns, label_column=label_column)
+    num_labels, names = label_set([train_file, validation_file], label_column)
+    head = SimpleNamespace(num_labels=num_labels, label2id={n: i for i, n in enumerate(names)},
+                           id2label=dict(enumerate(names)))  # the new head's, as _load_base builds it
+    return file_task(head, train_file, validation_file, text_columns, label_column)
 
 
 def finetune(model: str, task: str | None, output: str, data_dir: str | None = None, config: FinetuneConfig | None = None,
@@ -213,9 +231,11 @@ def finetune(model: str, task: str | None, output: str, data_dir: str | None = N
     tokenizer: its folder or hub id when `model` has none of its own.
 
     SQuAD sources as in `api.prune`: train_file / eval_file, or split_articles of the evaluation file.
-    Token classification on your own files (task None, task_type "token-classification"): train_file,
-    validation_file, text_columns (the words column, default "tokens"), label_column (the tags, default
-    "ner_tags"); the tag names are the training file's (sorted, as run_ner.py) and become the head's id2label.
+    Your own files (task None): task_type "sequence-classification" (train_file, validation_file, text_columns,
+    label_column as `api.prune`'s; a float label column is a regression target, else the sorted distinct labels are
+    the classes and the head's id2label, as run_glue.py) or "token-classification" (text_columns: the words column,
+    default "tokens"; label_column: the tags, default "ner_tags"; the tag names are the training file's, sorted, as
+    run_ner.py, and become the head's id2label).
     """
     cfg = config or FinetuneConfig()
     t = own_data_task(task, task_type, train_file, validation_file, text_columns, label_column)
@@ -236,6 +256,8 @@ def finetune(model: str, task: str | None, output: str, data_dir: str | None = N
                                                              split_seed=split_seed)
     elif t.problem == "token":
         features, n_examples, score, data_info = _token_data(t, tok, cfg, max_length)
+    elif isinstance(t, FileTask):
+        features, n_examples, score, data_info = _file_data(t, tok, cfg, max_length)
     else:
         features, n_examples, score, data_info = _glue_data(t, tok, data_dir, cfg, max_length)
 

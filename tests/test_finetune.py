@@ -134,3 +134,58 @@ def test_defaults_are_the_fixture_recipe():
     assert (d.epochs, d.lr, d.batch_size, d.seed, d.weight_decay, d.warmup_ratio, d.grad_clip) == (
         recipe["epochs"], recipe["lr"], recipe["batch_size"], recipe["seed"], recipe["weight_decay"],
         recipe["warmup_ratio"], recipe["grad_clip_norm"])
+
+
+
+def test_own_files_finetune_equals_the_glue_task(base, mrpc, tmp_path):
+    """kprune finetune --task-type sequence-classification on MRPC written as a CSV with other column names and
+    string labels ("different" < "equivalent": the sorted names give GLUE's ids) trains the same weights as
+    --task mrpc (same examples, same order, same seed); the head's id2label is the data's names, and the record's
+    dev metrics are what kprune evaluate computes on the validation file."""
+    import pandas as pd
+
+    from kprune_lib.data.glue import load_glue
+    from kprune_lib.data.tasks import get_glue_task
+
+    names = ("different", "equivalent")
+    files = {}
+    for split in ("train", "validation"):
+        ex = load_glue(get_glue_task("mrpc"), split, GLUE_DIR)
+        files[split] = tmp_path / f"{split}.csv"
+        pd.DataFrame({"first": ex.text_a, "second": ex.text_b, "verdict": [names[y] for y in ex.labels]}).to_csv(
+            files[split], index=False)
+    out = tmp_path / "own"
+    assert cli.main(["finetune", "--model", str(base), "--task-type", "sequence-classification", "--train-file",
+                     str(files["train"]), "--validation-file", str(files["validation"]), "--text-columns",
+                     "first,second", "--label-column", "verdict", "--output", str(out), "--epochs", "4",
+                     "--batch-size", "16", "--lr", "1e-3", "--max-train-examples", "64", "--max-length", "64",
+                     "--device", "cpu", "--quiet"]) == 0
+    ours, glue = load_file(out / "model.safetensors"), load_file(mrpc / "model.safetensors")
+    assert ours.keys() == glue.keys() and all(torch.equal(ours[k], glue[k]) for k in ours)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "different", "1": "equivalent"}
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["task"] == "custom" and record["data"]["label_column"] == "verdict"
+    got = api.evaluate(str(out), None, validation_file=str(files["validation"]), text_columns="first,second",
+                       label_column="verdict", max_length=64, progress=False)
+    assert got["accuracy"] == pytest.approx(record["dev_metrics"]["accuracy"], abs=1e-12)
+
+
+def test_label_set_is_run_glues():
+    """Float labels: regression; otherwise the sorted distinct labels (numbers in numeric order)."""
+    import pandas as pd
+
+    from kprune_lib.data.files import label_set
+
+    def frame(tmp, labels):
+        path = tmp / f"f{len(list(tmp.iterdir()))}.csv"
+        pd.DataFrame({"text": ["x"] * len(labels), "label": labels}).to_csv(path, index=False)
+        return path
+
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        assert label_set([frame(tmp, [0.5, 4.25])]) == (1, ())
+        assert label_set([frame(tmp, [10, 2, 1]), frame(tmp, [2, 0])]) == (4, ("0", "1", "2", "10"))
+        assert label_set([frame(tmp, ["b", "a", "b"])]) == (2, ("a", "b"))

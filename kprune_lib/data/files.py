@@ -262,3 +262,26 @@ def file_task(model_config, train_file, validation_file, text_columns: str | tup
                     validation_file=None if hub else str(validation_file),
                     text_columns=tuple(cols), label_column=label_column, label_map=label_map, dataset=dataset,
                     data=data)
+
+
+def label_set(paths, label_column: str | None = None) -> tuple[int, tuple[str, ...]]:
+    """For fine-tuning a base encoder on the user's files (its head is new): the label set of the data, as
+    run_glue.py derives it: a float column is a regression target (num_labels 1, no names), else the classes are
+    the sorted distinct labels (their names become the head's id2label). Returns (num_labels, names)."""
+    label_column = label_column or "label"
+    frames = [read_table(path if isinstance(path, HubSplit) else Path(path)) for path in paths if path is not None]
+    for path, df in zip([p for p in paths if p is not None], frames):
+        if label_column not in df.columns:
+            raise DataError(f"{path}: no label column {label_column!r} (columns: {', '.join(map(str, df.columns))}); "
+                            "name it with --label-column")
+        if len(df) == 0:
+            raise DataError(f"{path} has no examples; it needs a header row and at least one example")
+    if all(df[label_column].dtype.kind == "f" for df in frames):
+        return 1, ()
+    raw = {v for df in frames for v in df[label_column].tolist()}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    values = [str(v) for v in sorted(raw)] if numeric else sorted({str(v) for v in raw})  # class ids in order
+    if len(values) < 2:
+        raise DataError(f"{paths[0]}: column {label_column!r} has a single class ({values[0]!r}); a classifier "
+                        "needs at least two")
+    return len(values), tuple(values)
