@@ -38,10 +38,10 @@ class Method:
     dense_only: bool = False  # refuses a model pruned before
     batches_as_drawn: bool = False  # computes on the sample batches as drawn (its signal depends on the batching)
     sample_examples: int | None = None  # draws exactly this many examples, whatever num_tokens (kwon: its main.py's)
-
     # what a latency budget is met by: "table" (the latency table's prediction, `LatencyTable.predict`) or "fit"
     # (kwon: its piecewise-linear fits of the table, `kwon.fit_latency_fn`; the table's prediction may exceed it)
     latency_model: str = "table"
+
     def check(self, problem: str, budget: str) -> None:
         """One-line errors for a task kind or budget kind this method does not take."""
         if problem not in self.problems:
