@@ -26,8 +26,12 @@
 # %% tags=["parameters"]
 model = "../../shared/models/minilm-l6-mrpc"  # fine-tuned checkpoint (folder or hub id)
 tokenizer = None  # the tokenizer's folder or hub id when the model folder has none (None: the model's)
-task = "mrpc"  # GLUE task
+task = "mrpc"  # GLUE task; with validation_file: only the name the sweep and the report give your data
 data_dir = "../../shared/data/glue"  # GLUE root in the official layout (None: the hub)
+train_file = None  # your own data (docs/own-data.md): the file the pruning sample is drawn from
+validation_file = None  # your own data: the file evaluated on (set: `task` is a name, `data_dir` is not used)
+text_columns = None  # your own data: "a" or "a,b" (None: as run_glue.py)
+label_column = None  # your own data: the label column (None: "label")
 output_dir = "../runs/notebook04"  # where pruned/model/ and summary.json go
 method = "kprune"  # a method of `kprune methods` (kprune_lib/method/methods.py)
 constraint = 0.5  # fraction of FLOPs to remove, in (0, 1) (ignored when latency_budget_ms is set)
@@ -72,8 +76,10 @@ pruned_dir = Path(output_dir) / "pruned"
 # physically, evaluates it again and saves it (atomically) with its own `summary.json`.
 
 # %%
-summary = api.prune(model, task, str(pruned_dir), data_dir=data_dir, device=device, overwrite=True, progress=False,
-                    config=config, tokenizer=tokenizer)
+own_data = dict(train_file=train_file, validation_file=validation_file, text_columns=text_columns,
+                label_column=label_column) if validation_file else {}
+summary = api.prune(model, None if own_data else task, str(pruned_dir), data_dir=None if own_data else data_dir,
+                    device=device, overwrite=True, progress=False, config=config, tokenizer=tokenizer, **own_data)
 print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%} of FLOPs removed "
       f"in {summary['pruning_seconds']:.1f} s; model saved to {pruned_dir / 'model'}")
 
@@ -104,9 +110,9 @@ plots.stages_view(summary)
 # median of `latency_repeats` passes after a warm-up batch.
 
 # %%
-timing = workbook.latency(model, str(pruned_dir / "model"), task, data_dir=data_dir, device=device,
-                          batch_size=latency_batch_size, repeats=latency_repeats, max_length=max_length,
-                          tokenizer=tokenizer)
+timing = workbook.latency(model, str(pruned_dir / "model"), None if own_data else task,
+                          data_dir=None if own_data else data_dir, device=device, batch_size=latency_batch_size,
+                          repeats=latency_repeats, max_length=max_length, tokenizer=tokenizer, **own_data)
 summary.update(timing, model_dir=str(pruned_dir / "model"))
 print(f"dev set ({timing['latency_examples']} examples, batch {latency_batch_size}, {timing['latency_threads']} threads): "
       f"dense {timing['latency_dense_s']:.2f} s, pruned {timing['latency_pruned_s']:.2f} s, "

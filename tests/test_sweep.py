@@ -218,3 +218,50 @@ def test_a_kernel_that_dies_while_starting_is_replaced(tmp_path, monkeypatch):
             with pytest.raises(RuntimeError, match=raised):
                 points.execute_notebook(nb, tmp_path / "out.ipynb", {})
         assert len(calls) == n_calls
+
+
+@needs_fixtures
+def test_a_grid_task_of_your_own_files_runs_and_reruns_when_a_file_changes(tmp_path):
+    """A task entry naming train_file / validation_file / columns (its key only a name): notebook 04 prunes on the
+    files (its summary equals api.prune's on them), results.csv rows carry the grid's name, the identity holds the
+    files' SHA-256; an edited validation file reruns the point, with the reason; a missing file stops the grid."""
+    from kprune_lib import api
+    from kprune_lib.data.glue import load_glue
+    from kprune_lib.data.tasks import get_glue_task
+
+    model = make_tiny_checkpoint(tmp_path / "ckpt")
+    glue = make_tiny_glue(tmp_path / "glue")
+    files = {}
+    for split in ("train", "validation"):
+        ex = load_glue(get_glue_task("mrpc"), split, glue)
+        files[split] = tmp_path / f"{split}.csv"
+        pd.DataFrame({"a": ex.text_a, "b": ex.text_b, "y": ex.labels}).to_csv(files[split], index=False)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    grid = write_grid(tmp_path / "grid.yaml",
+                      tasks={"pairs": {"model": str(model), "train_file": str(files["train"]),
+                                       "validation_file": str(files["validation"]), "text_columns": "a,b",
+                                       "label_column": "y"}},
+                      num_tokens=800, constraints=[0.5], methods=["kprune"], seeds=[0], device="cpu",
+                      parameters={"latency_repeats": 1}, output_dir=str(runs), results_dir=str(results))
+    assert _sweep_api(grid, report=False)["ran"] == ["pairs/kprune/c0.5/seed0"]
+    d = runs / "pairs" / "kprune" / "c0.5" / "seed0"
+    summary = json.loads((d / "summary.json").read_text())
+    direct = api.prune(str(model), None, str(tmp_path / "direct"), train_file=str(files["train"]),
+                       validation_file=str(files["validation"]), text_columns="a,b", label_column="y",
+                       device="cpu", progress=False, num_tokens=800, constraint=0.5)
+    assert summary["task"] == "custom" and summary["heads_kept"] == direct["heads_kept"]
+    assert summary["pruned"] == direct["pruned"] and summary["latency_examples"] == 64
+    record = json.loads((d / "point.json").read_text())
+    assert set(record["identity"]["data"]["files"]) == {"train:train.csv", "validation:validation.csv"}
+    df = pd.read_csv(results / "results.csv")
+    assert df.task.tolist() == ["pairs"] and df.metric.tolist() == ["accuracy"]
+
+    pd.read_csv(files["validation"]).head(40).to_csv(files["validation"], index=False)  # the data changed
+    logs = []
+    assert run_sweep(grid, log=logs.append, report=False)["ran"] == ["pairs/kprune/c0.5/seed0"]
+    assert any(line.startswith("pairs/kprune/c0.5/seed0: data changed") for line in logs), logs
+
+    spec = yaml.safe_load(grid.read_text())
+    spec["tasks"]["pairs"]["train_file"] = str(tmp_path / "missing.csv")
+    with pytest.raises(GridError, match="train_file of task 'pairs' not found"):
+        load_grid(write_grid(grid, **spec))

@@ -70,7 +70,7 @@ def aggregate(points: list[Point], output_dir: str | Path, csv_path: str | Path)
         run_dir = (output_dir / p.relative_dir).resolve()
         if reuse_reason(p, run_dir) is None:
             rows.append(summary_row(json.loads((run_dir / SUMMARY).read_text()), run_dir, read_record(run_dir),
-                                    csv_dir))
+                                    csv_dir) | {"task": p.task})  # the grid's name (your own data: "custom")
         elif (run_dir / ERROR).exists() and not (run_dir / SUMMARY).exists():
             lines = (run_dir / ERROR).read_text().splitlines()
             failures.append({"run_dir": _relative(str(run_dir), csv_dir),

@@ -61,9 +61,13 @@ def model_fingerprint(model: str, revision: str | None = None) -> dict:
 
 
 def data_fingerprint(task: str, data_dir: str | None, parameters: dict) -> dict:
-    """The data a point reads: local files with their SHA-256, or the hub dataset it downloads."""
+    """The data a point reads: local files with their SHA-256, or the hub dataset it downloads. Your own data
+    (parameters with a validation_file): its train and validation files, by file name."""
     from kprune_lib.data.tasks import get_task
 
+    if parameters.get("validation_file"):
+        own = {k: Path(parameters[k]) for k in ("train_file", "validation_file") if parameters.get(k)}
+        return {"files": {f"{k[:-len('_file')]}:{p.name}": _sha256(p) for k, p in own.items() if p.is_file()}}
     t = get_task(task)
     explicit = [Path(parameters[k]) for k in ("train_file", "eval_file") if parameters.get(k)]
     if data_dir is None and not explicit:
@@ -103,7 +107,8 @@ def resolved_config(parameters: dict) -> dict:
     return asdict(resolve(PruneConfig(**{k: v for k, v in parameters.items() if k in names})))
 
 
-LOCATIONS = ("output_dir", "model", "data_dir", "tokenizer", "train_file", "eval_file")  # fingerprinted instead
+LOCATIONS = ("output_dir", "model", "data_dir", "tokenizer", "train_file", "eval_file",
+             "validation_file")  # fingerprinted instead
 
 
 def point_identity(parameters: dict, model_fp: dict, data_fp: dict, tokenizer_fp: dict | None = None) -> dict:

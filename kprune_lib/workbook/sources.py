@@ -28,6 +28,7 @@ class Source:
     data_dir: str | None  # an absolute local folder, or None: the hub's nyu-mll/glue
     model_missing: str | None = None  # the grid's model path, when it is absent and `fallback` replaced it
     data_missing: str | None = None  # the grid's data_dir, when it is absent and `data_dir_fallback` replaced it
+    files: tuple[str, ...] = ()  # your own data: the task's train and validation files (no data_dir then)
 
     def hub_fallbacks(self) -> list[tuple[str, str]]:
         """(repo type, repo id) of every fallback that comes from the hub."""
@@ -43,7 +44,9 @@ class Source:
         model = f"{'local folder' if Path(self.model).is_dir() else 'hub id'} {self.model}"
         if self.model_missing is not None:
             model += f" (fallback: {self.model_missing} not found)"
-        if self.data_dir is None:
+        if self.files:
+            data = "your files " + ", ".join(self.files)
+        elif self.data_dir is None:
             data = f"hub {HUB_GLUE}"
         else:
             data = f"local folder {self.data_dir}" if Path(self.data_dir).is_dir() else f"{self.data_dir} (not found)"

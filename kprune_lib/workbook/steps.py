@@ -24,6 +24,7 @@ from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import head_flops, neuron_flops
 from kprune_lib.encoder.forward import attention_bias, encode, projection_input, sublayer
+from kprune_lib.data.files import file_task
 from kprune_lib.data.glue import load_glue
 from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, load_model
 from kprune_lib.encoder.masks import head_dims, masked_model
@@ -397,15 +398,21 @@ def time_forward(model: torch.nn.Module, batches: list[dict], repeats: int = 3) 
     return statistics.median(times)
 
 
-def latency(dense_model: str, pruned_model: str, task: str, data_dir: str | None = None, device: str = "auto",
+def latency(dense_model: str, pruned_model: str, task: str | None, data_dir: str | None = None, device: str = "auto",
             batch_size: int = GLUE_BATCH_SIZE, repeats: int = 3, max_length: int | None = None,
-            tokenizer: str | None = None) -> dict:
-    """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order)."""
-    t = get_glue_task(task)
+            tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
+            label_column: str | None = None, train_file: str | None = None) -> dict:
+    """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order). Your own
+    data (task None): the validation_file read as `api.prune` reads it (train_file is not read)."""
     dev = resolve_device(device)
     dense, tok = load_model(dense_model, device=dev, tokenizer=tokenizer)
     pruned, _ = load_model(pruned_model, device=dev)
-    split = load_glue(t, t.eval_splits[0], data_dir)
+    if task is None:
+        t = file_task(dense.config, None, validation_file, text_columns, label_column)
+        split = t.split("validation")
+    else:
+        t = get_glue_task(task)
+        split = load_glue(t, t.eval_splits[0], data_dir)
     batches = make_batches(tokenize(tok, split, max_length or t.max_length), batch_size, tok.pad_token_id, dev)
     t_dense = time_forward(dense, batches, repeats)
     t_pruned = time_forward(pruned, batches, repeats)

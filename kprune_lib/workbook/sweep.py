@@ -33,9 +33,11 @@ from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, POINT_NOTEBOOK, Po
 from kprune_lib.workbook.sources import (HUB_GLUE, NO_FALLBACK, GridError, Source, check_fallbacks, check_sources,
                                          local_path, resolve_sources)
 
+OWN_DATA_KEYS = ("train_file", "validation_file", "text_columns", "label_column")  # a task entry of your own data
 GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "data_dir_fallback", "num_tokens",
              "device", "parameters", "output_dir", "results_dir", "executor", "slurm"}
-TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters"}
+TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters",
+             *OWN_DATA_KEYS}
 REUSE = ("identical", "never")  # --reuse: a finished point whose identity matches is reused | every point reruns
 
 
@@ -64,7 +66,7 @@ def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
     out = []
     for p in points:
         params = {**defaults, **p.parameters(Path("."))}
-        data_opts = tuple((k, params.get(k)) for k in ("train_file", "eval_file"))
+        data_opts = tuple((k, params.get(k)) for k in ("train_file", "eval_file", "validation_file"))
         tok = params.get("tokenizer")
         try:
             identity = ident.point_identity(params, fingerprint("model", p.model),
@@ -76,6 +78,22 @@ def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
                    "sources": {"model": p.model, "data_dir": p.data_dir, "tokenizer": tok}, "defaults": knob_defaults}
         out.append(replace(p, identity=identity, context=context))
     return out
+
+
+def own_data(settings: dict, path: Path, task, base: Path) -> dict:
+    """A task entry naming your own files (train_file, validation_file, text_columns, label_column; the task's key
+    is then only its name): notebook 04's own-data parameters, files as absolute paths; {} for a GLUE task. A file
+    that is not there stops the grid (one line)."""
+    given = {k: settings[k] for k in OWN_DATA_KEYS if settings.get(k) is not None}
+    if not given:
+        return {}
+    if "train_file" not in given or "validation_file" not in given:
+        raise GridError(f"{path}: task {task!r} names your own data: it needs both train_file and validation_file")
+    for key in ("train_file", "validation_file"):
+        given[key] = local_path(given[key], base, must_exist=False)
+        if not Path(given[key]).is_file():
+            raise GridError(f"{path}: {key} of task {task!r} not found: {given[key]}")
+    return given
 
 
 def load_grid(path: str | Path, base: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> Grid:
@@ -123,15 +141,18 @@ def load_grid(path: str | Path, base: str | Path | None = None, notebooks_dir: P
         fallback = settings.get("fallback")
         if fallback is not None and not (isinstance(fallback, str) and fallback):
             raise GridError(f"{path}: 'fallback' of task {task!r} must be a hub id or a folder")
-        data_dir = settings.get("data_dir", spec.get("data_dir"))
+        own = own_data(settings, path, task, base)
+        data_dir = None if own else settings.get("data_dir", spec.get("data_dir"))
         data_fallback = settings.get("data_dir_fallback", spec.get("data_dir_fallback", NO_FALLBACK))
         if data_fallback is not NO_FALLBACK and data_fallback is not None and not isinstance(data_fallback, str):
             raise GridError(f"{path}: 'data_dir_fallback' must be a folder or null (the hub's {HUB_GLUE})")
-        src = sources[str(task)] = resolve_sources(str(task), str(model), data_dir, base, fallback, data_fallback)
+        src = sources[str(task)] = replace(resolve_sources(str(task), str(model), data_dir, base, fallback,
+                                                           data_fallback),
+                                           files=tuple(own[k] for k in ("train_file", "validation_file") if k in own))
         check_sources(src, path, base)
         num_tokens = settings.get("num_tokens", spec.get("num_tokens", defaults["num_tokens"]))
         device = settings.get("device", spec.get("device", "auto"))
-        extra = {**(spec.get("parameters") or {}), **(settings.get("parameters") or {})}
+        extra = {**(spec.get("parameters") or {}), **(settings.get("parameters") or {}), **own}
         unknown = sorted(set(extra) - set(defaults))
         if unknown:
             raise GridError(f"{path}: unknown notebook-04 parameter(s) {unknown} in `parameters:` of {task!r}; "
