@@ -129,6 +129,18 @@ def default_text_columns(df, label_column: str) -> tuple[str, ...]:
     return tuple(cols[:2])
 
 
+def class_id(value, label2id: dict, num_labels: int) -> int | None:
+    """A label as a class id: a class name of the checkpoint's label2id, or an integral id in 0 … num_labels − 1;
+    None when it is neither (the caller names the file and column in its error)."""
+    if isinstance(value, str) and value in label2id:
+        return int(label2id[value])
+    try:
+        as_int = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return as_int if as_int is not None and 0 <= as_int < num_labels else None
+
+
 def _labels(values, path: Path, column: str, num_labels: int, label2id: dict,
             class_names: list[str] | None = None) -> tuple[list, dict | None]:
     """The column's labels as class ids (through label2id for strings) or, for a regression model, floats.
@@ -152,15 +164,9 @@ def _labels(values, path: Path, column: str, num_labels: int, label2id: dict,
         return out, None
     out, used_names = [], False
     for v in values:
-        if isinstance(v, str) and v in label2id:
-            out.append(int(label2id[v]))
-            used_names = True
-            continue
-        try:
-            as_int = int(v) if not isinstance(v, bool) and float(v) == int(float(v)) else None
-        except (TypeError, ValueError):
-            as_int = None
-        if as_int is None or not 0 <= as_int < num_labels:
+        as_int = class_id(v, label2id, num_labels)
+        used_names = used_names or (isinstance(v, str) and v in label2id)
+        if as_int is None:
             known = ", ".join(repr(k) for k in label2id)
             raise DataError(f"{path}: label {v!r} in column {column!r} is not one the checkpoint knows (label2id: "
                             f"{known}; or class ids 0..{num_labels - 1}); relabel the data or use the checkpoint "

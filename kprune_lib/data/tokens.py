@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kprune_lib.config import DEFAULT_MAX_LENGTH, TAGS_COLUMN, TOKENS_COLUMN
-from kprune_lib.data.files import FileTask, read_table
+from kprune_lib.data.files import FileTask, class_id, read_table
 from kprune_lib.data.glue import DataError
 
 IGNORE = -100  # the label of positions that are not scored (transformers' CrossEntropyLoss ignore_index)
@@ -97,14 +97,8 @@ def _tag_ids(rows: list[list], path: Path, column: str, label2id: dict, num_labe
     for row in rows:
         ids = []
         for v in row:
-            if isinstance(v, str) and v in label2id:
-                ids.append(int(label2id[v]))
-                continue
-            try:
-                as_int = int(v) if not isinstance(v, bool) and float(v) == int(float(v)) else None
-            except (TypeError, ValueError):
-                as_int = None
-            if as_int is None or not 0 <= as_int < num_labels:
+            as_int = class_id(v, label2id, num_labels)
+            if as_int is None:
                 known = ", ".join(repr(k) for k in label2id)
                 raise DataError(f"{path}: tag {v!r} in column {column!r} is not one the checkpoint knows (label2id: "
                                 f"{known}; or class ids 0..{num_labels - 1}); relabel the data or use the checkpoint "

@@ -207,6 +207,12 @@ class Arch:
         """Relative-position rows each head scores against (0 without relative attention): `flops.head_flops`."""
         return 0 if self.relative is None else self.relative.positions
 
+    @property
+    def is_dense(self) -> bool:
+        """Every layer still has the config's heads and neurons (the model was not pruned physically before)."""
+        return all(self.heads_in_layer(i) == self.num_heads and self.neurons_in_layer(i) == self.ffn_size
+                   for i in range(self.num_layers))
+
     def heads_in_layer(self, i: int) -> int:
         return self.module(i, "o").in_features // self.head_size
 

@@ -19,7 +19,7 @@ from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
 from kprune_lib.encoder.masks import head_dims
 from kprune_lib.method.kcm import kcm
 from kprune_lib.method.kwon import kwon, mask_gradients
-from kprune_lib.method.methods import check, get, resolve
+from kprune_lib.method.methods import check, get, require_dense, resolve
 from kprune_lib.method.loop import PruneResult, kprune
 from kprune_lib.method.search import kpms_threshold
 from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
@@ -90,9 +90,7 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
     t0 = time.perf_counter()
     arch = Arch.of(model)
     L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
-    if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
-        raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
-                         f"or give {name} the original checkpoint")
+    require_dense(arch, name)
     fh, fn = head_flops(seq_len, d, arch.head_size, arch.rel_positions), neuron_flops(seq_len, d)
     flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size, arch.rel_positions)
     fisher_h, fisher_n = fisher_scores(arch, batches, problem)

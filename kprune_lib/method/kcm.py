@@ -52,6 +52,7 @@ from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.forward import attention_bias, ffn_activations, mha_context, sublayer
 from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer, sublayers
 from kprune_lib.method.kwon import KwonResult, _stage, fold_scales, multiplied
+from kprune_lib.method.methods import require_dense
 
 R2_FW_ITERS = 4  # Frank-Wolfe steps per greedy step of R2 (warm-started)
 MERGE_FW_ITERS = 200  # Frank-Wolfe steps for the merge coefficients of the pruned neurons onto the kept ones
@@ -261,9 +262,7 @@ def kcm(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, con
     t0 = time.perf_counter()
     arch = Arch.of(model)
     L, H, N, d, dh = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden, arch.head_size
-    if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
-        raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
-                         f"or give {name} the original checkpoint")
+    require_dense(arch, name)
     arch.model.eval()
     heads_pruned, neurons_pruned, allocation = layer_budget(constraint, L, H, N, seq_len, d, dh, arch.rel_positions)
     original = {s: arch.out_proj(s).weight.detach().clone() for s in sublayers(L)}

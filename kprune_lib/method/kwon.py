@@ -41,6 +41,7 @@ from kprune_lib.encoder.masks import apply_masks, head_dims
 from kprune_lib.encoder.sublayer import Sublayer, sublayers
 from kprune_lib.method.loop import PruneResult
 from kprune_lib.method.measurement import gold_loss
+from kprune_lib.method.methods import require_dense
 
 NUM_SAMPLES = 2048  # main.py --num_samples: training examples drawn, whatever the token budget
 LSMR_DAMP = 1.0  # utils/linalg.py: lsmr(AᵀA, AᵀB − AᵀA·1, damp=1)
@@ -514,9 +515,7 @@ def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, co
     t0 = time.perf_counter()
     arch = Arch.of(model)
     L, H, N, d, dh = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden, arch.head_size
-    if any(arch.heads_in_layer(i) != H or arch.neurons_in_layer(i) != N for i in range(L)):
-        raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
-                         f"or give {name} the original checkpoint")
+    require_dense(arch, name)
     if arch.rel_positions:  # its authors' MAC formula is BERT's: it would not count DeBERTa's position terms
         raise ValueError(f"{name} counts BERT's MACs and cannot budget {arch.model_type}'s relative-position terms; "
                          "use --method kprune or fisher-greedy")

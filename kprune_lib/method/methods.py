@@ -148,6 +148,14 @@ def check(config, problem: str) -> None:
                          "batch|example")
 
 
+def require_dense(arch, name: str) -> None:
+    """The one-line refusal of a method that prunes dense models only (`Method.dense_only`: kwon, fisher-greedy,
+    kcm), given a model pruned before (`Arch.is_dense`)."""
+    if not arch.is_dense:
+        raise ValueError(f"{name} prunes dense models only and this one was pruned before: use --method kprune, "
+                         f"or give {name} the original checkpoint")
+
+
 def same_settings(name: str) -> str | None:
     """Another registered method that runs exactly `name`'s settings with the same algorithm (kprune-plus ->
     kprune-damp), if any: its runs can be shared."""
