@@ -304,3 +304,18 @@ def test_tag_names_must_be_iob(data, tmp_path, capsys):
     msg = _fails(tmp_path, capsys, ["prune", "--model", str(plain), "--train-file", str(data["train"]),
                                     "--validation-file", str(data["dev"]), "--num-tokens", "200"])
     assert "'LABEL_0'" in msg and "IOB" in msg
+
+
+def test_dense_token_checkpoint_exports(data, tmp_path):
+    """A dense (not pruned) token-classification folder exports as a token classifier: per-token logits."""
+    pytest.importorskip("onnxruntime")
+    from kprune_lib.artifacts.onnx import example_inputs, session
+
+    record = api.export_onnx(str(data["model"]), str(tmp_path / "dense.onnx"))
+    assert record["outputs"] == ["logits"] and record["max_abs_diff"] <= 1e-4
+    model, _ = load_model(str(data["model"]))
+    feed = example_inputs(model, 2, 7)
+    got = session(tmp_path / "dense.onnx").run(None, {k: v.numpy() for k, v in feed.items()})[0]
+    with torch.no_grad():
+        ref = model(**feed).logits.numpy()
+    assert got.shape == (2, 7, len(ner_corpus.LABELS)) and np.abs(got - ref).max() <= 1e-4
