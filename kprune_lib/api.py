@@ -141,7 +141,7 @@ def _custom_options(task: str | None, data_dir, validation_file, text_columns, l
                             "(--train-file, --validation-file)")
 
 
-def _custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column,
+def custom_model(model: str, device, tokenizer, train_file, validation_file, text_columns, label_column,
                   task_type: str | None = None, metric: str | None = None):
     """The checkpoint and the custom task its config and the files (or hub data-set splits, `files.sources`) make,
     read and checked here: token classification (`data.tokens`) for a `…ForTokenClassification` checkpoint, else
@@ -189,7 +189,7 @@ def evaluate(model: str, task: str | None, data_dir: str | None = None, device: 
                     split_articles=split_articles)
     if is_custom(task):
         _, validation = sources(None, validation_file, dataset, dataset_config, None, validation_split)
-        m, tok, t = _custom_model(model, resolve_device(device), tokenizer, None, validation, text_columns,
+        m, tok, t = custom_model(model, resolve_device(device), tokenizer, None, validation, text_columns,
                                   label_column, task_type, metric)
         check_task_head(m, t)
         return evaluate_glue(m, tok, t, _eval_splits(t, None), max_length or t.max_length, progress)
@@ -264,7 +264,7 @@ def prune(model: str, task: str | None, output: str, data_dir: str | None = None
     torch.manual_seed(cfg.seed)
 
     if custom:  # the files are read and checked against the checkpoint's config before any work
-        m, tok, t = _custom_model(model, dev, tokenizer, train_src, validation_src, text_columns, label_column,
+        m, tok, t = custom_model(model, dev, tokenizer, train_src, validation_src, text_columns, label_column,
                                   task_type, metric)
         check_task_head(m, t)
         methods.check(cfg, t.problem)

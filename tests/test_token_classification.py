@@ -319,3 +319,20 @@ def test_dense_token_checkpoint_exports(data, tmp_path):
     with torch.no_grad():
         ref = model(**feed).logits.numpy()
     assert got.shape == (2, 7, len(ner_corpus.LABELS)) and np.abs(got - ref).max() <= 1e-4
+
+
+def test_notebook_04_prunes_and_times_your_token_files(data, run, tmp_path):
+    """Notebook 04 (the sweep's notebook) with your own token-classification files: it prunes them as the CLI does
+    (the same kept units as the `run` fixture) and times the dense and pruned models on every validation sentence."""
+    from test_notebooks import TINY_PARAMS, execute
+
+    out = tmp_path / "point"
+    execute(ROOT / "notebooks" / "04_prune_and_evaluate.py", tmp_path / "04.ipynb",
+            {**TINY_PARAMS, "model": str(data["model"]), "task": "ner", "data_dir": None, "output_dir": str(out),
+             "train_file": str(data["train"]), "validation_file": str(data["dev"]), "constraint": 0.5,
+             "num_tokens": 1500, "seed": 0, "latency_repeats": 1})
+    summary = json.loads((out / "summary.json").read_text())
+    reference = json.loads((run / "summary.json").read_text())
+    assert summary["heads_kept"] == reference["heads_kept"] and summary["neurons_kept"] == reference["neurons_kept"]
+    assert summary["pruned"] == reference["pruned"] and summary["metric"] == "f1"
+    assert summary["latency_examples"] == 80 and summary["latency_speedup"] > 0

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from kprune_lib._atomic import write_json
-from kprune_lib.api import check_task_head, compute_batch_tokens, resolve_device
+from kprune_lib.api import check_task_head, compute_batch_tokens, custom_model, resolve_device
 from kprune_lib.encoder.arch import TABLES, Arch, base_type
 from kprune_lib.method.baselines import run_method
 from kprune_lib.data.batching import glue_pruning_sample, make_batches, tokenize
@@ -24,7 +24,6 @@ from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
 from kprune_lib.costs.flops import head_flops, neuron_flops
 from kprune_lib.encoder.forward import attention_bias, encode, projection_input, sublayer
-from kprune_lib.data.files import file_task
 from kprune_lib.data.glue import load_glue
 from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, load_model
 from kprune_lib.encoder.masks import head_dims, masked_model
@@ -403,17 +402,19 @@ def latency(dense_model: str, pruned_model: str, task: str | None, data_dir: str
             tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
             label_column: str | None = None, train_file: str | None = None) -> dict:
     """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order). Your own
-    data (task None): the validation_file read as `api.prune` reads it (train_file is not read)."""
+    data (task None): the validation_file read as `api.prune` reads it (sequence or token classification, as the
+    checkpoint is; train_file is not read)."""
     dev = resolve_device(device)
-    dense, tok = load_model(dense_model, device=dev, tokenizer=tokenizer)
-    pruned, _ = load_model(pruned_model, device=dev)
     if task is None:
-        t = file_task(dense.config, None, validation_file, text_columns, label_column)
+        dense, tok, t = custom_model(dense_model, dev, tokenizer, None, validation_file, text_columns, label_column)
         split = t.split("validation")
     else:
+        dense, tok = load_model(dense_model, device=dev, tokenizer=tokenizer)
         t = get_glue_task(task)
         split = load_glue(t, t.eval_splits[0], data_dir)
-    batches = make_batches(tokenize(tok, split, max_length or t.max_length), batch_size, tok.pad_token_id, dev)
+    pruned, _ = load_model(pruned_model, device=dev)
+    inputs = [{k: v for k, v in f.items() if k != "label"} for f in tokenize(tok, split, max_length or t.max_length)]
+    batches = make_batches(inputs, batch_size, tok.pad_token_id, dev)
     t_dense = time_forward(dense, batches, repeats)
     t_pruned = time_forward(pruned, batches, repeats)
     return {"latency_dense_s": t_dense, "latency_pruned_s": t_pruned, "latency_speedup": t_dense / t_pruned,
