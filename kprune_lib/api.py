@@ -31,7 +31,7 @@ from kprune_lib.method.baselines import run_method
 from kprune_lib.finetune import FinetuneConfig, finetune as _finetune
 from kprune_lib.data.squad import load_squad, squad_only
 from kprune_lib.data.squad_features import evaluate_squad, pruning_data
-from kprune_lib.data.files import HubSplit, file_task, sources
+from kprune_lib.data.files import file_task, sources
 from kprune_lib.data.tokens import TASK_TYPE as TOKEN_TASK, token_task
 from kprune_lib.data.tasks import get_task
 
@@ -158,10 +158,9 @@ def custom_model(model: str, device, tokenizer, train_file, validation_file, tex
         raise TaskMismatch(f"--task-type {task_type}, but the checkpoint is a "
                            f"{TOKEN_TASK if token else TASK_TYPES[0]} model; leave --task-type out (it follows the "
                            "checkpoint) or use a checkpoint of that kind (kprune finetune)")
-    if token and (isinstance(validation_file, HubSplit) or metric is not None):
-        raise DataError(("--dataset" if metric is None else "--metric") + " applies to sequence classification and "
-                        "regression; for token classification pass --train-file / --validation-file (its metrics "
-                        "are entity F1, precision, recall and token accuracy)")
+    if token and metric is not None:
+        raise DataError("--metric applies to sequence classification and regression; token classification reports "
+                        "entity f1 first (then precision, recall, token accuracy)")
     if token:
         names = tuple(str(m.config.id2label[i]) for i in range(m.config.num_labels))
         return m, tok, token_task(train_file, validation_file, label_names=names, label2id=m.config.label2id,

@@ -336,3 +336,26 @@ def test_notebook_04_prunes_and_times_your_token_files(data, run, tmp_path):
     assert summary["heads_kept"] == reference["heads_kept"] and summary["neurons_kept"] == reference["neurons_kept"]
     assert summary["pruned"] == reference["pruned"] and summary["metric"] == "f1"
     assert summary["latency_examples"] == 80 and summary["latency_speedup"] > 0
+
+
+def test_a_dataset_with_classlabel_tags_equals_the_files(data, run, tmp_path, capsys):
+    """--dataset on a data-set folder written by `datasets` (tags a Sequence(ClassLabel) in an order other than the
+    checkpoint's): the tags are read through their names, so the run equals the JSON Lines run."""
+    import datasets
+
+    names = list(reversed(ner_corpus.LABELS))
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    folder = tmp_path / "ner-dataset"
+    folder.mkdir()
+    for split, path in (("train", data["train"]), ("validation", data["dev"])):
+        rows = pd.read_json(path, lines=True)
+        datasets.Dataset.from_dict({"tokens": rows["tokens"].tolist(),
+                                    "ner_tags": [[names.index(t) for t in tags] for tags in rows["ner_tags"]]},
+                                   features=features).to_parquet(str(folder / f"{split}.parquet"))
+    out = tmp_path / "run"
+    assert main(["prune", "--model", str(data["model"]), "--dataset", str(folder), *COMMON, "--output", str(out)]) == 0
+    ours, ref = (json.loads((d / "model" / "kprune.json").read_text()) for d in (out, run))
+    assert ours["kept_heads"] == ref["kept_heads"] and ours["kept_neurons"] == ref["kept_neurons"]
+    s, r = (json.loads((d / "summary.json").read_text()) for d in (out, run))
+    assert s["pruned"] == r["pruned"] and s["dense"] == r["dense"]

@@ -74,10 +74,13 @@ class HubSplit:
                             "datasets cache loads — or pass --train-file / --validation-file") from None
 
     def frame(self):
-        """The split as a DataFrame; a ClassLabel column's class names in `frame.attrs["label_names"][column]`."""
+        """The split as a DataFrame; a ClassLabel (or ClassLabel-sequence) column's class names in
+        `frame.attrs["label_names"][column]`."""
         ds = self.load()
         df = ds.to_pandas()
-        df.attrs["label_names"] = {c: list(f.names) for c, f in ds.features.items() if hasattr(f, "names")}
+        names = {c: getattr(f, "names", None) or getattr(getattr(f, "feature", None), "names", None)
+                 for c, f in ds.features.items()}  # ClassLabel, or a sequence of them (NER tags)
+        df.attrs["label_names"] = {c: list(n) for c, n in names.items() if n}
         return df
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kprune_lib.config import DEFAULT_MAX_LENGTH, TAGS_COLUMN, TOKENS_COLUMN
-from kprune_lib.data.files import FileTask, class_id, read_table
+from kprune_lib.data.files import FileTask, HubSplit, class_id, read_table
 from kprune_lib.data.glue import DataError
 
 IGNORE = -100  # the label of positions that are not scored (transformers' CrossEntropyLoss ignore_index)
@@ -108,10 +108,13 @@ def _tag_ids(rows: list[list], path: Path, column: str, label2id: dict, num_labe
     return out
 
 
-def read_columns(path: str | Path, tokens_column: str, tags_column: str) -> tuple[list[list[str]], list[list]]:
-    """One file's words and raw tags (names or ids), one list each per row, checked for equal lengths."""
-    path = Path(path)
+def read_columns(path: str | Path | HubSplit, tokens_column: str,
+                 tags_column: str) -> tuple[list[list[str]], list[list]]:
+    """One file's (or data-set split's) words and raw tags (names or ids), one list each per row, checked for equal
+    lengths. A data set's ClassLabel tags are read as their names (the checkpoint's order may differ)."""
+    path = path if isinstance(path, HubSplit) else Path(path)
     df = read_table(path)
+    names = df.attrs.get("label_names", {}).get(tags_column)
     if len(df) == 0:
         raise DataError(f"{path} has no examples; it needs a header row (or keys) and at least one example")
     for column, flag in ((tokens_column, "--text-columns"), (tags_column, "--label-column")):
@@ -127,7 +130,8 @@ def read_columns(path: str | Path, tokens_column: str, tags_column: str) -> tupl
         if not w:
             raise DataError(f"{path}: row {row} has no words; drop it")
         words.append([str(x) for x in w])
-        tags.append(t)
+        tags.append([names[int(x)] if names and not isinstance(x, str) and 0 <= int(x) < len(names) else x
+                     for x in t])
     return words, tags
 
 
@@ -185,7 +189,7 @@ def token_task(train_file: str | Path | None, validation_file: str | Path | None
     label2id = dict(label2id or {n: i for i, n in enumerate(label_names)})
     data = {}
     for split, (words, tags) in raw.items():
-        path = Path(validation_file if split == "validation" else train_file)
+        path = validation_file if split == "validation" else train_file
         data[split] = TokenExamples(words, _tag_ids(tags, path, tags_column, label2id, len(label_names)))
     return TokenTask("custom", "", (tokens_column,), len(label_names), TOKEN_METRICS, "f1",
                      max_length=DEFAULT_MAX_LENGTH, label_names=tuple(label_names),
