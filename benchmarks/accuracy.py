@@ -1,6 +1,6 @@
 """The accuracy protocol: tasks × constraints × seeds × methods on the shared MiniLM-L6 fixtures.
 
-    python benchmarks/accuracy.py                      # mrpc,stsb,sst2 × 0.4,0.6,0.8 × seeds 0,1,2 × 3 methods
+    python benchmarks/accuracy.py                      # mrpc,stsb,sst2 × 0.4,0.6,0.8 × seeds 0,1,2 × 5 methods
     python benchmarks/accuracy.py --quick              # smoke: mrpc, 0.8, seeds 0,1, 5000 tokens
     python benchmarks/accuracy.py --report-only        # aggregate what exists under --out, run nothing
 
@@ -34,7 +34,7 @@ from kprune_lib.workbook.points import PointKey as Point  # one pruning run of t
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = dict(tasks="mrpc,stsb,sst2", constraints="0.4,0.6,0.8", seeds="0,1,2",
-                methods="kprune,kprune-plus,kwon-fisher", num_tokens=20000,
+                methods="kprune,kprune-plus,kwon,kcm,kwon-fisher", num_tokens=20000,
                 out=ROOT / "runs" / "accuracy", report=ROOT / "benchmarks" / "ACCURACY.md")
 QUICK = dict(tasks="mrpc", constraints="0.8", seeds="0,1", num_tokens=5000,
              out=ROOT / "runs" / "accuracy-quick", report=ROOT / "benchmarks" / "ACCURACY-quick.md")
