@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import fields
@@ -161,9 +162,12 @@ def test_jupytext_pairs_notebooks_folder():
     assert Path(cfg_file) == ROOT / "jupytext.toml"
     formats = load_jupytext_configuration_file(cfg_file).default_formats(str(NOTEBOOKS[0]))
     assert "ipynb" in formats and "py:percent" in formats
+    def content(text: str) -> str:  # the header's jupytext_version is the writer's release, not content
+        return re.sub(r"(?m)^#\s+jupytext_version: .*\n", "", text)
+
     for path in NOTEBOOKS:  # py:percent round trip is lossless
         text = path.read_text()
-        assert jupytext.writes(jupytext.reads(text, fmt="py:percent"), fmt="py:percent") == text
+        assert content(jupytext.writes(jupytext.reads(text, fmt="py:percent"), fmt="py:percent")) == content(text)
 
 
 # ---- execution -----------------------------------------------------------------------------------------------
