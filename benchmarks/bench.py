@@ -28,7 +28,6 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from kprune_lib._atomic import write_text  # noqa: E402
+from kprune_lib._provenance import device_name  # noqa: E402
 from kprune_lib.data.batching import make_batches, tokenize  # noqa: E402
 from kprune_lib.data.glue import load_glue  # noqa: E402
 from kprune_lib.config import FFN_WIDTH_MULTIPLE  # noqa: E402
@@ -195,15 +195,7 @@ def latency_case(case: Case, head_mask, neuron_mask, device: str, repeats: int) 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{device_name()}, {os.cpu_count()} cores"  # the CPU model, as every summary.json's provenance names it
 
 
 def _ratio(a, b):

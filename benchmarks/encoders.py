@@ -30,7 +30,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import torch
 import transformers
+
+from kprune_lib._provenance import device_name
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("KPRUNE_SHARED", HERE.parent.parent / "shared"))
@@ -160,15 +161,7 @@ def retime_row(r: dict, threads: int, when: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{device_name()}, {os.cpu_count()} cores"  # the CPU model, as every summary.json's provenance names it
 
 
 HEADER = ("| date | machine | versions | shape | tokens | pruning s | peak RSS MB | FLOPs removed | heads kept | "
