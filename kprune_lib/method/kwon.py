@@ -38,7 +38,7 @@ from kprune_lib.costs.flops import model_flops
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.forward import attention_bias, encode, ffn_activations, mha_context
 from kprune_lib.encoder.masks import apply_masks, head_dims
-from kprune_lib.encoder.sublayer import Sublayer, sublayers
+from kprune_lib.encoder.sublayer import MHA, Sublayer, sublayers
 from kprune_lib.method.loop import PruneResult
 from kprune_lib.method.measurement import gold_loss
 from kprune_lib.method.methods import require_dense
@@ -177,8 +177,6 @@ def fit_latency_fn(lut) -> PiecewiseLinear:
 def unit_luts(table, heads: int, neurons: int) -> tuple[list[float], list[float]]:
     """Their look-up tables from ours (`costs.latency_model.LatencyTable`): lut[n−1] = C(n) − C(0) for n = 1 … U,
     the sublayer's latency above an empty one (theirs: a sublayer with no unit costs 0, `lookup_latency`)."""
-    from kprune_lib.encoder.sublayer import MHA
-
     luts = []
     for kind, units in ((MHA, heads), ("ffn", neurons)):
         zero = table.cost(kind, 0)
@@ -191,8 +189,6 @@ def latency_kept(table, budget_ms: float, layers: int, mha_lut, ffn_lut) -> floa
     `estimate_latency`, to keep) for our budget in milliseconds of the whole model: (G⁻¹(budget) − L·(C_attn(0) +
     C_ffn(0))) / (L·(lut_attn[H−1] + lut_ffn[N−1])), G the table's whole-model calibration
     (`LatencyTable.sublayer_budget`), so that the masks the search returns meet our budget by our table."""
-    from kprune_lib.encoder.sublayer import MHA
-
     empty = layers * (table.cost(MHA, 0) + table.cost("ffn", 0))
     kept = (table.sublayer_budget(budget_ms) - empty) / (layers * (mha_lut[-1] + ffn_lut[-1]))
     if not 0.0 < kept < 1.0:
