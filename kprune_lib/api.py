@@ -13,11 +13,11 @@ import torch
 
 from kprune_lib._provenance import provenance
 from kprune_lib.data.batching import glue_pruning_sample, padded_tokens
-from kprune_lib.encoder.arch import Arch
+from kprune_lib.encoder.arch import QA_HEAD, Arch, has_head
 from kprune_lib.config import (BATCH_TOKENS, FFN_WIDTH_MULTIPLE, GLUE_BATCH_SIZE, LATENCY_STALE_TOLERANCE,
                                SQUAD_BATCH_SIZE, PruneConfig)
 from kprune_lib.data.evaluate import evaluate_glue
-from kprune_lib.costs.flops import encoder_params, model_flops
+from kprune_lib.costs.flops import UnitFlops, encoder_params
 from kprune_lib.data.glue import DataError
 from kprune_lib.data.batching import load_split
 from kprune_lib.costs.latency import LatencyTable, latency_table
@@ -100,11 +100,11 @@ def check_task_head(model, task) -> None:
                                f"{' --task-type token-classification' if not token else ''})")
         return
     if task.problem == "qa":
-        if not hasattr(model, "qa_outputs") or saved == "classification":
+        if not has_head(model, QA_HEAD) or saved == "classification":
             raise TaskMismatch(f"the checkpoint is a sequence-classification model; {task.name} needs a "
                                f"question-answering checkpoint (kprune finetune --task {task.name})")
         return
-    if hasattr(model, "qa_outputs") or saved == "qa":
+    if has_head(model, QA_HEAD) or saved == "qa":
         raise TaskMismatch(f"the checkpoint is a question-answering model; {task.name} needs a "
                            "sequence-classification checkpoint")
     n = model.config.num_labels
@@ -150,7 +150,7 @@ def custom_model(model: str, device, tokenizer, train_file, validation_file, tex
     if task_type not in (None,) + TASK_TYPES:
         raise DataError(f"--task-type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     m, tok = load_model(model, qa=False, device=device, tokenizer=tokenizer)
-    if hasattr(m, "qa_outputs") or _saved_head(m) == "qa":
+    if has_head(m, QA_HEAD) or _saved_head(m) == "qa":
         raise TaskMismatch("the checkpoint is a question-answering model; your own data files need a "
                            "sequence- or token-classification checkpoint")
     token = Arch(m).token_head
@@ -392,8 +392,7 @@ def _summary(t, model: str, cfg: PruneConfig, arch: Arch, sample: _Sample, resul
         # the saved model's FFN widths: padded up to multiples of FFN_WIDTH_MULTIPLE with inert neurons (faster
         # kernels), so it computes slightly more than flops_pruned, the FLOPs the constraint binds
         "ffn_width_multiple": FFN_WIDTH_MULTIPLE, "neurons_physical": widths,
-        "flops_physical": model_flops(result.heads_kept, widths, sample.seq_len, arch.hidden, arch.head_size,
-                                      arch.rel_positions),
+        "flops_physical": UnitFlops.of(arch).model(result.heads_kept, widths, sample.seq_len),
         "params_dense": params_dense, "params_pruned": encoder_params(arch.model),
         "metric": t.main_metric, "dense": dense_metrics, "pruned": pruned_metrics,
         # GLUE: whether a model predicts one class for the whole dev set (regression: a near-constant), so that its

@@ -46,6 +46,13 @@ def tiny_config(arch: str, num_labels: int = 2, **kw):
                                             relative_attention=True, pos_att_type="p2c|c2p", position_buckets=4,
                                             max_relative_positions=-1, share_att_key=kw.get("share_att_key", True),
                                             norm_rel_ebd="layer_norm", position_biased_input=False)
+    if arch == "modernbert":  # global and sliding-window layers alternating (window: 2 tokens each side, shorter than
+        # the test sequences), rotary positions, gated FFN, pre-norm blocks; token ids inside the tiny vocabulary
+        return transformers.ModernBertConfig(vocab_size=v, hidden_size=h, num_attention_heads=n, num_hidden_layers=L,
+                                             intermediate_size=f, max_position_embeddings=64, num_labels=num_labels,
+                                             local_attention=4, global_attn_every_n_layers=2, pad_token_id=1,
+                                             bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+                                             mask_token_id=4, attention_bias=True, mlp_bias=True)
     raise ValueError(arch)
 
 
@@ -81,7 +88,7 @@ def random_batches(n_batches: int = 3, batch: int = 4, max_len: int = 12, vocab:
     return out
 
 
-ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2"]
+ARCHS = ["bert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2", "modernbert"]
 
 
 def needs_shared(path: Path):

@@ -58,8 +58,9 @@ def test_masked_equals_physically_pruned(arch, qa, multiple):
     if multiple == 1:
         assert widths == nm.sum(1).tolist()
     for i, k in enumerate(nm.sum(1).tolist()):  # the kept neurons first, then the padding: zero in and out
-        assert a.module(i, "ffn_in").weight[k:].abs().sum() == 0 and a.module(i, "ffn_out").weight[:, k:].abs().sum() == 0
-        assert a.module(i, "ffn_in").weight[:k].abs().sum(1).min() > 0 if k else True
+        w_in = a.module(i, "ffn_in").weight.view(a.table.ffn_in_parts, widths[i], a.hidden)  # gated: [inputs; gates]
+        assert w_in[:, k:].abs().sum() == 0 and a.module(i, "ffn_out").weight[:, k:].abs().sum() == 0
+        assert w_in[:, :k].abs().sum(-1).min() > 0 if k else True
     with torch.no_grad():
         pruned = [model(**{k: b[k] for k in keys}) for b in batches]
     for m, p in zip(masked, pruned):
@@ -90,7 +91,8 @@ def test_masks_change_the_output():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["mha", "ffn"])
 def test_fully_pruned_sublayer_is_layernorm_of_its_input(arch, kind):
-    """Spec: a sublayer with no unit left contributes nothing, bias included: its output is LayerNorm(X)."""
+    """Spec: a sublayer with no unit left contributes nothing, bias included: its output is LayerNorm(X) (a pre-norm
+    block's: X itself)."""
     from kprune_lib.encoder.forward import attention_bias, sublayer
 
     model = tiny_model(arch)
@@ -102,7 +104,8 @@ def test_fully_pruned_sublayer_is_layernorm_of_its_input(arch, kind):
     (hm if kind == "mha" else nm)[0] = False
     b = random_batches(1, token_types=a.table.token_types)[0]
     s = 0 if kind == "mha" else 1
-    ln = a.module(0, "attn_ln" if kind == "mha" else "ffn_ln")
+    ln = a.output_norm(s)
+    assert isinstance(ln, torch.nn.LayerNorm) != a.table.pre_norm
     with torch.no_grad():
         x = a.embed(b["input_ids"], b.get("token_type_ids"))
         if s == 1:
@@ -121,6 +124,6 @@ def test_unknown_architecture_is_named():
     import transformers
 
     cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
-    supported = "supported: bert, deberta-v2, distilbert, electra, roberta, xlm-roberta"
+    supported = "supported: bert, deberta-v2, distilbert, electra, modernbert, roberta, xlm-roberta"
     with pytest.raises(UnsupportedArchitecture, match=supported):
         Arch(transformers.GPT2ForSequenceClassification(cfg))

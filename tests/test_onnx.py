@@ -73,14 +73,16 @@ def expected_matmuls(model) -> tuple[int, int, int]:
     """(weight matmuls, attention nodes, activation products) the graph should have: Q, K, V, O per layer with heads,
     FFN in and out per layer with neurons (ELECTRA: + the embedding projection); one softmax and two activation
     products (scores, mixing) per layer with heads; DeBERTa: per position term and layer with heads, one more weight
-    matmul (the relative-position embeddings projected) and one more product (scored against)."""
+    matmul (the relative-position embeddings projected) and one more product (scored against); ModernBERT: one fused
+    Q/K/V matmul."""
     arch = Arch(model)
     heads = [arch.heads_in_layer(i) for i in range(arch.num_layers)]
     neurons = [arch.neurons_in_layer(i) for i in range(arch.num_layers)]
     extra = int(getattr(arch.base, "embeddings_project", None) is not None)
     terms = 0 if arch.relative is None else len(arch.relative.terms)
     attn = sum(h > 0 for h in heads)
-    return (4 + terms) * attn + 2 * sum(n > 0 for n in neurons) + extra, attn, (2 + terms) * attn
+    qkv = 1 if arch.table.fused_qkv else 3
+    return (qkv + 1 + terms) * attn + 2 * sum(n > 0 for n in neurons) + extra, attn, (2 + terms) * attn
 
 
 def assert_dynamic(path: Path) -> None:

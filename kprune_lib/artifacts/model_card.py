@@ -128,8 +128,13 @@ def _results(summary: dict) -> list[str]:
                     f"{summary['flops_dense'] / summary['flops_pruned']:.2f}×).", ""]
 
 
-def _position_terms_note(config: dict) -> list[str]:
-    """DeBERTa: what its FLOPs count beyond BERT's (`costs.flops.position_flops`); nothing for other models."""
+def _architecture_flops_note(config: dict) -> list[str]:
+    """DeBERTa and ModernBERT: what their FLOPs count beyond BERT's (`costs.flops.position_flops`, the gated FFN of
+    `costs.flops.neuron_flops`); nothing for other models."""
+    if base_type(config["model_type"]) == "modernbert":
+        return ["ModernBERT's FLOPs count its gated FFN: a neuron has an input row, a gate row and an output column "
+                "(6·L·d per neuron); rotary positions, like LayerNorm, are not counted, and a sliding-window layer's "
+                "attention is counted over the whole sequence, as its padded kernel computes it.", ""]
     if base_type(config["model_type"]) != "deberta-v2" or not config.get("relative_attention"):
         return []
     terms = " and ".join(config.get("pos_att_type") or []) or "no"
@@ -171,7 +176,7 @@ def model_card(summary: dict, config: dict, command: str | None = None, python: 
                  "; the surviving output projections were re-fitted by least squares on a small sample of the "
                  "training data" if hp.get("tuning") else "") + ". The layers now have different widths (table "
              "below), so the folder carries its own model code (`modeling_kprune.py`).", "",
-             "## Results (dev set)", ""] + _results(summary) + _position_terms_note(config)
+             "## Results (dev set)", ""] + _results(summary) + _architecture_flops_note(config)
     lines += ["## Method and hyper-parameters", "",
               f"K-prune ({PAPER}): knowledge measurement, knowledge-preserving mask search and weight tuning, "
               f"sublayer by sublayer; `{summary['method']}` is "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kprune_lib.config import FLOPS, Budget
-from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.costs.flops import UnitFlops
 from kprune_lib.encoder.sublayer import KINDS, Sublayer, sublayers
 
 
@@ -21,12 +21,10 @@ class FlopsCosts:
 
     unit = "FLOPs"
 
-    def __init__(self, units: dict[int, int], seq_len: float, hidden: int, head_size: int, remove: float,
-                 rel_positions: int = 0):
-        self.per_unit = {kind: cost for kind, cost in zip(KINDS, (head_flops(seq_len, hidden, head_size, rel_positions),
-                                                                  neuron_flops(seq_len, hidden)))}
+    def __init__(self, units: dict[int, int], seq_len: float, flops: UnitFlops, remove: float):
+        self.per_unit = dict(zip(KINDS, (flops.head(seq_len), flops.neuron(seq_len))))
         heads, neurons = ([units[s] for s in sorted(units) if Sublayer(s).kind == k] for k in KINDS)
-        self.total = model_flops(heads, neurons, seq_len, hidden, head_size, rel_positions)
+        self.total = flops.model(heads, neurons, seq_len)
         self.spendable = (1.0 - remove) * self.total
 
     def unit_cost(self, t: int) -> float:
@@ -60,7 +58,7 @@ def unit_costs(budget: Budget, arch, seq_len: float, table=None):
     """The cost model of `budget` for the model behind `arch` as it is now (a model pruned before: its own units)."""
     units = {s: arch.units(s) for s in sublayers(arch.num_layers)}
     if budget.kind == FLOPS:
-        return FlopsCosts(units, seq_len, arch.hidden, arch.head_size, budget.value, arch.rel_positions)
+        return FlopsCosts(units, seq_len, UnitFlops.of(arch), budget.value)
     if table is None:
         raise ValueError("a latency budget needs the model's latency table (kprune_lib.costs.latency.latency_table)")
     return LatencyCosts(table, units, budget.value)

@@ -1,6 +1,8 @@
 """FLOPs of encoder sublayers (paper formula; biases, LayerNorm, activations, embeddings, classifier ignored)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 
@@ -19,16 +21,42 @@ def position_flops(seq_len: float, hidden: int, head_size: int, rel_positions: i
     return 2.0 * rel_positions * head_size * (hidden + seq_len)
 
 
-def neuron_flops(seq_len: float, hidden: int) -> float:
-    """F_neuron = 4·L·d (one row of the input and one column of the output projection)."""
-    return 4.0 * seq_len * hidden
+def neuron_flops(seq_len: float, hidden: int, gated: bool = False) -> float:
+    """F_neuron = 4·L·d (one row of the input and one column of the output projection); a gated FFN's neuron has
+    two input rows (its input and its gate, ModernBERT's GLU): 6·L·d."""
+    return (6.0 if gated else 4.0) * seq_len * hidden
 
 
 def model_flops(heads_per_layer, neurons_per_layer, seq_len: float, hidden: int, head_size: int,
-                rel_positions: int = 0) -> float:
+                rel_positions: int = 0, gated: bool = False) -> float:
     """F_model = Σ_layers (heads·F_head + neurons·F_neuron)."""
-    fh, fn = head_flops(seq_len, hidden, head_size, rel_positions), neuron_flops(seq_len, hidden)
+    fh, fn = head_flops(seq_len, hidden, head_size, rel_positions), neuron_flops(seq_len, hidden, gated)
     return float(sum(h * fh + n * fn for h, n in zip(heads_per_layer, neurons_per_layer)))
+
+
+@dataclass(frozen=True)
+class UnitFlops:
+    """The FLOPs formulas of one architecture: what its heads and neurons cost at a sequence length (`of`: the
+    architecture's shape, relative-position terms and FFN gating, read once)."""
+
+    hidden: int
+    head_size: int
+    rel_positions: int = 0  # `Arch.rel_positions`
+    gated: bool = False  # a gated (GLU) FFN: `neuron_flops`
+
+    @classmethod
+    def of(cls, arch) -> "UnitFlops":
+        return cls(arch.hidden, arch.head_size, arch.rel_positions, arch.table.gated_ffn)
+
+    def head(self, seq_len: float) -> float:
+        return head_flops(seq_len, self.hidden, self.head_size, self.rel_positions)
+
+    def neuron(self, seq_len: float) -> float:
+        return neuron_flops(seq_len, self.hidden, self.gated)
+
+    def model(self, heads_per_layer, neurons_per_layer, seq_len: float) -> float:
+        return model_flops(heads_per_layer, neurons_per_layer, seq_len, self.hidden, self.head_size,
+                           self.rel_positions, self.gated)
 
 
 def encoder_params(model: nn.Module) -> int:

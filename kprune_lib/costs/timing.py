@@ -3,8 +3,9 @@
 The table is measured on the target device with the model's own modules, physically shrunk
 (`hf.modeling_kprune.keep_rows` / `keep_columns`, the code `prune_physically` uses): the attention sublayer
 LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`;
-DeBERTa: the layer's own attention module shrunk as a pruned model's, its relative-position terms in)
-and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
+DeBERTa: the layer's own attention module shrunk as a pruned model's, its relative-position terms in; ModernBERT: the
+pre-norm attention sublayer of the layer's own block, shrunk likewise, rotary positions in)
+and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) (pre-norm: X + W₂ act(W₁ LayerNorm(X))) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
 else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), each n timed at
 the physical width a pruned model gets (`physical.aligned_width`: padded up to a multiple of 16), on all-real
 inputs of the budget's batch and sequence length. Protocol: `LATENCY_WARMUP` untimed calls of every point, then
@@ -30,10 +31,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kprune_lib.encoder.arch import Arch
-from kprune_lib.encoder.sublayer import KINDS, MHA
+from kprune_lib.encoder.sublayer import FFN, KINDS, MHA, Sublayer
 from kprune_lib.config import (LATENCY_CALIBRATION, LATENCY_FFN_STEP, LATENCY_PER_UNIT_MAX, LATENCY_REPEATS,
                                LATENCY_WARMUP)
-from kprune_lib.encoder.hf.modeling_kprune import keep_columns, keep_rows, prune_block
+from kprune_lib.encoder.forward import activate, window_bias
+from kprune_lib.encoder.hf.modeling_kprune import keep_columns, keep_rows, part_rows, prune_block
 from kprune_lib.encoder.physical import aligned_width, prune_physically
 
 from kprune_lib.costs.latency_model import LatencyTable, monotone
@@ -114,6 +116,8 @@ def _attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor) -> Callable[[
     dims = torch.arange(heads * dh, device=x.device)
     if arch.relative is not None:
         return _relative_attention_fn(arch, i, heads, x, dims)
+    if arch.rotary:
+        return _rotary_attention_fn(arch, i, heads, x, dims)
     o = keep_columns(arch.module(i, "o"), dims)
     ln = arch.module(i, "attn_ln")
     B, T, _ = x.shape
@@ -144,13 +148,33 @@ def _relative_attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor,
     return lambda: block.attention(x, mask, relative_pos=rel_pos, rel_embeddings=rel_emb)[0]
 
 
+def _rotary_attention_fn(arch: Arch, i: int, heads: int, x: torch.Tensor,
+                         dims: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """ModernBERT: a copy of layer i's own block shrunk to its first `heads` heads as a pruned model's is
+    (`prune_block`: the fused Wqkv's three parts), its attention sublayer X + Wo·attn(LayerNorm(X)) on x with every
+    token real; the rotary embeddings (computed once per forward for all layers) and a local layer's window mask
+    computed here once."""
+    block = copy.deepcopy(arch.layer(i))
+    prune_block(block, arch.table, dims, slice(None), heads, arch.head_size)
+    B, T, _ = x.shape
+    rotary = arch.rotary_embeddings(i, T, x)
+    window = arch.attention_window(i)
+    mask = None if window is None else window_bias(T, window, x)[None, None]
+    return lambda: x + block.attn(block.attn_norm(x), position_embeddings=rotary, attention_mask=mask)[0]
+
+
 def _ffn_fn(arch: Arch, i: int, neurons: int, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Layer i's FFN sublayer shrunk to its first `neurons` neurons, on x (B, T, d), at the physical width a pruned
-    model gets (`physical.aligned_width`: padded up to a multiple of FFN_WIDTH_MULTIPLE)."""
-    keep = torch.arange(aligned_width(neurons, arch.neurons_in_layer(i)), device=x.device)
-    w1, w2 = keep_rows(arch.module(i, "ffn_in"), keep), keep_columns(arch.module(i, "ffn_out"), keep)
-    act, ln = arch.module(i, "act"), arch.module(i, "ffn_ln")
-    return lambda: ln(x + w2(act(w1(x))))
+    model gets (`physical.aligned_width`: padded up to a multiple of FFN_WIDTH_MULTIPLE): LayerNorm(X + W₂ act(W₁ X)),
+    or X + W₂ act(W₁ LayerNorm(X)) in a pre-norm block (a gated FFN: act(input) · gate, `forward.activate`)."""
+    width = arch.neurons_in_layer(i)
+    keep = torch.arange(aligned_width(neurons, width), device=x.device)
+    ffn_in = arch.module(i, "ffn_in")
+    w1 = keep_rows(ffn_in, part_rows(keep, width, arch.table.ffn_in_parts).to(ffn_in.weight.device))
+    w2 = keep_columns(arch.module(i, "ffn_out"), keep)
+    s = Sublayer.at(i, FFN)
+    pre, post = arch.input_norm(s), arch.output_norm(s)
+    return lambda: post(x + w2(activate(arch, i, w1(pre(x)))))
 
 
 def measure_table(model: nn.Module | Arch, batch: int, seq: int, device: torch.device, threads: int, *,

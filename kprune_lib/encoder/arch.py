@@ -5,7 +5,7 @@ The rest of the library only talks to `Arch` (a view of one model through its ta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,13 +21,16 @@ class ArchTable(Layout):
     """Attribute paths of one architecture: the prunable modules (`Layout`, shared with the standalone model code
     saved beside pruned models), plus what the sublayer forward and the heads need."""
 
-    attn_ln: str  # LayerNorm after the MHA residual sum
+    attn_ln: str  # the MHA sublayer's LayerNorm: after its residual sum, or before it on its input when pre_norm
     act: str  # FFN activation module / function
-    ffn_ln: str  # LayerNorm after the FFN residual sum
+    ffn_ln: str  # the FFN sublayer's LayerNorm, likewise
     heads_attr: str  # config field holding the head count
     ffn_attr: str  # config field holding the FFN width
     token_types: bool  # does the embedding take token_type_ids?
     cls_head: str  # how the sequence-classification head reads the final hidden states (see `classify`)
+    # pre-norm blocks: a sublayer adds f(LayerNorm(X)) to X and nothing follows the sum (ModernBERT; the encoder's
+    # final_norm is then applied before the task head, `Arch.head`)
+    pre_norm: bool = field(default=False, kw_only=True)
 
 
 _BERT_LIKE = dict(attn_ln="attention.output.LayerNorm", act="intermediate.intermediate_act_fn",
@@ -43,6 +46,11 @@ TABLES: dict[str, ArchTable] = {
                             token_types=False, cls_head="distilbert"),
     # DeBERTa-v2 and -v3: BERT's blocks plus disentangled relative attention (`RelativeAttention`)
     "deberta-v2": ArchTable(**vars(LAYOUTS["deberta-v2"]), **_BERT_LIKE, token_types=True, cls_head="context_pooler"),
+    # ModernBERT: pre-norm blocks (layer 0's attn_norm is the identity), rotary positions, global and sliding-window
+    # attention layers (`Arch.attention_window`), fused Wqkv and a gated FFN (`Layout`)
+    "modernbert": ArchTable(**vars(LAYOUTS["modernbert"]), attn_ln="attn_norm", act="mlp.act", ffn_ln="mlp_norm",
+                            heads_attr="num_attention_heads", ffn_attr="intermediate_size", token_types=False,
+                            cls_head="modernbert", pre_norm=True),
 }
 
 
@@ -82,6 +90,11 @@ class RelativeAttention:
 
 def _check_supported_variant(model_type: str, config) -> None:
     """The variants of a supported family that the sublayer forward does not model: one line naming the setting."""
+    if model_type == "modernbert":
+        if getattr(config, "classifier_pooling", "cls") != "cls":
+            raise UnsupportedArchitecture(f"ModernBERT with classifier_pooling {config.classifier_pooling!r} is not "
+                                          "supported; use a checkpoint fine-tuned with classifier_pooling 'cls'")
+        return
     if model_type != "deberta-v2":
         return
     if int(getattr(config, "conv_kernel_size", 0) or 0) > 0:
@@ -101,6 +114,9 @@ def _check_supported_variant(model_type: str, config) -> None:
 def base_type(model_type: str | None) -> str | None:
     """The stock architecture of a model type: a pruned folder's "kprune-bert" is laid out as "bert"."""
     return model_type[len(PREFIX):] if model_type and model_type.startswith(PREFIX) else model_type
+
+
+QA_HEAD, TOKEN_HEAD = "ForQuestionAnswering", "ForTokenClassification"  # task model class suffixes (`has_head`)
 
 
 class UnsupportedArchitecture(ValueError):
@@ -145,6 +161,7 @@ class Arch:
         self.head_size = self.hidden // self.num_heads
         self.ffn_size = int(getattr(cfg, self.table.ffn_attr))  # neurons of the dense model
         self.relative = RelativeAttention.of(cfg) if self.model_type == "deberta-v2" else None  # DeBERTa's, else None
+        self.rotary = self.model_type == "modernbert"  # rotary positions in Q and K (ModernBERT)
 
     # ---- modules -------------------------------------------------------------------------------
     @property
@@ -182,6 +199,32 @@ class Arch:
     def unit_width(self, s: int) -> int:
         """Projection-input dims per unit of sublayer s: d_h for a head, 1 for a neuron."""
         return Sublayer(s).pick(self.head_size, 1)
+
+    def input_norm(self, s: int) -> nn.Module:
+        """What sublayer s applies to its input X before its projections: its LayerNorm in a pre-norm block, else
+        the identity."""
+        s = Sublayer(s)
+        return self.module(s.layer, s.pick("attn_ln", "ffn_ln")) if self.table.pre_norm else nn.Identity()
+
+    def output_norm(self, s: int) -> nn.Module:
+        """What sublayer s applies to its sum Y = X + W·a + b: its LayerNorm in a post-norm block, else the
+        identity (a pre-norm block's output is Y itself)."""
+        s = Sublayer(s)
+        return nn.Identity() if self.table.pre_norm else self.module(s.layer, s.pick("attn_ln", "ffn_ln"))
+
+    def attention_window(self, i: int) -> int | None:
+        """Layer i's sliding window: a token attends to the tokens at most this far away (ModernBERT's local
+        layers: local_attention // 2); None for global attention."""
+        cfg = self.model.config
+        if self.model_type != "modernbert" or cfg.layer_types[i] != "sliding_attention":
+            return None
+        return int(cfg.sliding_window)
+
+    def rotary_embeddings(self, i: int, seq_len: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, T, d_h), of layer i's rotary position embeddings (ModernBERT: the encoder's
+        rotary_emb, with the rope parameters of the layer's attention kind)."""
+        positions = torch.arange(seq_len, device=like.device)[None]
+        return self.base.rotary_emb(like, positions, self.model.config.layer_types[i])
 
     def position_projections(self, i: int) -> tuple[nn.Linear | None, nn.Linear | None]:
         """Layer i's projections of the relative-position embeddings into (position queries, position keys), for
@@ -239,27 +282,47 @@ class Arch:
             return m.classifier(torch.relu(m.pre_classifier(hidden[:, 0])))
         if kind == "context_pooler":  # DeBERTa: the task model's pooler reads hidden[:, 0] (dense + activation)
             return m.classifier(m.pooler(hidden))
+        if kind == "modernbert":  # final_norm, cls pooling, prediction head (dense, activation, LayerNorm)
+            return m.classifier(m.head(self.base.final_norm(hidden[:, 0])))
         raise AssertionError(kind)
+
+    def _token_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What a per-token head (QA, token classification) reads: the final hidden states, through ModernBERT's
+        final_norm and prediction head."""
+        if self.table.cls_head == "modernbert":
+            return self.model.head(self.base.final_norm(hidden))
+        return hidden
 
     def qa_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits (B, T) from the final hidden states."""
-        start, end = self.model.qa_outputs(hidden).split(1, dim=-1)
+        proj = getattr(self.model, "qa_outputs", None) or self.model.classifier  # ModernBERT: `classifier`
+        start, end = proj(self._token_states(hidden)).split(1, dim=-1)
         return start.squeeze(-1), end.squeeze(-1)
 
     @property
     def token_head(self) -> bool:
         """Whether the model is a token classifier (`…ForTokenClassification`, stock or pruned)."""
-        return any(c.__name__.endswith("ForTokenClassification") for c in type(self.model).__mro__)
+        return has_head(self.model, TOKEN_HEAD)
+
+    @property
+    def qa_head(self) -> bool:
+        """Whether the model answers questions (`…ForQuestionAnswering`, stock or pruned)."""
+        return has_head(self.model, QA_HEAD)
 
     def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Token-classification logits (B, T, C): the classifier on every position's final hidden state
         (`model.classifier(dropout(hidden))`, dropout the identity in eval mode)."""
-        return self.model.classifier(hidden)
+        return self.model.classifier(self._token_states(hidden))
 
     def head(self, hidden: torch.Tensor):
-        if hasattr(self.model, "qa_outputs"):
+        if self.qa_head:
             return self.qa_logits(hidden)
         return self.token_logits(hidden) if self.token_head else self.classify(hidden)
+
+
+def has_head(model: nn.Module, suffix: str) -> bool:
+    """Whether a model's class (stock or pruned) is a `…<suffix>` task model, e.g. "ForQuestionAnswering"."""
+    return any(c.__name__.endswith(suffix) for c in type(model).__mro__)
 
 
 def supported_architectures() -> list[str]:

@@ -3,6 +3,9 @@
 It calls the model's own Linear/LayerNorm modules (so mask hooks apply) and returns, for a
 sublayer s, its output LayerNorm(Y), the pre-LayerNorm sum Y = X + W·a + b and the projection
 input a. `tests/test_forward.py` checks it against the Hugging Face forward.
+
+Pre-norm blocks (ModernBERT) normalise the sublayer's input instead, a = f(LayerNorm(X)), and output the sum
+Y = X + W·a + b itself (`Arch.input_norm`, `Arch.output_norm`): K-prune's target, the sum Y, is the same quantity.
 """
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
 from kprune_lib.encoder.arch import Arch, RelativeAttention
-from kprune_lib.encoder.sublayer import Sublayer
+from kprune_lib.encoder.hf.modeling_kprune import part_rows
+from kprune_lib.encoder.sublayer import FFN, MHA, Sublayer
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -21,15 +27,41 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
+def window_bias(seq_len: int, window: int, like: torch.Tensor) -> torch.Tensor:
+    """(T, T) additive bias of a sliding-window attention layer: token i sees token j only when |i − j| ≤ window."""
+    pos = torch.arange(seq_len, device=like.device)
+    far = (pos[:, None] - pos[None, :]).abs() > window
+    return torch.zeros(seq_len, seq_len, dtype=like.dtype, device=like.device).masked_fill(far, torch.finfo(like.dtype).min)
+
+
+def queries_keys_values(arch: Arch, i: int, x: torch.Tensor, h: int) -> tuple[torch.Tensor, ...]:
+    """Layer i's queries, keys and values (B, h, T, d_h) each, from its projections' input x (B, T, d): three
+    projections, or one fused [Q; K; V] (ModernBERT's Wqkv); rotary positions applied to Q and K where the model
+    has them."""
+    B, T, _ = x.shape
+    dh = arch.head_size
+    if arch.table.fused_qkv:
+        q, k, v = arch.module(i, "q")(x).view(B, T, 3, h, dh).unbind(2)
+    else:
+        q, k, v = (arch.module(i, name)(x).view(B, T, h, dh) for name in ("q", "k", "v"))
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if arch.rotary:
+        cos, sin = arch.rotary_embeddings(i, T, x)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    return q, k, v
+
+
 def mha_context(arch: Arch, i: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Concatenated per-head context vectors of layer i: (B, T, d) -> (B, T, h·d_h)."""
+    """Concatenated per-head context vectors of layer i from its sublayer input x: (B, T, d) -> (B, T, h·d_h)
+    (a pre-norm block normalises x first)."""
     B, T, _ = x.shape
     h, dh = arch.heads_in_layer(i), arch.head_size
     if h == 0:  # fully pruned attention: no Q/K/V work
         return x.new_zeros(B, T, 0)
-    q = arch.module(i, "q")(x).view(B, T, h, dh).transpose(1, 2)  # (B, h, T, d_h)
-    k = arch.module(i, "k")(x).view(B, T, h, dh).transpose(1, 2)
-    v = arch.module(i, "v")(x).view(B, T, h, dh).transpose(1, 2)
+    q, k, v = queries_keys_values(arch, i, arch.input_norm(Sublayer.at(i, MHA))(x), h)
+    window = arch.attention_window(i)
+    if window is not None:  # a local layer: the padding bias and the window's, never below the dtype's least value
+        bias = (bias + window_bias(T, window, bias)).clamp(min=torch.finfo(bias.dtype).min)
     if arch.relative is None:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (B, h, T, d_h)
     else:  # DeBERTa: the position terms join the scores, all under one wider scale. Written out rather than through
@@ -73,15 +105,30 @@ def disentangled_scores(rel: RelativeAttention, q: torch.Tensor, k: torch.Tensor
 
 
 def ffn_activations(arch: Arch, i: int, x: torch.Tensor) -> torch.Tensor:
-    """FFN activations after the nonlinearity: (B, T, d) -> (B, T, N)."""
-    return arch.module(i, "act")(arch.module(i, "ffn_in")(x))
+    """FFN activations after the nonlinearity, from the sublayer input x: (B, T, d) -> (B, T, N); a gated FFN's
+    are act(input) · gate (a pre-norm block normalises x first)."""
+    return activate(arch, i, arch.module(i, "ffn_in")(arch.input_norm(Sublayer.at(i, FFN))(x)))
 
 
 def kept_ffn_activations(arch: Arch, i: int, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The activations of layer i's FFN neurons idx (k,) only: (B, T, d) -> (B, T, k), k of the N rows of its input
-    projection (the others are never formed)."""
+    """The activations of layer i's FFN neurons idx (k,) only: (B, T, d) -> (B, T, k), from k of the N rows of its
+    input projection (2k of its 2N for a gated FFN; the others are never formed)."""
     lin = arch.module(i, "ffn_in")
-    return arch.module(i, "act")(F.linear(x, lin.weight[idx], None if lin.bias is None else lin.bias[idx]))
+    parts = arch.table.ffn_in_parts
+    rows = part_rows(idx, lin.out_features // parts, parts).to(lin.weight.device)
+    x = arch.input_norm(Sublayer.at(i, FFN))(x)
+    pre = F.linear(x, lin.weight[rows], None if lin.bias is None else lin.bias[rows])
+    return activate(arch, i, pre)
+
+
+def activate(arch: Arch, i: int, pre: torch.Tensor) -> torch.Tensor:
+    """Layer i's FFN nonlinearity on its input projection's output (…, parts·n) -> (…, n): act, or act(input) · gate
+    for a gated FFN ([inputs; gates])."""
+    act = arch.module(i, "act")
+    if not arch.table.gated_ffn:
+        return act(pre)
+    inputs, gates = pre.chunk(2, dim=-1)
+    return act(inputs) * gates
 
 
 def projection_input(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -96,11 +143,10 @@ def sublayer(arch: Arch, s: int, x: torch.Tensor, bias: torch.Tensor):
 
 
 def sublayer_from_input(arch: Arch, s: int, x: torch.Tensor, a: torch.Tensor):
-    """The rest of sublayer s once its projection input a = projection_input(x) is known: (LayerNorm(Y), Y, a)."""
+    """The rest of sublayer s once its projection input a = projection_input(x) is known: (LayerNorm(Y), Y, a)
+    (pre-norm: (Y, Y, a))."""
     y = x + arch.out_proj(s)(a)
-    s = Sublayer(s)
-    ln = arch.module(s.layer, s.pick("attn_ln", "ffn_ln"))
-    return ln(y), y, a
+    return arch.output_norm(s)(y), y, a
 
 
 def encode(arch: Arch, batch: dict, start: int = 0, x: torch.Tensor | None = None) -> torch.Tensor:

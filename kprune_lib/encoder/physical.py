@@ -10,7 +10,7 @@ from torch import nn
 
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import FFN_WIDTH_MULTIPLE
-from kprune_lib.encoder.hf.modeling_kprune import prune_block
+from kprune_lib.encoder.hf.modeling_kprune import part_rows, prune_block
 from kprune_lib.encoder.masks import head_dims
 
 
@@ -56,11 +56,13 @@ def prune_physically(model: nn.Module | Arch, head_mask: torch.Tensor, neuron_ma
 
 @torch.no_grad()
 def zero_neurons(arch: Arch, i: int, idx) -> None:
-    """Make layer i's FFN neurons idx inert: zero input rows and biases, zero output columns."""
+    """Make layer i's FFN neurons idx inert: zero input rows (both halves of a gated FFN's) and biases, zero output
+    columns."""
     ffn_in, ffn_out = arch.module(i, "ffn_in"), arch.module(i, "ffn_out")
-    ffn_in.weight[idx] = 0
+    rows = part_rows(idx, ffn_out.in_features, arch.table.ffn_in_parts).to(ffn_in.weight.device)
+    ffn_in.weight[rows] = 0
     if ffn_in.bias is not None:
-        ffn_in.bias[idx] = 0
+        ffn_in.bias[rows] = 0
     ffn_out.weight[:, idx] = 0
 
 

@@ -15,7 +15,7 @@ import torch
 
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.config import PruneConfig
-from kprune_lib.costs.flops import head_flops, model_flops, neuron_flops
+from kprune_lib.costs.flops import UnitFlops
 from kprune_lib.encoder.masks import head_dims
 from kprune_lib.method.kcm import kcm
 from kprune_lib.method.kwon import kwon, mask_gradients
@@ -89,10 +89,11 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
     """
     t0 = time.perf_counter()
     arch = Arch.of(model)
-    L, H, N, d = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden
+    L, H, N = arch.num_layers, arch.num_heads, arch.ffn_size
     require_dense(arch, name)
-    fh, fn = head_flops(seq_len, d, arch.head_size, arch.rel_positions), neuron_flops(seq_len, d)
-    flops_dense = model_flops([H] * L, [N] * L, seq_len, d, arch.head_size, arch.rel_positions)
+    flops = UnitFlops.of(arch)
+    fh, fn = flops.head(seq_len), flops.neuron(seq_len)
+    flops_dense = flops.model([H] * L, [N] * L, seq_len)
     fisher_h, fisher_n = fisher_scores(arch, batches, problem)
     t_fisher = time.perf_counter() - t0
     scores = torch.cat([fisher_h.flatten(), fisher_n.flatten()])
@@ -105,8 +106,7 @@ def kwon_fisher(model: torch.nn.Module | Arch, batches: list[dict], problem: str
         m = s.pick(head_mask, neuron_mask)[s.layer]
         records.append({"sublayer": int(s), "layer": s.layer, "kind": s.kind, "units": int(m.numel()),
                         "kept": int(m.sum()), "tuned": False, "ridge": 0.0})
-    flops_pruned = model_flops(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len, d, arch.head_size,
-                               arch.rel_positions)
+    flops_pruned = flops.model(head_mask.sum(1).tolist(), neuron_mask.sum(1).tolist(), seq_len)
     seconds = time.perf_counter() - t0
     return PruneResult(head_mask, neuron_mask, records, {"fisher": t_fisher, "search": seconds - t_fisher}, seconds,
                        flops_dense, flops_pruned,
@@ -131,7 +131,8 @@ def one_shot_global_masks(result: PruneResult, arch: Arch, seq_len: float, const
     if 0 not in result.knowledge:
         raise ValueError("one_shot_global_masks needs a K-prune result recorded with record_knowledge=True")
     L = arch.num_layers
-    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size, arch.rel_positions), neuron_flops(seq_len, arch.hidden)
+    flops = UnitFlops.of(arch)
+    fh, fn = flops.head(seq_len), flops.neuron(seq_len)
     scores = [result.knowledge[0][s]["score"] for s in range(2 * L)]
     costs = [torch.full((sc.numel(),), s.pick(fh, fn), dtype=torch.float64) for s, sc in zip(sublayers(L), scores)]
     tau = kpms_threshold(torch.cat(scores), torch.cat(costs), (1.0 - constraint) * result.flops_dense)

@@ -263,6 +263,10 @@ def kcm(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, con
     arch = Arch.of(model)
     L, H, N, d, dh = arch.num_layers, arch.num_heads, arch.ffn_size, arch.hidden, arch.head_size
     require_dense(arch, name)
+    if arch.table.fused_qkv or arch.table.gated_ffn:  # its filters are rows of separate Q/K/V and of a plain FFN
+        raise ValueError(f"{name} reads its filters from separate Q/K/V projections and a plain FFN, which "
+                         f"{arch.model_type} does not have (fused Wqkv, gated FFN); use --method kprune or "
+                         "fisher-greedy")
     arch.model.eval()
     heads_pruned, neurons_pruned, allocation = layer_budget(constraint, L, H, N, seq_len, d, dh, arch.rel_positions)
     original = {s: arch.out_proj(s).weight.detach().clone() for s in sublayers(L)}

@@ -515,6 +515,10 @@ def kwon(model: torch.nn.Module | Arch, batches: list[dict], problem: str, *, co
     if arch.rel_positions:  # its authors' MAC formula is BERT's: it would not count DeBERTa's position terms
         raise ValueError(f"{name} counts BERT's MACs and cannot budget {arch.model_type}'s relative-position terms; "
                          "use --method kprune or fisher-greedy")
+    if arch.table.pre_norm or arch.table.gated_ffn:  # BERT's MACs again, and its rescaling fits post-norm outputs
+        raise ValueError(f"{name} counts BERT's MACs and rescales masks against post-LayerNorm block outputs, which "
+                         f"{arch.model_type} does not have (gated FFN, pre-norm blocks); use --method kprune or "
+                         "fisher-greedy")
     timings, evals = {}, 0.0
     g_h, g_n = mask_gradients(arch, batches, problem, progress)
     imp_h, imp_n = g_h.pow(2).sum(0), g_n.pow(2).sum(0)  # compute_fisher_info

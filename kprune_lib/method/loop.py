@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from kprune_lib.config import PruneConfig
 from kprune_lib.costs.budget import unit_costs
-from kprune_lib.costs.flops import model_flops
+from kprune_lib.costs.flops import UnitFlops
 from kprune_lib.encoder.arch import Arch
 from kprune_lib.costs.latency import LatencyTable
 from kprune_lib.encoder.masks import UnitMasks, head_dims, kept_per_layer, per_layer
@@ -167,8 +167,9 @@ def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, con
     # pruned before has fewer than its config's)
     costs = unit_costs(cfg.budget, arch, seq_len, latency)
     L, n_sub = arch.num_layers, 2 * arch.num_layers
-    flops_dense = model_flops([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
-                              seq_len, arch.hidden, arch.head_size, arch.rel_positions)
+    flops = UnitFlops.of(arch)
+    flops_dense = flops.model([arch.heads_in_layer(i) for i in range(L)], [arch.neurons_in_layer(i) for i in range(L)],
+                              seq_len)
     spendable = costs.spendable  # the KPMS walk's budget, in costs.unit; what the kept units have not spent yet
     model.eval()
     device = next(model.parameters()).device
@@ -207,8 +208,7 @@ def kprune(model: torch.nn.Module | Arch, batches: list[dict], problem: str, con
             p.requires_grad_(requires_grad[n])
     head_mask = per_layer([keep_units[Sublayer.at(i, MHA)].cpu() for i in range(L)])
     neuron_mask = per_layer([keep_units[Sublayer.at(i, FFN)].cpu() for i in range(L)])
-    flops_pruned = model_flops(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len, arch.hidden,
-                               arch.head_size, arch.rel_positions)
+    flops_pruned = flops.model(kept_per_layer(head_mask), kept_per_layer(neuron_mask), seq_len)
     predicted = None if latency is None else \
         latency.predict(kept_per_layer(head_mask), kept_per_layer(neuron_mask))
     return PruneResult(head_mask, neuron_mask, records, dict(clock.totals), time.perf_counter() - t_start,

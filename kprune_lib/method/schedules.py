@@ -268,7 +268,7 @@ class CachedSchedule(Schedule):
         y_rows = self._held.pop((j, s), None)
         if y_rows is not None:
             if not self.hold_all_sums:  # only Y_0 held: LayerNorm(Y_0) per token gives the teacher's next input rows
-                self._teacher_stream(j, y_rows).copy_(self.arch.module(0, "attn_ln")(y_rows))
+                self._teacher_stream(j, y_rows).copy_(self.arch.output_norm(0)(y_rows))
             return unpack(y_rows, tok)
         x_teacher = x_s if s == 0 else unpack(self.teacher_x[j], tok)  # at s = 0: the embeddings
         x_next, y_teacher = sublayer(self.arch, s, x_teacher, self.biases[j])[:2]

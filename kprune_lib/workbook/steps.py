@@ -22,7 +22,7 @@ from kprune_lib.method.baselines import run_method
 from kprune_lib.data.batching import glue_pruning_sample, make_batches, tokenize
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
-from kprune_lib.costs.flops import head_flops, neuron_flops
+from kprune_lib.costs.flops import UnitFlops
 from kprune_lib.encoder.forward import attention_bias, encode, projection_input, sublayer
 from kprune_lib.data.glue import load_glue
 from kprune_lib.artifacts.checkpoint import KPRUNE_FILE, load_model
@@ -115,7 +115,8 @@ def evaluate(setup: Setup, model: torch.nn.Module | None = None, head_mask=None,
 
 
 def unit_flops(arch: Arch, seq_len: float) -> dict[int, float]:
-    fh, fn = head_flops(seq_len, arch.hidden, arch.head_size, arch.rel_positions), neuron_flops(seq_len, arch.hidden)
+    flops = UnitFlops.of(arch)
+    fh, fn = flops.head(seq_len), flops.neuron(seq_len)
     return {s: s.pick(fh, fn) for s in sublayers(arch.num_layers)}
 
 

@@ -11,7 +11,8 @@ know: it must not build a dense model from such a folder, and asks for `trust_re
 This file is copied next to every pruned model so that stock transformers can load it.
 """
 from huggingface_hub.dataclasses import strict
-from transformers import BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+from transformers import (BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, ModernBertConfig, RobertaConfig,
+                          XLMRobertaConfig)
 
 PREFIX = "kprune-"
 
@@ -58,5 +59,13 @@ class KPruneDebertaV2Config(DebertaV2Config):
     intermediate_sizes: list[int] | None = None
 
 
+@strict
+class KPruneModernBertConfig(ModernBertConfig):
+    model_type = PREFIX + ModernBertConfig.model_type
+    heads_per_layer: list[int] | None = None
+    intermediate_sizes: list[int] | None = None
+
+
 CONFIGS = {c.model_type: c for c in (KPruneBertConfig, KPruneRobertaConfig, KPruneXLMRobertaConfig,
-                                     KPruneDistilBertConfig, KPruneElectraConfig, KPruneDebertaV2Config)}
+                                     KPruneDistilBertConfig, KPruneElectraConfig, KPruneDebertaV2Config,
+                                     KPruneModernBertConfig)}

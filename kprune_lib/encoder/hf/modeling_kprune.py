@@ -2,8 +2,9 @@
 
 Every class here is a stock transformers class that, once built, shrinks each transformer block to the shape
 recorded in its configuration (`heads_per_layer`, `intermediate_sizes`): the Q/K/V projections keep the first
-h·d_h outputs (DeBERTa's relative-position projections too: `Layout.head_rows`), the attention output projection
-the first h·d_h inputs, the FFN the first n neurons. The weights of a pruned model are saved in that order, so
+h·d_h outputs (DeBERTa's relative-position projections too: `Layout.head_rows`; ModernBERT's fused Wqkv the first
+h·d_h of each of its three parts), the attention output projection the first h·d_h inputs, the FFN the first n
+neurons (ModernBERT's gated FFN: the first n rows of both halves of its input projection). The weights of a pruned model are saved in that order, so
 `from_pretrained` loads them unchanged. A block with no head left does no Q/K/V work (`NoAttention`); a projection
 with no input left adds nothing (its bias is zero).
 
@@ -21,6 +22,8 @@ from transformers import (
     DebertaV2ForQuestionAnswering, DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, DebertaV2Model,
     DistilBertForQuestionAnswering, DistilBertForSequenceClassification, DistilBertModel,
     ElectraForQuestionAnswering, ElectraForSequenceClassification, ElectraModel,
+    ModernBertForQuestionAnswering, ModernBertForSequenceClassification, ModernBertForTokenClassification,
+    ModernBertModel,
     RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaModel,
     XLMRobertaForQuestionAnswering, XLMRobertaForSequenceClassification, XLMRobertaModel,
 )
@@ -30,8 +33,8 @@ from transformers import (  # token classification
 )
 
 from .configuration_kprune import (
-    PREFIX, KPruneBertConfig, KPruneDebertaV2Config, KPruneDistilBertConfig, KPruneElectraConfig, KPruneRobertaConfig,
-    KPruneXLMRobertaConfig,
+    PREFIX, KPruneBertConfig, KPruneDebertaV2Config, KPruneDistilBertConfig, KPruneElectraConfig, KPruneModernBertConfig,
+    KPruneRobertaConfig, KPruneXLMRobertaConfig,
 )
 
 
@@ -51,6 +54,19 @@ class Layout:
     # further projections with h·d_h outputs, one d_h slice per head, that go with their heads where the block has
     # them (DeBERTa's relative-position projections)
     head_rows: tuple[str, ...] = field(default=(), kw_only=True)
+    # a gated (GLU) FFN: ffn_in's outputs are [inputs; gates], 2n rows, and neuron j is rows j and n + j with column
+    # j of ffn_out (ModernBERT: act(input) * gate)
+    gated_ffn: bool = field(default=False, kw_only=True)
+
+    @property
+    def fused_qkv(self) -> bool:
+        """Q, K and V are one projection whose outputs are [queries; keys; values] (ModernBERT's Wqkv)."""
+        return self.q == self.k == self.v
+
+    @property
+    def ffn_in_parts(self) -> int:
+        """Row blocks of the FFN's input projection, one row per neuron in each: 2 for a gated FFN, else 1."""
+        return 2 if self.gated_ffn else 1
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attn="attention.self", q="attention.self.query",
@@ -69,6 +85,9 @@ LAYOUTS: dict[str, Layout] = {
                          k="attention.self.key_proj", v="attention.self.value_proj", o="attention.output.dense",
                          ffn_in="intermediate.dense", ffn_out="output.dense",
                          head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
+    # pre-norm blocks; Wqkv fused (3·h·d_h rows), Wi gated (2·n rows)
+    "modernbert": Layout(base="model", layers="layers", attn="attn", q="attn.Wqkv", k="attn.Wqkv", v="attn.Wqkv",
+                         o="attn.Wo", ffn_in="mlp.Wi", ffn_out="mlp.Wo", gated_ffn=True),
 }
 
 
@@ -96,6 +115,13 @@ def new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 def keep_rows(lin: nn.Linear, idx) -> nn.Linear:
     """Keep output features idx (an index tensor or a slice) of a Linear."""
     return new_linear(lin.weight[idx], None if lin.bias is None else lin.bias[idx])
+
+
+def part_rows(idx, width: int, parts: int) -> torch.Tensor:
+    """The rows `idx` (an index tensor or a slice of range(width)) of each of `parts` consecutive blocks of `width`
+    rows: a fused projection's kept rows (Q, K and V of ModernBERT's Wqkv; a gated FFN's inputs and gates)."""
+    idx = torch.arange(width)[idx] if isinstance(idx, slice) else idx
+    return torch.cat([p * width + idx for p in range(parts)])
 
 
 def keep_columns(lin: nn.Linear, idx) -> nn.Linear:
@@ -132,9 +158,9 @@ def prune_block(block: nn.Module, layout: Layout, dims, neurons, heads: int, hea
         inner = layout.o[len(layout.attn) + 1:] if layout.o.startswith(layout.attn + ".") else None
         set_module(block, layout.attn, NoAttention(inner, out_proj if inner else None))
     else:
-        for name in ("q", "k", "v"):
-            path = getattr(layout, name)
-            set_module(block, path, keep_rows(get_module(block, path), dims))
+        for path in dict.fromkeys((layout.q, layout.k, layout.v)):  # one path when fused: [Q; K; V] rows
+            lin, parts = get_module(block, path), 3 if layout.fused_qkv else 1
+            set_module(block, path, keep_rows(lin, part_rows(dims, lin.out_features // parts, parts).to(lin.weight.device)))
         for path in layout.head_rows:
             parent, _, name = path.rpartition(".")
             if hasattr(get_module(block, parent), name):  # absent when the block does without it (share_att_key)
@@ -146,7 +172,9 @@ def prune_block(block: nn.Module, layout: Layout, dims, neurons, heads: int, hea
         if hasattr(attn, "all_head_size"):
             attn.all_head_size = heads * head_size
     set_module(block, layout.o, out_proj)
-    set_module(block, layout.ffn_in, keep_rows(get_module(block, layout.ffn_in), neurons))
+    ffn_in, parts = get_module(block, layout.ffn_in), layout.ffn_in_parts
+    set_module(block, layout.ffn_in,
+               keep_rows(ffn_in, part_rows(neurons, ffn_in.out_features // parts, parts).to(ffn_in.weight.device)))
     set_module(block, layout.ffn_out, keep_columns(get_module(block, layout.ffn_out), neurons))
 
 
@@ -268,3 +296,19 @@ class KPruneDebertaV2ForQuestionAnswering(PrunedShape, DebertaV2ForQuestionAnswe
 
 class KPruneDebertaV2ForTokenClassification(PrunedShape, DebertaV2ForTokenClassification):
     config_class = KPruneDebertaV2Config
+
+
+class KPruneModernBertModel(PrunedShape, ModernBertModel):
+    config_class = KPruneModernBertConfig
+
+
+class KPruneModernBertForSequenceClassification(PrunedShape, ModernBertForSequenceClassification):
+    config_class = KPruneModernBertConfig
+
+
+class KPruneModernBertForQuestionAnswering(PrunedShape, ModernBertForQuestionAnswering):
+    config_class = KPruneModernBertConfig
+
+
+class KPruneModernBertForTokenClassification(PrunedShape, ModernBertForTokenClassification):
+    config_class = KPruneModernBertConfig
