@@ -1,9 +1,9 @@
-"""Today's encoders pruned on CPU: a DeBERTa-v3-base-shaped model (random weights) at 50 % of its FLOPs removed, a
-BERT-base-shaped one beside it at the same settings for reference: pruning time, peak memory, and the measured
-speedup of the physically pruned model against its FLOPs ratio.
+"""Today's encoders pruned on CPU: DeBERTa-v3-base- and ModernBERT-base-shaped models (random weights) at 50 % of
+their FLOPs removed, a BERT-base-shaped one beside them at the same settings for reference: pruning time, peak memory,
+and the measured speedup of the physically pruned model against its FLOPs ratio.
 
-  python benchmarks/encoders.py                                   # both shapes, 2000 tokens of MRPC train
-  python benchmarks/encoders.py --shapes deberta-v3-base --num-tokens 2000
+  python benchmarks/encoders.py                                   # the three shapes, 2000 tokens of MRPC train
+  python benchmarks/encoders.py --shapes modernbert-base --num-tokens 2000
 
 Each shape is pruned in its own process (peak RSS is that run's): K-prune's loop (default hyper-parameters, the
 cached schedule, length-sorted compute batches) on a sample of MRPC's training set tokenised by the MiniLM
@@ -12,7 +12,8 @@ compute), then `prune_physically` as `kprune prune` saves it (FFN widths padded 
 FFN_WIDTH_MULTIPLE). Latency: dense and pruned forward at batch 1 and batch 8 × 128 real tokens, timed in the same
 interleaved rounds (`costs.timing.measure_latencies`). The FLOPs ratio is the paper formula's (DeBERTa: with its
 position terms, `costs.flops.position_flops`) at the sample's L_seq, the constraint's, and at 128 tokens, the
-latency's, for the physical widths. Random weights: the masks (and so the speedup) are those of a model whose
+latency's, for the physical widths (ModernBERT: a gated neuron's three matrix rows, `costs.flops.neuron_flops`).
+Random weights: the masks (and so the speedup) are those of a model whose
 knowledge is noise; the cost of pruning does not depend on the weights.
 
 Appends one row per shape to benchmarks/ENCODERS.md and writes benchmarks/results/<date>-encoders-<shape>.json.
@@ -53,6 +54,12 @@ SHAPES = {  # random-weight models of real shapes
         max_position_embeddings=512, relative_attention=True, pos_att_type="p2c|c2p", position_buckets=256,
         max_relative_positions=-1, share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
         type_vocab_size=0, num_labels=2),
+    # ModernBERT-base's shape (answerdotai/ModernBERT-base: 22 layers, GLU FFN of 1152, a global layer every third,
+    # 128-token windows, no biases); special tokens are the MiniLM tokenizer's
+    "modernbert-base": lambda vocab: transformers.ModernBertConfig(
+        vocab_size=vocab, hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+        global_attn_every_n_layers=3, local_attention=128, max_position_embeddings=8192, pad_token_id=0,
+        cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102, mask_token_id=103, num_labels=2),
     "bert-base": lambda vocab: transformers.BertConfig(
         vocab_size=vocab, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
         num_labels=2),
@@ -73,7 +80,7 @@ def worker(shape: str, num_tokens: int, constraint: float, out: str) -> None:
     """Prune one shape and write its record to `out`."""
     from kprune_lib.api import compute_batch_tokens
     from kprune_lib.config import PruneConfig
-    from kprune_lib.costs.flops import model_flops
+    from kprune_lib.costs.flops import UnitFlops
     from kprune_lib.costs.timing import measure_latencies
     from kprune_lib.data.batching import glue_pruning_sample
     from kprune_lib.data.tasks import get_glue_task
@@ -102,8 +109,8 @@ def worker(shape: str, num_tokens: int, constraint: float, out: str) -> None:
     L, H, N = arch.num_layers, arch.num_heads, arch.ffn_size
 
     def flops_ratio(seq: float) -> float:
-        dims = (seq, arch.hidden, arch.head_size, arch.rel_positions)
-        return model_flops([H] * L, [N] * L, *dims) / model_flops(heads, widths, *dims)
+        flops = UnitFlops.of(arch)
+        return flops.model([H] * L, [N] * L, seq) / flops.model(heads, widths, seq)
 
     latency = {}
     for batch, seq in LATENCY:
@@ -180,7 +187,8 @@ def row(r: dict, when: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="deberta-v3-base,bert-base", help=f"comma-separated, of {sorted(SHAPES)}")
+    p.add_argument("--shapes", default="deberta-v3-base,modernbert-base,bert-base",
+                   help=f"comma-separated, of {sorted(SHAPES)}")
     p.add_argument("--num-tokens", type=int, default=2000)
     p.add_argument("--constraint", type=float, default=0.5)
     p.add_argument("--retime", nargs="+", default=None, help="record files to time again (no pruning)")

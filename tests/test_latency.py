@@ -77,7 +77,7 @@ def test_monotone_is_isotonic_regression():
     assert lat.monotone([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "deberta-v2", "modernbert"])
 def test_measured_table_is_monotone_and_covers_every_width(arch):
     model = tiny_model(arch)
     table = lat.latency_table(model, BATCH, SEQ, "cpu", 1, progress=False)

@@ -297,3 +297,25 @@ def test_kprune_prune_end_to_end(tmp_path, task):
     assert again[summary["metric"]] == pytest.approx(summary["pruned"][summary["metric"]], abs=1e-6)
     card = (out / "model" / "README.md").read_text()
     assert "ModernBERT's FLOPs count its gated FFN" in card
+
+
+def test_kprune_meets_a_latency_budget():
+    """K-prune's loop against a latency table measured on the model's own (shrunk) blocks: the kept shape's
+    predicted latency is within the budget, and the physically pruned model computes the masked one."""
+    from kprune_lib.costs.latency import latency_table
+    from kprune_lib.method.loop import kprune
+
+    model = modernbert()
+    table = latency_table(model, 2, 12, "cpu", 1, progress=False)
+    lo, hi = table.feasible()
+    budget = lo + 0.5 * (hi - lo)
+    batches = random_batches(3, token_types=False, seed=5)
+    res = kprune(model, batches, "classification", latency=table, latency_budget_ms=budget, seq_len=10.0,
+                 progress=False)
+    assert res.predicted_latency_ms == pytest.approx(table.predict(res.heads_kept, res.neurons_kept))
+    assert res.predicted_latency_ms <= budget and sum(res.heads_kept) + sum(res.neurons_kept) < 4 * (5 + 24)
+    with masked_model(Arch(model), res.head_mask.float(), res.neuron_mask.float()):
+        masked = outputs(model, batches)
+    prune_physically(model, res.head_mask, res.neuron_mask)
+    for p, m in zip(outputs(model, batches), masked):
+        torch.testing.assert_close(p, m, rtol=1e-4, atol=1e-5)
