@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import MODELS_DIR, SHARED
+from conftest import GLUE_DIR, MODELS_DIR, SHARED
 
 DEV = SHARED / "data" / "squad" / "dev-v1.1.json"
 MINILM = MODELS_DIR / "minilm-l6-mrpc"  # its tokenizer (BERT uncased WordPiece, fast) is all the tests use
@@ -51,6 +51,46 @@ def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def prune_checkpoint_cli(tmp_path: Path, config, task: str, tok=None) -> tuple[dict, Path]:
+    """`kprune prune` end to end on a random checkpoint of `config` (weights ~ N(0, 0.2), the MiniLM tokenizer or
+    `tok`) saved on disk: an MRPC slice (120 train / 40 dev rows) or a SQuAD slice ("squad": one paragraph per
+    article, half the articles the sample), 1000 tokens, 50 % removed. Checks the exit status, the constraint met
+    and that the saved folder evaluates to the reported metric; returns (summary, output folder)."""
+    from kprune_lib import api, cli
+
+    ckpt, tok = tmp_path / "ckpt", tok or tokenizer()
+    torch.manual_seed(0)
+    auto = transformers.AutoModelForQuestionAnswering if task == "squad" else \
+        transformers.AutoModelForSequenceClassification
+    model = auto.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    if task == "squad":
+        data = dict(eval_file=str(write_slice(tmp_path / "squad.json", n_paragraphs=1)), split_articles=0.5)
+        args = ["--eval-file", data["eval_file"], "--split-articles", "0.5"]
+    else:
+        glue = tmp_path / "glue" / "MRPC"
+        glue.mkdir(parents=True)
+        for name, n in (("train.tsv", 120), ("dev.tsv", 40)):
+            lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+            (glue / name).write_text("".join(lines[:n + 1]))
+        data = dict(data_dir=str(glue.parent))
+        args = ["--data-dir", data["data_dir"]]
+    out = tmp_path / "out"
+    rc = cli.main(["prune", "--model", str(ckpt), "--task", task, *args, "--num-tokens", "1000", "--constraint",
+                   "0.5", "--device", "cpu", "--output", str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["flops_removed"] >= 0.5 - 1e-9
+    again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **data)
+    assert again[summary["metric"]] == pytest.approx(summary["pruned"][summary["metric"]], abs=1e-6)
+    return summary, out
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,7 +24,7 @@ from kprune_lib.encoder.arch import Arch, UnsupportedArchitecture
 from kprune_lib.encoder.forward import attention_bias, encode, sublayer
 from kprune_lib.encoder.masks import masked_model
 from kprune_lib.encoder.physical import prune_physically
-from squad_helpers import DEV, MINILM, one_thread, tokenizer, write_slice  # noqa: F401 (one_thread: autouse)
+from squad_helpers import DEV, MINILM, one_thread, prune_checkpoint_cli, tokenizer  # noqa: F401 (one_thread: autouse)
 
 KEYS = ["input_ids", "attention_mask"]
 AUTO = {"classification": transformers.AutoModelForSequenceClassification,
@@ -252,9 +252,6 @@ def test_kprune_prune_end_to_end(tmp_path, task):
     """`kprune prune` on a tiny ModernBERT checkpoint on disk (an MRPC slice; a SQuAD slice, question answering),
     with a tokenizer that gives no token types (as ModernBERT's): the pruned folder reloads with the reported
     metric, the FLOPs count the gate, the model card says so."""
-    from kprune_lib import api, cli
-
-    ckpt = tmp_path / "ckpt"
     tok = tokenizer()
     tok.model_input_names = ["input_ids", "attention_mask"]
     cfg = transformers.ModernBertConfig(
@@ -262,39 +259,13 @@ def test_kprune_prune_end_to_end(tmp_path, task):
         max_position_embeddings=512, local_attention=16, pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
         sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
         mask_token_id=tok.mask_token_id)
-    torch.manual_seed(0)
-    model = AUTO["qa" if task == "squad" else "classification"].from_config(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    model.save_pretrained(ckpt)
-    tok.save_pretrained(ckpt)
-    if task == "squad":
-        data = dict(eval_file=str(write_slice(tmp_path / "squad.json", n_paragraphs=1)), split_articles=0.5)
-        args = ["--eval-file", data["eval_file"], "--split-articles", "0.5"]
-    else:
-        glue = tmp_path / "glue" / "MRPC"
-        glue.mkdir(parents=True)
-        for name, n in (("train.tsv", 120), ("dev.tsv", 40)):
-            lines = (GLUE_DIR / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
-            (glue / name).write_text("".join(lines[:n + 1]))
-        data = dict(data_dir=str(glue.parent))
-        args = ["--data-dir", data["data_dir"]]
-    out = tmp_path / "out"
-    rc = cli.main(["prune", "--model", str(ckpt), "--task", task, *args, "--num-tokens", "1000", "--constraint",
-                   "0.5", "--device", "cpu", "--output", str(out), "--quiet"])
-    assert rc == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["flops_removed"] >= 0.5 - 1e-9
+    summary, out = prune_checkpoint_cli(tmp_path, cfg, task, tok)
     gated = UnitFlops(32, 8, gated=True)
     assert summary["flops_dense"] == pytest.approx(gated.model([4] * 3, [24] * 3, summary["seq_len"]))
     assert summary["flops_physical"] == pytest.approx(gated.model(summary["heads_kept"], summary["neurons_physical"],
                                                                   summary["seq_len"]))
     pruned = load_pruned(out / "model")
     assert [Arch(pruned).heads_in_layer(i) for i in range(3)] == summary["heads_kept"]
-    again = api.evaluate(str(out / "model"), task, device="cpu", progress=False, **data)
-    assert again[summary["metric"]] == pytest.approx(summary["pruned"][summary["metric"]], abs=1e-6)
     card = (out / "model" / "README.md").read_text()
     assert "ModernBERT's FLOPs count its gated FFN" in card
 
