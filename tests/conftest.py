@@ -62,11 +62,16 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, qa: bool = False, seed: 
     if num_labels == 1:
         cfg.problem_type = "regression"
     auto = transformers.AutoModelForQuestionAnswering if qa else transformers.AutoModelForSequenceClassification
-    model = auto.from_config(cfg).eval()
-    with torch.no_grad():  # larger-than-init weights so that scores spread and pruning matters
+    return spread_weights(auto.from_config(cfg).eval())
+
+
+def spread_weights(model, std: float = 0.2):
+    """Every matrix of `model` redrawn ~ N(0, std²), in place (returns the model): larger-than-init weights, so that
+    scores spread and pruning matters."""
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0, 0.2)
+                p.normal_(0, std)
     return model
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import GLUE_DIR, MODELS_DIR, SHARED
+from conftest import GLUE_DIR, MODELS_DIR, SHARED, spread_weights
 
 DEV = SHARED / "data" / "squad" / "dev-v1.1.json"
 MINILM = MODELS_DIR / "minilm-l6-mrpc"  # its tokenizer (BERT uncased WordPiece, fast) is all the tests use
@@ -43,11 +43,8 @@ def tiny_checkpoint(path: Path, head: str = "qa", seed: int = 0, init_std: float
             "token": transformers.AutoModelForTokenClassification, "base": transformers.AutoModel}[head]
     torch.manual_seed(seed)
     model = auto.from_config(cfg)
-    if init_std is not None:  # larger-than-init weights so that scores spread and pruning matters
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 2:
-                    p.normal_(0, init_std)
+    if init_std is not None:
+        spread_weights(model, init_std)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -65,10 +62,7 @@ def prune_checkpoint_cli(tmp_path: Path, config, task: str, tok=None) -> tuple[d
     auto = transformers.AutoModelForQuestionAnswering if task == "squad" else \
         transformers.AutoModelForSequenceClassification
     model = auto.from_config(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
+    spread_weights(model)
     model.save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     if task == "squad":

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import GLUE_DIR, needs_shared, random_batches, tiny_model
+from conftest import GLUE_DIR, needs_shared, random_batches, spread_weights, tiny_model
 from kprune_lib.artifacts.checkpoint import load_pruned, save_pruned
 from kprune_lib.encoder.arch import Arch, RelativeAttention, UnsupportedArchitecture
 from kprune_lib.encoder.forward import attention_bias, encode, sublayer
@@ -39,10 +39,7 @@ def deberta(variant: str, qa: bool = False, layers: int = 3):
         cfg.position_buckets, cfg.max_relative_positions = buckets, (6 if buckets < 0 else -1)
         torch.manual_seed(0)
         model = type(model)(cfg).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 2:
-                    p.normal_(0, 0.2)
+        spread_weights(model)
     return model
 
 
@@ -249,10 +246,7 @@ def test_without_relative_attention_it_is_bert_with_deberta_modules():
     cfg = transformers.DebertaV2Config(vocab_size=99, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
                                        intermediate_size=24, max_position_embeddings=64, type_vocab_size=2)
     model = transformers.DebertaV2ForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
+    spread_weights(model)
     a = Arch(model)
     assert a.relative is None and a.rel_positions == 0 and a.position_projections(0) == (None, None)
     for b in random_batches(2, token_types=True):

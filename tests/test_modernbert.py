@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import GLUE_DIR, needs_shared, random_batches, tiny_config
+from conftest import GLUE_DIR, needs_shared, random_batches, spread_weights, tiny_config
 from kprune_lib.artifacts.checkpoint import load_pruned, save_pruned
 from kprune_lib.costs.flops import UnitFlops, model_flops
 from kprune_lib.encoder.arch import Arch, UnsupportedArchitecture
@@ -43,10 +43,7 @@ def modernbert(kind: str = "classification", layers: int = 4, heads: int = 5, se
         setattr(cfg, k, v)
     torch.manual_seed(seed)
     model = AUTO[kind].from_config(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
+    spread_weights(model)
     return model
 
 

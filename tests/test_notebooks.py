@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import GLUE_DIR, MODELS_DIR, ROOT
+from conftest import GLUE_DIR, MODELS_DIR, ROOT, spread_weights
 from kprune_lib import PruneConfig
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -36,10 +36,7 @@ def make_tiny_checkpoint(out: Path, num_labels: int = 2, seed: int = 0) -> Path:
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
                                   intermediate_size=48, max_position_embeddings=512, num_labels=num_labels)
     model = transformers.BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():  # larger-than-init weights so that scores spread and predictions vary
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
+    spread_weights(model)
     model.save_pretrained(out)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(MINILM / f, out / f)
