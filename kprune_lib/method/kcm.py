@@ -22,12 +22,14 @@ Budget (`layer_budget`): every FFN neuron costs the same FLOPs, and every layer 
 the fewest that meet the FLOPs constraint (uniform across layers, as the paper prunes every FFN alike).
 
 Deviations and readings, named:
-(a) Sources: the paper's full text could not be read where this was written; the structure (R2 from a kernelized
-    convex-hull approximation of the neurons' weights, D2 from unlabeled outputs with majority voting, the two
-    rankings merged, the kept neurons scaled up, FFN neurons only, layer by layer) is the paper's as its abstract
-    and the authors' talk describe it; the kernel (Gaussian, median bandwidth), the greedy farthest-point hull
-    ranking, the filter (input row and bias), the alternate merge of the rankings, the vote's top-k = kept count,
-    the merge by convex coefficients and the uniform per-layer budget are the natural readings chosen here.
+(a) Sources: the paper's method section (its equations, its algorithm box) has not been read: not where this was
+    written, nor on a later check (2026-12-05) of the stored full-text copy, whose searchable text stops in the
+    introduction (docs/baselines.md, "Sources, said plainly"). The structure (R2 from a kernelized convex-hull
+    approximation of the neurons' weights, D2 from unlabeled outputs with majority voting, the two rankings merged,
+    the kept neurons scaled up, FFN neurons only, layer by layer) is the paper's as its abstract and the first
+    author's talk describe it; the kernel (Gaussian, median bandwidth), the greedy farthest-point hull ranking, the
+    filter (input row and bias), the alternate merge of the rankings, the vote's top-k = kept count, the merge by
+    convex coefficients and the uniform per-layer budget are the natural readings chosen here.
 (b) Heads: KCM prunes FFN neurons only. A FLOPs budget the FFNs cannot meet alone (more than every layer's neurons)
     is met by an extension, recorded as `allocation: "uniform+heads"`: every layer removes the fraction c of its
     neurons AND of its heads, the heads ranked by the same R2D2 (a head's filter: its Q, K, V rows and biases and
