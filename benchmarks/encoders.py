@@ -185,6 +185,17 @@ def row(r: dict, when: str) -> str:
             f"{lat['b8x128']['speedup']:.2f} |\n")
 
 
+def add_row(text: str, header: str, row: str) -> str:
+    """`text` with `row` appended to the table that starts with `header` (a new table at the end if there is none),
+    so that each kind of row stays in its own table."""
+    if header not in text:
+        return text + "\n" + header + row
+    start = text.index(header) + len(header)
+    end = text.find("\n\n", start - 1)
+    end = len(text) if end < 0 else end + 1
+    return text[:end] + row + text[end:]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="deberta-v3-base,modernbert-base,bert-base",
@@ -204,10 +215,7 @@ def main() -> None:
         when = dt.datetime.now().strftime("%Y-%m-%dT%H:%M")
         for path in a.retime:
             r = retime(path, a.threads)
-            text = md.read_text()
-            if RETIME_HEADER not in text:
-                text += "\n" + RETIME_HEADER
-            md.write_text(text + retime_row(r, a.threads, when))
+            md.write_text(add_row(md.read_text(), RETIME_HEADER, retime_row(r, a.threads, when)))
             print(json.dumps({r["shape"]: r[f"latency_threads{a.threads}"]}))
         return
     shapes = a.shapes.split(",")
@@ -222,10 +230,7 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--worker", shape, "--num-tokens", str(a.num_tokens),
                         "--constraint", str(a.constraint), "--out", str(out)], check=True)
         records[shape] = json.loads(out.read_text())
-        text = md.read_text() if md.exists() else ""
-        if HEADER not in text:
-            text += "\n" + HEADER
-        md.write_text(text + row(records[shape], when))
+        md.write_text(add_row(md.read_text() if md.exists() else "", HEADER, row(records[shape], when)))
     print(json.dumps({s: {k: r[k] for k in ("pruning_seconds", "peak_rss_mb", "flops_removed", "flops_ratio_128",
                                             "latency")} for s, r in records.items()}))
 
