@@ -22,7 +22,8 @@ from kprune_lib.encoder.arch import Arch, RelativeAttention, UnsupportedArchitec
 from kprune_lib.encoder.forward import attention_bias, encode, sublayer
 from kprune_lib.encoder.masks import masked_model
 from kprune_lib.encoder.physical import prune_physically
-from squad_helpers import DEV, MINILM, one_thread, prune_checkpoint_cli, tokenizer  # noqa: F401 (one_thread: autouse)
+from squad_helpers import (CLI_TASKS, DEV, MINILM, one_thread, prune_checkpoint_cli,  # noqa: F401 (one_thread: autouse)
+                           tokenizer)
 
 # share_att_key, pos_att_type, position_buckets (-1: exact distances up to max_relative_positions = 6)
 VARIANTS = {"own-projections": (False, "p2c|c2p", 4), "c2p-only": (False, "c2p", 4), "p2c-shared": (True, "p2c", 4),
@@ -258,11 +259,11 @@ def test_without_relative_attention_it_is_bert_with_deberta_modules():
 @needs_shared(MINILM)
 @needs_shared(GLUE_DIR / "MRPC")
 @needs_shared(DEV)
-@pytest.mark.parametrize("task", ["mrpc", "squad"])
+@pytest.mark.parametrize("task", CLI_TASKS)
 def test_kprune_prune_end_to_end(tmp_path, task):
-    """`kprune prune` on a tiny DeBERTa-v3-shaped checkpoint on disk (an MRPC slice; a SQuAD slice, question
-    answering): the pruned folder reloads with the reported metric, the FLOPs count the position terms, the model
-    card says so."""
+    """`kprune prune` on a tiny DeBERTa-v3-shaped checkpoint on disk, one task of each kind (MRPC, STS-B regression,
+    SQuAD question answering, token-classification files): the pruned folder reloads with the reported metric, the
+    FLOPs count the position terms, the model card says so."""
     from kprune_lib.costs.flops import model_flops
 
     cfg = transformers.DebertaV2Config(

@@ -24,7 +24,8 @@ from kprune_lib.encoder.arch import Arch, UnsupportedArchitecture
 from kprune_lib.encoder.forward import attention_bias, encode, sublayer
 from kprune_lib.encoder.masks import masked_model
 from kprune_lib.encoder.physical import prune_physically
-from squad_helpers import DEV, MINILM, one_thread, prune_checkpoint_cli, tokenizer  # noqa: F401 (one_thread: autouse)
+from squad_helpers import (CLI_TASKS, DEV, MINILM, one_thread, prune_checkpoint_cli,  # noqa: F401 (one_thread: autouse)
+                           tokenizer)
 
 KEYS = ["input_ids", "attention_mask"]
 AUTO = {"classification": transformers.AutoModelForSequenceClassification,
@@ -244,11 +245,11 @@ def test_what_refuses_it_says_so_in_one_line():
 @needs_shared(MINILM)
 @needs_shared(GLUE_DIR / "MRPC")
 @needs_shared(DEV)
-@pytest.mark.parametrize("task", ["mrpc", "squad"])
+@pytest.mark.parametrize("task", CLI_TASKS)
 def test_kprune_prune_end_to_end(tmp_path, task):
-    """`kprune prune` on a tiny ModernBERT checkpoint on disk (an MRPC slice; a SQuAD slice, question answering),
-    with a tokenizer that gives no token types (as ModernBERT's): the pruned folder reloads with the reported
-    metric, the FLOPs count the gate, the model card says so."""
+    """`kprune prune` on a tiny ModernBERT checkpoint on disk, one task of each kind (MRPC, STS-B regression, SQuAD
+    question answering, token-classification files), with a tokenizer that gives no token types (as ModernBERT's):
+    the pruned folder reloads with the reported metric, the FLOPs count the gate, the model card says so."""
     tok = tokenizer()
     tok.model_input_names = ["input_ids", "attention_mask"]
     cfg = transformers.ModernBertConfig(
