@@ -71,7 +71,7 @@ def prune_checkpoint_cli(tmp_path: Path, config, task: str, tok=None) -> tuple[d
     if task == "stsb":
         config.num_labels, config.problem_type = 1, "regression"
     if task == "ner":
-        ner = _ner_corpus()
+        ner = ner_corpus_module()
         config.id2label, config.label2id = dict(enumerate(ner.LABELS)), {n: i for i, n in enumerate(ner.LABELS)}
     torch.manual_seed(0)
     model = auto.from_config(config)
@@ -105,7 +105,7 @@ def prune_checkpoint_cli(tmp_path: Path, config, task: str, tok=None) -> tuple[d
     return summary, out
 
 
-def _ner_corpus():
+def ner_corpus_module():
     """benchmarks/ner_corpus.py as a module (the token-classification corpus built from MRPC's sentences)."""
     spec = importlib.util.spec_from_file_location("ner_corpus", ROOT / "benchmarks" / "ner_corpus.py")
     module = importlib.util.module_from_spec(spec)

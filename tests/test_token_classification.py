@@ -5,7 +5,6 @@ same logits -> ONNX export with onnxruntime parity -> the seqeval scores equal a
 Data: labels on first sub-words only; each bad input is one `kprune: error:` line with nothing written."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,11 +27,9 @@ from kprune_lib.encoder.arch import Arch
 from kprune_lib.encoder.physical import prune_physically
 from kprune_lib.method.baselines import run_method
 from kprune_lib.method.measurement import labelled_token_weights, predictive_loss, teacher_signal
-from squad_helpers import MINILM, one_thread, tiny_checkpoint  # noqa: F401 (one_thread: autouse)
+from squad_helpers import MINILM, ner_corpus_module, one_thread, tiny_checkpoint  # noqa: F401 (one_thread: autouse)
 
-_spec = importlib.util.spec_from_file_location("ner_corpus", ROOT / "benchmarks" / "ner_corpus.py")
-ner_corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ner_corpus)
+ner_corpus = ner_corpus_module()
 
 pytestmark = [needs_shared(MINILM), needs_shared(GLUE_DIR / "MRPC")]
 COMMON = ["--constraint", "0.5", "--num-tokens", "1500", "--seed", "0", "--quiet"]
