@@ -26,12 +26,17 @@
 # %% tags=["parameters"]
 model = "../../shared/models/minilm-l6-mrpc"  # fine-tuned checkpoint (folder or hub id)
 tokenizer = None  # the tokenizer's folder or hub id when the model folder has none (None: the model's)
-task = "mrpc"  # GLUE task; with validation_file: only the name the sweep and the report give your data
+task = "mrpc"  # GLUE task; with validation_file or dataset: only the name the sweep and the report give your data
 data_dir = "../../shared/data/glue"  # GLUE root in the official layout (None: the hub)
 train_file = None  # your own data (docs/own-data.md): the file the pruning sample is drawn from
 validation_file = None  # your own data: the file evaluated on (set: `task` is a name, `data_dir` is not used)
 text_columns = None  # your own data: "a" or "a,b" (None: as run_glue.py)
 label_column = None  # your own data: the label column (None: "label")
+dataset = None  # your own data as a data set (hub id or local data-set folder; instead of train_file/validation_file)
+dataset_config = None  # its configuration (None: the default)
+train_split = None  # its split the pruning sample is drawn from (None: "train")
+validation_split = None  # its split evaluated on (None: "validation")
+metric = None  # your own data: the primary metric (None: accuracy; spearman for a regression model)
 output_dir = "../runs/notebook04"  # where pruned/model/ and summary.json go
 method = "kprune"  # a method of `kprune methods` (kprune_lib/method/methods.py)
 constraint = 0.5  # fraction of FLOPs to remove, in (0, 1) (ignored when latency_budget_ms is set)
@@ -77,7 +82,8 @@ pruned_dir = Path(output_dir) / "pruned"
 
 # %%
 own_data = dict(train_file=train_file, validation_file=validation_file, text_columns=text_columns,
-                label_column=label_column) if validation_file else {}
+                label_column=label_column, dataset=dataset, dataset_config=dataset_config, train_split=train_split,
+                validation_split=validation_split, metric=metric) if validation_file or dataset else {}
 summary = api.prune(model, None if own_data else task, str(pruned_dir), data_dir=None if own_data else data_dir,
                     device=device, overwrite=True, progress=False, config=config, tokenizer=tokenizer, **own_data)
 print(f"{summary['method']} on {summary['task']}: {summary['flops_removed']:.1%} of FLOPs removed "

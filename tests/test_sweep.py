@@ -265,3 +265,60 @@ def test_a_grid_task_of_your_own_files_runs_and_reruns_when_a_file_changes(tmp_p
     spec["tasks"]["pairs"]["train_file"] = str(tmp_path / "missing.csv")
     with pytest.raises(GridError, match="train_file of task 'pairs' not found"):
         load_grid(write_grid(grid, **spec))
+
+
+@needs_fixtures
+def test_a_grid_task_of_a_data_set_runs_reruns_when_it_changes_and_refuses_mixes(tmp_path):
+    """A task entry naming a dataset (a local data-set folder of Parquet splits, read by datasets.load_dataset) with
+    its splits, columns and metric: notebook 04 prunes on it (its summary equals api.prune's), the identity holds
+    every file of the folder by relative name; an edited split reruns the point; files and a dataset together, or a
+    split without a dataset, stop the grid in one line."""
+    import datasets
+
+    from kprune_lib import api
+    from kprune_lib.data.glue import load_glue
+    from kprune_lib.data.tasks import get_glue_task
+
+    model = make_tiny_checkpoint(tmp_path / "ckpt")
+    glue = make_tiny_glue(tmp_path / "glue")
+    folder = tmp_path / "pairs-dataset"
+    folder.mkdir()
+    for split, name in (("train", "fit"), ("validation", "held")):
+        ex = load_glue(get_glue_task("mrpc"), split, glue)
+        datasets.Dataset.from_dict({"a": ex.text_a, "b": ex.text_b, "y": ex.labels}).to_parquet(
+            str(folder / f"{name}.parquet"))
+    entry = {"model": str(model), "dataset": str(folder), "train_split": "fit", "validation_split": "held",
+             "text_columns": "a,b", "label_column": "y", "metric": "mcc"}
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    grid = write_grid(tmp_path / "grid.yaml", tasks={"pairs": entry}, num_tokens=800, constraints=[0.5],
+                      methods=["kprune"], seeds=[0], device="cpu", parameters={"latency_repeats": 1},
+                      output_dir=str(runs), results_dir=str(results))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                      "  - split: fit\n    path: fit.parquet\n  - split: held\n    path: held.parquet\n---\n")
+    logs = []
+    out = run_sweep(grid, log=logs.append, report=False)
+    assert out["ran"] == ["pairs/kprune/c0.5/seed0"], (out, logs)
+    d = runs / "pairs" / "kprune" / "c0.5" / "seed0"
+    summary = json.loads((d / "summary.json").read_text())
+    direct = api.prune(str(model), None, str(tmp_path / "direct"), dataset=str(folder), train_split="fit",
+                       validation_split="held", text_columns="a,b", label_column="y", metric="mcc", device="cpu",
+                       progress=False, num_tokens=800, constraint=0.5)
+    assert summary["heads_kept"] == direct["heads_kept"] and summary["pruned"] == direct["pruned"]
+    assert summary["metric"] == "mcc" and summary["latency_examples"] == 64
+    record = json.loads((d / "point.json").read_text())
+    assert set(record["identity"]["data"]["files"]) == {"fit.parquet", "held.parquet", "README.md"}
+    assert "dataset" not in record["identity"]["parameters"]  # a location: fingerprinted instead
+    assert pd.read_csv(results / "results.csv").task.tolist() == ["pairs"]
+
+    held = datasets.load_dataset("parquet", data_files=str(folder / "held.parquet"), split="train")
+    held.select(range(40)).to_parquet(str(folder / "held.parquet"))  # the data changed
+    logs = []
+    assert run_sweep(grid, log=logs.append, report=False)["ran"] == ["pairs/kprune/c0.5/seed0"]
+    assert any(line.startswith("pairs/kprune/c0.5/seed0: data changed") for line in logs), logs
+
+    for extra, message in (({"train_file": str(folder / "fit.parquet")}, "names both a dataset and train_file"),):
+        with pytest.raises(GridError, match=message):
+            load_grid(write_grid(grid, tasks={"pairs": {**entry, **extra}}, constraints=[0.5]))
+    bare = {k: v for k, v in entry.items() if k != "dataset"}
+    with pytest.raises(GridError, match="names train_split, validation_split without a dataset"):
+        load_grid(write_grid(grid, tasks={"pairs": bare}, constraints=[0.5]))

@@ -5,7 +5,8 @@ The identity of a point (written to its folder as point.json by `points.run_poin
              a hub id: the id and the revision asked for (no fingerprint without downloading)
   data       a local folder: a SHA-256 of each file the task reads (GLUE: the task's split files; SQuAD: the
              official JSON files, or the explicit train/eval files), named relative to the folder; no folder: the
-             hub dataset's id
+             hub dataset's id; your own data: its two files, or every file of its local data-set folder (a hub data
+             set: its id and configuration)
   tokenizer  the same as model, when the point names a tokenizer of its own
   task, method, constraint, seed, num_tokens, device
   parameters every parameter notebook 04 runs with (its defaults, overridden by the grid's), output_dir excepted
@@ -62,9 +63,16 @@ def model_fingerprint(model: str, revision: str | None = None) -> dict:
 
 def data_fingerprint(task: str, data_dir: str | None, parameters: dict) -> dict:
     """The data a point reads: local files with their SHA-256, or the hub dataset it downloads. Your own data
-    (parameters with a validation_file): its train and validation files, by file name."""
+    (parameters with a validation_file): its train and validation files, by file name; a data set (parameters with a
+    dataset): every file of a local data-set folder, named relative to it, or the hub id and configuration."""
     from kprune_lib.data.tasks import get_task
 
+    if parameters.get("dataset"):
+        folder = Path(parameters["dataset"])
+        if not folder.is_dir():
+            return {"hub_id": parameters["dataset"], "config": parameters.get("dataset_config")}
+        files = [p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+        return {"files": {str(Path(k).relative_to(folder)): h for k, h in _files(files).items()}}
     if parameters.get("validation_file"):
         own = {k: Path(parameters[k]) for k in ("train_file", "validation_file") if parameters.get(k)}
         return {"files": {f"{k[:-len('_file')]}:{p.name}": _sha256(p) for k, p in own.items() if p.is_file()}}
@@ -108,7 +116,7 @@ def resolved_config(parameters: dict) -> dict:
 
 
 LOCATIONS = ("output_dir", "model", "data_dir", "tokenizer", "train_file", "eval_file",
-             "validation_file")  # fingerprinted instead
+             "validation_file", "dataset")  # fingerprinted instead
 
 
 def point_identity(parameters: dict, model_fp: dict, data_fp: dict, tokenizer_fp: dict | None = None) -> dict:

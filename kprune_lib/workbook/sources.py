@@ -29,6 +29,7 @@ class Source:
     model_missing: str | None = None  # the grid's model path, when it is absent and `fallback` replaced it
     data_missing: str | None = None  # the grid's data_dir, when it is absent and `data_dir_fallback` replaced it
     files: tuple[str, ...] = ()  # your own data: the task's train and validation files (no data_dir then)
+    dataset: str | None = None  # your own data from a data set: a local data-set folder or a hub id (no data_dir)
 
     def hub_fallbacks(self) -> list[tuple[str, str]]:
         """(repo type, repo id) of every fallback that comes from the hub."""
@@ -46,6 +47,8 @@ class Source:
             model += f" (fallback: {self.model_missing} not found)"
         if self.files:
             data = "your files " + ", ".join(self.files)
+        elif self.dataset is not None:
+            data = f"{'local data set' if Path(self.dataset).is_dir() else 'hub data set'} {self.dataset}"
         elif self.data_dir is None:
             data = f"hub {HUB_GLUE}"
         else:

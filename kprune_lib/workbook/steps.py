@@ -22,6 +22,7 @@ from kprune_lib.method.baselines import run_method
 from kprune_lib.data.batching import glue_pruning_sample, make_batches, tokenize
 from kprune_lib.config import GLUE_BATCH_SIZE, PruneConfig
 from kprune_lib.data.evaluate import evaluate_glue
+from kprune_lib.data.files import sources
 from kprune_lib.costs.flops import UnitFlops
 from kprune_lib.encoder.forward import attention_bias, encode, projection_input, sublayer
 from kprune_lib.data.glue import load_glue
@@ -401,13 +402,16 @@ def time_forward(model: torch.nn.Module, batches: list[dict], repeats: int = 3) 
 def latency(dense_model: str, pruned_model: str, task: str | None, data_dir: str | None = None, device: str = "auto",
             batch_size: int = GLUE_BATCH_SIZE, repeats: int = 3, max_length: int | None = None,
             tokenizer: str | None = None, validation_file: str | None = None, text_columns: str | None = None,
-            label_column: str | None = None, train_file: str | None = None) -> dict:
+            label_column: str | None = None, train_file: str | None = None, dataset: str | None = None,
+            dataset_config: str | None = None, train_split: str | None = None, validation_split: str | None = None,
+            metric: str | None = None) -> dict:
     """Measured inference time over the whole dev set, dense vs pruned, same batches (dataset order). Your own
-    data (task None): the validation_file read as `api.prune` reads it (sequence or token classification, as the
-    checkpoint is; train_file is not read)."""
+    data (task None): the validation_file, or the data set's validation_split, read as `api.prune` reads it
+    (sequence or token classification, as the checkpoint is; the training data and the metric are not read)."""
     dev = resolve_device(device)
     if task is None:
-        dense, tok, t = custom_model(dense_model, dev, tokenizer, None, validation_file, text_columns, label_column)
+        _, validation = sources(None, validation_file, dataset, dataset_config, None, validation_split)
+        dense, tok, t = custom_model(dense_model, dev, tokenizer, None, validation, text_columns, label_column)
         split = t.split("validation")
     else:
         dense, tok = load_model(dense_model, device=dev, tokenizer=tokenizer)

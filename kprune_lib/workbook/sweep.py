@@ -33,7 +33,10 @@ from kprune_lib.workbook.points import (ERROR, NOTEBOOKS_DIR, POINT_NOTEBOOK, Po
 from kprune_lib.workbook.sources import (HUB_GLUE, NO_FALLBACK, GridError, Source, check_fallbacks, check_sources,
                                          local_path, resolve_sources)
 
-OWN_DATA_KEYS = ("train_file", "validation_file", "text_columns", "label_column")  # a task entry of your own data
+# a task entry of your own data: files, or a data set (`datasets.load_dataset`: a hub id or a local data-set folder)
+OWN_FILE_KEYS = ("train_file", "validation_file")
+OWN_DATASET_KEYS = ("dataset", "dataset_config", "train_split", "validation_split")
+OWN_DATA_KEYS = (*OWN_FILE_KEYS, *OWN_DATASET_KEYS, "text_columns", "label_column", "metric")
 GRID_KEYS = {"tasks", "constraints", "methods", "seeds", "model", "data_dir", "data_dir_fallback", "num_tokens",
              "device", "parameters", "output_dir", "results_dir", "executor", "slurm"}
 TASK_KEYS = {"model", "fallback", "data_dir", "data_dir_fallback", "num_tokens", "device", "parameters",
@@ -66,7 +69,8 @@ def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
     out = []
     for p in points:
         params = {**defaults, **p.parameters(Path("."))}
-        data_opts = tuple((k, params.get(k)) for k in ("train_file", "eval_file", "validation_file"))
+        data_opts = tuple((k, params.get(k)) for k in ("train_file", "eval_file", "validation_file", "dataset",
+                                                       "dataset_config"))
         tok = params.get("tokenizer")
         try:
             identity = ident.point_identity(params, fingerprint("model", p.model),
@@ -81,15 +85,26 @@ def _identities(points: list[Point], defaults: dict, path: Path) -> list[Point]:
 
 
 def own_data(settings: dict, path: Path, task, base: Path) -> dict:
-    """A task entry naming your own files (train_file, validation_file, text_columns, label_column; the task's key
-    is then only its name): notebook 04's own-data parameters, files as absolute paths; {} for a GLUE task. A file
-    that is not there stops the grid (one line)."""
+    """A task entry naming your own data (the task's key is then only its name): train_file and validation_file, or
+    a dataset (a hub id, or a local data-set folder) with dataset_config / train_split / validation_split; and
+    text_columns, label_column, metric. Notebook 04's own-data parameters, local paths absolute; {} for a GLUE
+    task. A file that is not there, files and a data set together, or a split without a data set stop the grid (one
+    line)."""
     given = {k: settings[k] for k in OWN_DATA_KEYS if settings.get(k) is not None}
     if not given:
         return {}
-    if "train_file" not in given or "validation_file" not in given:
-        raise GridError(f"{path}: task {task!r} names your own data: it needs both train_file and validation_file")
-    for key in ("train_file", "validation_file"):
+    files = [k for k in OWN_FILE_KEYS if k in given]
+    if "dataset" in given:
+        if files:
+            raise GridError(f"{path}: task {task!r} names both a dataset and {', '.join(files)}; keep one of the two")
+        given["dataset"] = local_path(str(given["dataset"]), base, must_exist=False)  # a folder, else a hub id
+        return given
+    if parts := [k for k in OWN_DATASET_KEYS if k in given]:
+        raise GridError(f"{path}: task {task!r} names {', '.join(parts)} without a dataset; add `dataset:`")
+    if len(files) < 2:
+        raise GridError(f"{path}: task {task!r} names your own data: it needs both train_file and validation_file "
+                        "(or a dataset)")
+    for key in OWN_FILE_KEYS:
         given[key] = local_path(given[key], base, must_exist=False)
         if not Path(given[key]).is_file():
             raise GridError(f"{path}: {key} of task {task!r} not found: {given[key]}")
@@ -148,7 +163,8 @@ def load_grid(path: str | Path, base: str | Path | None = None, notebooks_dir: P
             raise GridError(f"{path}: 'data_dir_fallback' must be a folder or null (the hub's {HUB_GLUE})")
         src = sources[str(task)] = replace(resolve_sources(str(task), str(model), data_dir, base, fallback,
                                                            data_fallback),
-                                           files=tuple(own[k] for k in ("train_file", "validation_file") if k in own))
+                                           files=tuple(own[k] for k in OWN_FILE_KEYS if k in own),
+                                           dataset=own.get("dataset"))
         check_sources(src, path, base)
         num_tokens = settings.get("num_tokens", spec.get("num_tokens", defaults["num_tokens"]))
         device = settings.get("device", spec.get("device", "auto"))
