@@ -5,8 +5,8 @@ The table is measured on the target device with the model's own modules, physica
 LayerNorm(X + O·SDPA(Q X, K X, V X)) for h = 0 … H heads (h = 0: LayerNorm(X + b), no Q/K/V work, as `NoAttention`;
 DeBERTa: the layer's own attention module shrunk as a pruned model's, its relative-position terms in; ModernBERT: the
 pre-norm attention sublayer of the layer's own block, shrunk likewise, rotary positions in)
-and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) (pre-norm: X + W₂ act(W₁ LayerNorm(X))) for n on a grid (every width up to `LATENCY_PER_UNIT_MAX` neurons,
-else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), each n timed at
+and the FFN sublayer LayerNorm(X + W₂ act(W₁ X)) (pre-norm: X + W₂ act(W₁ LayerNorm(X))) for n on a grid (every
+width up to `LATENCY_PER_UNIT_MAX` neurons, else a step of `LATENCY_FFN_STEP` neurons, always 0 and the widest; linear interpolation in between), each n timed at
 the physical width a pruned model gets (`physical.aligned_width`: padded up to a multiple of 16), on all-real
 inputs of the budget's batch and sequence length. Protocol: `LATENCY_WARMUP` untimed calls of every point, then
 `LATENCY_REPEATS` rounds that time every point once (alternating order, so that a change of the machine's load hits

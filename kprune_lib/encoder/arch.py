@@ -31,6 +31,7 @@ class ArchTable(Layout):
     # pre-norm blocks: a sublayer adds f(LayerNorm(X)) to X and nothing follows the sum (ModernBERT; the encoder's
     # final_norm is then applied before the task head, `Arch.head`)
     pre_norm: bool = field(default=False, kw_only=True)
+    rotary: bool = field(default=False, kw_only=True)  # rotary positions in Q and K (`Arch.rotary_embeddings`)
 
 
 _BERT_LIKE = dict(attn_ln="attention.output.LayerNorm", act="intermediate.intermediate_act_fn",
@@ -50,7 +51,7 @@ TABLES: dict[str, ArchTable] = {
     # attention layers (`Arch.attention_window`), fused Wqkv and a gated FFN (`Layout`)
     "modernbert": ArchTable(**vars(LAYOUTS["modernbert"]), attn_ln="attn_norm", act="mlp.act", ffn_ln="mlp_norm",
                             heads_attr="num_attention_heads", ffn_attr="intermediate_size", token_types=False,
-                            cls_head="modernbert", pre_norm=True),
+                            cls_head="modernbert", pre_norm=True, rotary=True),
 }
 
 
@@ -161,7 +162,7 @@ class Arch:
         self.head_size = self.hidden // self.num_heads
         self.ffn_size = int(getattr(cfg, self.table.ffn_attr))  # neurons of the dense model
         self.relative = RelativeAttention.of(cfg) if self.model_type == "deberta-v2" else None  # DeBERTa's, else None
-        self.rotary = self.model_type == "modernbert"  # rotary positions in Q and K (ModernBERT)
+        self.rotary = self.table.rotary  # rotary positions in Q and K (ModernBERT)
 
     # ---- modules -------------------------------------------------------------------------------
     @property
@@ -213,10 +214,10 @@ class Arch:
         return nn.Identity() if self.table.pre_norm else self.module(s.layer, s.pick("attn_ln", "ffn_ln"))
 
     def attention_window(self, i: int) -> int | None:
-        """Layer i's sliding window: a token attends to the tokens at most this far away (ModernBERT's local
-        layers: local_attention // 2); None for global attention."""
+        """Layer i's sliding window, as its config's layer_types say: a token attends to the tokens at most this far
+        away (ModernBERT's local layers: local_attention // 2); None for global attention."""
         cfg = self.model.config
-        if self.model_type != "modernbert" or cfg.layer_types[i] != "sliding_attention":
+        if (getattr(cfg, "layer_types", None) or [None] * (i + 1))[i] != "sliding_attention":
             return None
         return int(cfg.sliding_window)
 

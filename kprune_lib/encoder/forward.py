@@ -31,7 +31,8 @@ def window_bias(seq_len: int, window: int, like: torch.Tensor) -> torch.Tensor:
     """(T, T) additive bias of a sliding-window attention layer: token i sees token j only when |i − j| ≤ window."""
     pos = torch.arange(seq_len, device=like.device)
     far = (pos[:, None] - pos[None, :]).abs() > window
-    return torch.zeros(seq_len, seq_len, dtype=like.dtype, device=like.device).masked_fill(far, torch.finfo(like.dtype).min)
+    bias = torch.zeros(seq_len, seq_len, dtype=like.dtype, device=like.device)
+    return bias.masked_fill(far, torch.finfo(like.dtype).min)
 
 
 def queries_keys_values(arch: Arch, i: int, x: torch.Tensor, h: int) -> tuple[torch.Tensor, ...]:
